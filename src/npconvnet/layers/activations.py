@@ -1,0 +1,99 @@
+"""Element-wise nonlinearities and softmax. Each backward multiplies by the local derivative."""
+
+import numpy as np
+
+from .base import Layer
+
+
+class ReLU(Layer):
+    """``y = max(x, 0)``; ``dy/dx = 1 where x > 0, else 0``."""
+
+    def forward(self, x):
+        out = np.maximum(x, 0)
+        self._remember(out, positive=x > 0)
+        return out
+
+    def backward(self, grad_output):
+        return grad_output * self._recall(grad_output).positive
+
+
+class LeakyReLU(Layer):
+    """``y = x if x > 0 else negative_slope * x``."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        positive = x > 0
+        out = np.where(positive, x, x * self.negative_slope)
+        self._remember(out, positive=positive)
+        return out
+
+    def backward(self, grad_output):
+        positive = self._recall(grad_output).positive
+        return np.where(positive, grad_output, grad_output * self.negative_slope)
+
+    def get_config(self):
+        return {"negative_slope": self.negative_slope}
+
+
+def sigmoid(x):
+    """``1 / (1 + exp(-x))``, finite and exact for any magnitude: ``exp(-log(1 + exp(-x)))``."""
+    return np.exp(-np.logaddexp(0, -x)).astype(x.dtype, copy=False)
+
+
+class Sigmoid(Layer):
+    """``y = 1 / (1 + exp(-x))``; ``dy/dx = y (1 - y)``."""
+
+    def forward(self, x):
+        out = sigmoid(x)
+        self._remember(out, out=out)
+        return out
+
+    def backward(self, grad_output):
+        out = self._recall(grad_output).out
+        return grad_output * out * (1 - out)
+
+
+class Tanh(Layer):
+    """``y = tanh(x)``; ``dy/dx = 1 - y^2``."""
+
+    def forward(self, x):
+        out = np.tanh(x)
+        self._remember(out, out=out)
+        return out
+
+    def backward(self, grad_output):
+        out = self._recall(grad_output).out
+        return grad_output * (1 - out * out)
+
+
+def log_softmax(x, axis=1):
+    """``x - logsumexp(x)``, shifted by the maximum so that no exponential overflows."""
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def softmax(x, axis=1):
+    """``exp(x) / sum(exp(x))`` over ``axis``, computed stably."""
+    exp = np.exp(x - x.max(axis=axis, keepdims=True))
+    return exp / exp.sum(axis=axis, keepdims=True)
+
+
+class Softmax(Layer):
+    """Softmax over axis 1, ``(N, K) -> (N, K)``.
+
+    Backward (Jacobian-vector product): ``dL/dx = y * (dL/dy - sum_k dL/dy_k * y_k)``.
+    """
+
+    def forward(self, x):
+        if np.ndim(x) < 2:
+            raise ValueError(f"{self!r}: expected an input of shape (N, K, ...), got {np.shape(x)}")
+        out = softmax(x, axis=1)
+        self._remember(out, out=out)
+        return out
+
+    def backward(self, grad_output):
+        out = self._recall(grad_output).out
+        return out * (grad_output - (grad_output * out).sum(axis=1, keepdims=True))

@@ -1,0 +1,176 @@
+"""The layer protocol: ``forward`` computes the output, ``backward`` applies the chain rule."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..parameter import Parameter
+from ..rng import default_rng
+
+#: Every layer class by name, so that a model file can name its layers (see serialization).
+LAYER_CLASSES = {}
+
+
+def init_weight(method, shape, fan_in, fan_out):
+    """Draw initial weights from the global generator.
+
+    ``he_normal``: N(0, 2 / fan_in), right before ReLU (He et al., 2015).
+    ``glorot_uniform``: U(-a, a), a = sqrt(6 / (fan_in + fan_out)) (Glorot and Bengio, 2010).
+    """
+    rng = default_rng()
+    if method == "he_normal":
+        return rng.normal(0.0, np.sqrt(2.0 / fan_in), shape).astype(np.float32)
+    if method == "he_uniform":
+        limit = np.sqrt(6.0 / fan_in)
+        return rng.uniform(-limit, limit, shape).astype(np.float32)
+    if method == "glorot_uniform":
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, shape).astype(np.float32)
+    if method == "glorot_normal":
+        return rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), shape).astype(np.float32)
+    raise ValueError(f"unknown weight_init {method!r}: expected 'auto', 'he_normal', 'he_uniform', "
+                     "'glorot_uniform' or 'glorot_normal'")
+
+
+class Layer:
+    """Base class of every layer.
+
+    A layer keeps what ``backward`` needs from the last ``forward`` and releases it once used;
+    ``backward(grad_output)`` returns dL/dinput and writes dL/dparameter into each ``.grad``.
+    """
+
+    #: Names of non-trainable arrays saved with the model (BatchNorm's running statistics).
+    buffer_names = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            LAYER_CLASSES[cls.__name__] = cls
+
+    def __init__(self):
+        self.training = True
+        self._cache = None
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, grad_output):
+        raise NotImplementedError
+
+    # What backward needs from forward.
+    def _remember(self, output, **values):
+        self._cache = (output.shape, SimpleNamespace(**values))
+
+    def _recall(self, grad_output):
+        if self._cache is None:
+            raise RuntimeError(f"{self!r}: backward() called without a forward() before it "
+                               "(each forward() allows one backward())")
+        output_shape, values = self._cache
+        if np.shape(grad_output) != output_shape:
+            raise ValueError(f"{self!r}: grad_output has shape {np.shape(grad_output)}, expected "
+                             f"{output_shape}, the shape of the last forward() output")
+        self._cache = None
+        return values
+
+    def _check_input(self, x, ndim, channels=None, layout="(N, C, H, W)"):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{self!r}: expected a NumPy array {layout}, got {type(x).__name__}")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"{self!r}: expected a floating-point array, got dtype {x.dtype} "
+                            "(convert images first, e.g. with npconvnet.data.scale)")
+        ndims = (ndim,) if isinstance(ndim, int) else ndim
+        if x.ndim not in ndims:
+            expected = " or ".join(f"{d}-D" for d in ndims)
+            raise ValueError(f"{self!r}: expected a {expected} input {layout}, got shape {x.shape}")
+        if channels is not None and x.shape[1] != channels:
+            raise ValueError(f"{self!r}: expected {channels} channels (axis 1 of {layout}), "
+                             f"got shape {x.shape}")
+
+    # Parameters, buffers and sub-layers.
+    def children(self):
+        """Direct sub-layers with their names, ``[(name, layer), ...]``."""
+        return []
+
+    def named_parameters(self, prefix=""):
+        """``[(name, Parameter), ...]`` in layer order, named as PyTorch names them (``0.weight``)."""
+        named = [(prefix + name, value) for name, value in vars(self).items()
+                 if isinstance(value, Parameter)]
+        for name, child in self.children():
+            named += child.named_parameters(f"{prefix}{name}.")
+        return named
+
+    def parameters(self):
+        """Every trainable :class:`Parameter`, in layer order."""
+        return [parameter for _, parameter in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        named = [(prefix + name, getattr(self, name)) for name in self.buffer_names]
+        for name, child in self.children():
+            named += child.named_buffers(f"{prefix}{name}.")
+        return named
+
+    def state_dict(self):
+        """Parameters and buffers by name: ``{"0.weight": array, ...}`` (copies)."""
+        state = {name: p.data.copy() for name, p in self.named_parameters()}
+        state.update({name: np.array(b, copy=True) for name, b in self.named_buffers()})
+        return state
+
+    def load_state_dict(self, state):
+        """Copy arrays from ``state`` into this layer; names and shapes must match exactly."""
+        targets = dict(self.named_parameters())
+        buffers = dict(self.named_buffers())
+        expected = set(targets) | set(buffers)
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"{self!r}: state does not match the layer: missing {missing}, "
+                             f"unexpected {unexpected}")
+        for name in sorted(expected):
+            current = targets[name].data if name in targets else buffers[name]
+            value = np.asarray(state[name])
+            if value.shape != current.shape:
+                raise ValueError(f"{self!r}: {name} has shape {value.shape} in the state, "
+                                 f"expected {current.shape}")
+            current[...] = value
+
+    def num_parameters(self):
+        return sum(p.size for p in self.parameters())
+
+    def train(self, mode=True):
+        """Switch this layer and every layer inside it to training (or evaluation) mode."""
+        self.training = mode
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def astype(self, dtype):
+        """Convert every parameter and buffer to ``dtype`` (e.g. ``np.float64`` for gradient checks)."""
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = p.grad.astype(dtype)
+        self._convert_buffers(dtype)
+        return self
+
+    def _convert_buffers(self, dtype):
+        for name in self.buffer_names:
+            setattr(self, name, getattr(self, name).astype(dtype))
+        for _, child in self.children():
+            child._convert_buffers(dtype)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.zero_grad()
+
+    # Description.
+    def get_config(self):
+        """Constructor arguments, as JSON-friendly values: ``type(self)(**get_config())`` rebuilds it."""
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,161 @@
+"""Layers made of layers."""
+
+import numpy as np
+
+from .activations import LeakyReLU, ReLU
+from .base import Layer
+from .dense import Flatten
+from .dropout import Dropout
+from .normalization import _BatchNorm
+
+
+class Residual(Layer):
+    """``y = block(x) + shortcut(x)``, the shortcut being the identity when None (ResNet).
+
+    Both branches see the same x, so their input gradients add:
+    ``dL/dx = block.backward(dL/dy) + shortcut.backward(dL/dy)``.
+    """
+
+    def __init__(self, block, shortcut=None):
+        super().__init__()
+        for name, value in (("block", block), ("shortcut", shortcut)):
+            if value is not None and not isinstance(value, Layer):
+                raise TypeError(f"Residual: {name} must be a Layer, got {type(value).__name__}")
+        self.block, self.shortcut = block, shortcut
+
+    def children(self):
+        named = [("block", self.block)]
+        return named + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
+
+    def output_shape(self, input_shape):
+        return _output_shape(self.block, input_shape)
+
+    def forward(self, x):
+        out = self.block.forward(x)
+        skip = x if self.shortcut is None else self.shortcut.forward(x)
+        if out.shape != skip.shape:
+            raise ValueError(f"Residual: the block's output {out.shape} and the shortcut's "
+                             f"{skip.shape} differ; give a projection shortcut that matches them")
+        out = out + skip
+        self._remember(out)
+        return out
+
+    def backward(self, grad_output):
+        self._recall(grad_output)
+        grad_input = self.block.backward(grad_output)
+        if self.shortcut is None:
+            return grad_input + grad_output
+        return grad_input + self.shortcut.backward(grad_output)
+
+    def get_config(self):
+        from ..serialization import layer_to_config   # serialization imports the layers
+        return {"block": layer_to_config(self.block),
+                "shortcut": None if self.shortcut is None else layer_to_config(self.shortcut)}
+
+
+def _output_shape(layer, input_shape):
+    """Per-sample output shape of ``layer`` for a per-sample ``input_shape``."""
+    if hasattr(layer, "output_shape"):
+        return tuple(layer.output_shape(tuple(input_shape)))
+    return tuple(input_shape)
+
+
+class Sequential(Layer):
+    """Layers applied one after the other: ``y = f_n(... f_2(f_1(x)))``.
+
+    Backward runs the chain rule in reverse: each layer turns dL/d(its output) into
+    dL/d(its input). ``Sequential([a, b])`` and ``Sequential(a, b)`` are the same.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = layers[0]
+        self.layers = []
+        for layer in layers:
+            self.add(layer)
+        self._use_glorot_where_no_relu_follows()
+
+    def add(self, layer):
+        """Append a layer (Keras' ``model.add``)."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential: expected Layer objects, got {type(layer).__name__} "
+                            f"at position {len(self.layers)}")
+        self.layers.append(layer)
+
+    def _use_glorot_where_no_relu_follows(self):
+        """He initialisation suits layers that feed a ReLU; Glorot suits the others."""
+        for index, layer in enumerate(self.layers):
+            if getattr(layer, "weight_init", None) != "auto":
+                continue
+            following = next((later for later in self.layers[index + 1:]
+                              if not isinstance(later, (_BatchNorm, Dropout, Flatten))), None)
+            if not isinstance(following, (ReLU, LeakyReLU)):
+                layer.reset_parameters("glorot_uniform")
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def children(self):
+        return [(str(index), layer) for index, layer in enumerate(self.layers)]
+
+    def forward(self, x):
+        for index, layer in enumerate(self.layers):
+            try:
+                x = layer.forward(x)
+            except (ValueError, TypeError) as error:
+                raise type(error)(f"layer {index} of the Sequential: {error}") from None
+        return x
+
+    def backward(self, grad_output):
+        for layer in reversed(self.layers):
+            grad_output = layer.backward(grad_output)
+        return grad_output
+
+    def output_shape(self, input_shape):
+        for layer in self.layers:
+            input_shape = _output_shape(layer, input_shape)
+        return input_shape
+
+    def summary(self, input_shape=None, print_fn=print):
+        """A table of each layer's output shape and parameter count, as Keras prints it.
+
+        ``input_shape`` is the shape of one sample, e.g. ``(1, 28, 28)``; without it the shapes
+        of the model's ``input_shape`` attribute (set by the zoo and by ``fit``) are used.
+        Prints the table with ``print_fn`` and returns it as a string when ``print_fn`` is None.
+        """
+        input_shape = input_shape or getattr(self, "input_shape", None)
+        rows = [("Layer (type)", "Output Shape", "Param #")]
+        shape = tuple(input_shape) if input_shape else None
+        for index, layer in enumerate(self.layers):
+            if shape is not None:
+                shape = _output_shape(layer, shape)
+            shown = "(None, " + ", ".join(map(str, shape)) + ")" if shape is not None else "?"
+            rows.append((f"{index}: {type(layer).__name__}", shown, f"{layer.num_parameters():,}"))
+        widths = [max(len(row[column]) for row in rows) + 2 for column in range(3)]
+        rule = "-" * sum(widths)
+        lines = [rule, "".join(cell.ljust(width) for cell, width in zip(rows[0], widths)), "=" * len(rule)]
+        lines += ["".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows[1:]]
+        trainable = self.num_parameters()
+        buffers = sum(np.size(b) for _, b in self.named_buffers())
+        lines += ["=" * len(rule), f"Total params: {trainable + buffers:,}",
+                  f"Trainable params: {trainable:,}", f"Non-trainable params: {buffers:,}", rule]
+        text = "\n".join(lines)
+        if print_fn is None:
+            return text
+        print_fn(text)
+
+    def get_config(self):
+        from ..serialization import layer_to_config   # serialization imports the layers
+        return {"layers": [layer_to_config(layer) for layer in self.layers]}
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({index}): {layer!r}".replace("\n", "\n  ")
+                          for index, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"

@@ -1,0 +1,69 @@
+"""Fully connected layers and the reshape in front of them."""
+
+import numpy as np
+
+from ..parameter import Parameter
+from .base import Layer, init_weight
+
+
+class Dense(Layer):
+    """``(N, in_features) -> (N, out_features)``: ``y = x @ weight.T + bias``.
+
+    Backward: ``dL/dx = dL/dy @ weight``, ``dL/dweight = dL/dy.T @ x``, ``dL/dbias = sum_n dL/dy``.
+    ``weight_init="auto"`` draws He-normal weights; a ``Sequential`` switches them to
+    Glorot-uniform when no ReLU follows the layer.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, weight_init="auto"):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Dense({in_features}, {out_features}): {name} must be a "
+                                 f"positive int, got {value!r}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight_init = weight_init
+        self.reset_parameters("he_normal" if weight_init == "auto" else weight_init)
+        self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
+
+    def reset_parameters(self, method):
+        shape = (self.out_features, self.in_features)
+        self.weight = Parameter(init_weight(method, shape, self.in_features, self.out_features))
+
+    def output_shape(self, input_shape):
+        return (self.out_features,)
+
+    def forward(self, x):
+        self._check_input(x, 2, self.in_features, layout="(N, in_features)")
+        out = x @ self.weight.data.T
+        if self.bias is not None:
+            out += self.bias.data
+        self._remember(out, x=x)
+        return out
+
+    def backward(self, grad_output):
+        x = self._recall(grad_output).x
+        self.weight.grad = grad_output.T @ x
+        if self.bias is not None:
+            self.bias.grad = grad_output.sum(axis=0)
+        return grad_output @ self.weight.data
+
+    def get_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "weight_init": self.weight_init}
+
+
+class Flatten(Layer):
+    """``(N, C, H, W) -> (N, C*H*W)`` in C order, as PyTorch's ``x.view(N, -1)``."""
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+    def forward(self, x):
+        if np.ndim(x) < 2:
+            raise ValueError(f"{self!r}: expected an input with a batch axis, got shape {np.shape(x)}")
+        out = x.reshape(x.shape[0], -1)
+        self._remember(out, input_shape=x.shape)
+        return out
+
+    def backward(self, grad_output):
+        return grad_output.reshape(self._recall(grad_output).input_shape)

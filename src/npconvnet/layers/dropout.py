@@ -1,0 +1,36 @@
+"""Dropout."""
+
+import numpy as np
+
+from ..rng import default_rng
+from .base import Layer
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, ``y = x * mask / (1 - p)`` with ``mask ~ Bernoulli(1 - p)``,
+    so that evaluation (``y = x``) needs no rescaling. Backward multiplies by the same mask."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        self.p = float(p)
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            scale = None
+        elif self.p == 1:
+            scale = np.zeros_like(x)
+        else:
+            keep = default_rng().random(x.shape, dtype=x.dtype) >= self.p
+            scale = keep * x.dtype.type(1 / (1 - self.p))
+        out = x if scale is None else x * scale
+        self._remember(out, scale=scale)
+        return out
+
+    def backward(self, grad_output):
+        scale = self._recall(grad_output).scale
+        return grad_output if scale is None else grad_output * scale
+
+    def get_config(self):
+        return {"p": self.p}

@@ -1,0 +1,92 @@
+"""Batch normalization."""
+
+import numpy as np
+
+from ..parameter import Parameter
+from .base import Layer
+
+
+class _BatchNorm(Layer):
+    """Normalise each channel over the batch (and spatial) axes, then scale and shift.
+
+    ``y = weight * x_hat + bias``, ``x_hat = (x - mean) / sqrt(var + eps)``.
+    Training: batch statistics (biased variance), and running statistics updated as PyTorch
+    does, ``running = (1 - momentum) * running + momentum * batch`` with the unbiased variance.
+    Evaluation: the running statistics.
+
+    Backward in training mode, with ``g = weight * dL/dy`` and means over the ``m`` values of
+    a channel (the statistics depend on x too)::
+
+        dL/dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(var + eps)
+    """
+
+    buffer_names = ("running_mean", "running_var")
+    input_ndims = ()
+    layout = ""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
+            raise ValueError(f"{type(self).__name__}: num_features must be a positive int, "
+                             f"got {num_features!r}")
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        self.weight = Parameter(np.ones(num_features, np.float32))
+        self.bias = Parameter(np.zeros(num_features, np.float32))
+        self.running_mean = np.zeros(num_features, np.float32)
+        self.running_var = np.ones(num_features, np.float32)
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def forward(self, x):
+        self._check_input(x, self.input_ndims, self.num_features, self.layout)
+        axes = (0,) + tuple(range(2, x.ndim))
+        channel = (1, -1) + (1,) * (x.ndim - 2)             # broadcasts a (C,) vector over x
+        if self.training:
+            count = x.size // self.num_features
+            if count < 2:
+                raise ValueError(f"{self!r}: training needs more than one value per channel, got "
+                                 f"input shape {x.shape} (use eval() for single samples)")
+            mean, var = x.mean(axis=axes), x.var(axis=axes)
+            self.running_mean = ((1 - self.momentum) * self.running_mean
+                                 + self.momentum * mean).astype(self.running_mean.dtype)
+            self.running_var = ((1 - self.momentum) * self.running_var
+                                + self.momentum * var * count / (count - 1)).astype(self.running_var.dtype)
+        else:
+            mean, var = self.running_mean, self.running_var
+        inv_std = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
+        x_hat = (x - mean.reshape(channel).astype(x.dtype)) * inv_std.reshape(channel)
+        out = x_hat * self.weight.data.reshape(channel) + self.bias.data.reshape(channel)
+        self._remember(out, x_hat=x_hat, inv_std=inv_std, axes=axes, channel=channel,
+                       batch_statistics=self.training)
+        return out
+
+    def backward(self, grad_output):
+        saved = self._recall(grad_output)
+        axes, channel = saved.axes, saved.channel
+        self.bias.grad = grad_output.sum(axis=axes)
+        self.weight.grad = (grad_output * saved.x_hat).sum(axis=axes)
+        grad_x_hat = grad_output * self.weight.data.reshape(channel)
+        if saved.batch_statistics:
+            count = grad_output.size // self.num_features
+            mean_grad = (self.bias.grad * self.weight.data / count).reshape(channel)
+            mean_grad_x_hat = (self.weight.grad * self.weight.data / count).reshape(channel)
+            grad_x_hat = grad_x_hat - mean_grad - saved.x_hat * mean_grad_x_hat
+        return grad_x_hat * saved.inv_std.reshape(channel)
+
+    def get_config(self):
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
+
+
+class BatchNorm2D(_BatchNorm):
+    """Batch normalization of images: ``(N, C, H, W) -> (N, C, H, W)``, statistics per channel."""
+
+    input_ndims = (4,)
+    layout = "(N, C, H, W)"
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch normalization of features: ``(N, C)`` or ``(N, C, L)``, statistics per feature."""
+
+    input_ndims = (2, 3)
+    layout = "(N, C) or (N, C, L)"

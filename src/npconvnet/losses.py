@@ -1,0 +1,111 @@
+"""Loss functions: ``loss_fn(output, target)`` returns a float, ``loss_fn.backward()`` dL/doutput."""
+
+import numpy as np
+
+from .layers.activations import log_softmax
+
+
+class Loss:
+    """Common protocol: the call computes and remembers, ``backward`` returns the gradient."""
+
+    def __init__(self):
+        self._grad = None
+
+    def __call__(self, output, target):
+        return self.forward(output, target)
+
+    def backward(self):
+        if self._grad is None:
+            raise RuntimeError(f"{type(self).__name__}: backward() called before the loss was computed")
+        grad, self._grad = self._grad, None
+        return grad
+
+    def _check_output(self, output):
+        if not isinstance(output, np.ndarray) or not np.issubdtype(output.dtype, np.floating):
+            raise TypeError(f"{type(self).__name__}: expected the model output as a floating-point "
+                            f"array, got {getattr(output, 'dtype', type(output).__name__)}")
+
+    def get_config(self):
+        return {}
+
+
+class CrossEntropyLoss(Loss):
+    """Cross-entropy of softmax(logits) against integer labels or target distributions.
+
+    ``(N, K)`` logits and ``(N,)`` labels in ``[0, K)``, or ``(N, K)`` one-hot / probability targets::
+
+        L = -(1/N) sum_n sum_k t[n, k] * log_softmax(logits)[n, k]
+        dL/dlogits = (softmax(logits) - t) / N
+
+    ``label_smoothing`` mixes the targets with the uniform distribution, as PyTorch does:
+    ``t = (1 - e) * t + e / K``. Log-softmax is shifted by the row maximum, so logits of any
+    magnitude give a finite, exact loss.
+    """
+
+    def __init__(self, label_smoothing=0.0):
+        super().__init__()
+        if not 0 <= label_smoothing <= 1:
+            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, logits, target):
+        self._check_output(logits)
+        if logits.ndim != 2:
+            raise ValueError(f"CrossEntropyLoss: expected logits of shape (N, classes), got {logits.shape}")
+        target = self._target_distribution(np.asarray(target), logits)
+        if self.label_smoothing:
+            target = (1 - self.label_smoothing) * target + self.label_smoothing / logits.shape[1]
+        log_probabilities = log_softmax(logits, axis=1)
+        count = logits.shape[0]
+        self._grad = ((np.exp(log_probabilities) - target) / count).astype(logits.dtype)
+        return float(-(target * log_probabilities).sum(dtype=np.float64) / count)
+
+    @staticmethod
+    def _target_distribution(target, logits):
+        count, classes = logits.shape
+        if target.ndim == 1:
+            if not np.issubdtype(target.dtype, np.integer):
+                raise TypeError("CrossEntropyLoss: integer class labels expected, got dtype "
+                                f"{target.dtype} (or pass one-hot targets of shape {logits.shape})")
+            if target.shape[0] != count:
+                raise ValueError(f"CrossEntropyLoss: {target.shape[0]} labels for {count} outputs")
+            if count and (target.min() < 0 or target.max() >= classes):
+                raise ValueError(f"CrossEntropyLoss: labels must be in [0, {classes}), got values "
+                                 f"from {target.min()} to {target.max()}")
+            one_hot = np.zeros(logits.shape, dtype=logits.dtype)
+            one_hot[np.arange(count), target] = 1
+            return one_hot
+        if target.shape != logits.shape:
+            raise ValueError(f"CrossEntropyLoss: targets of shape {target.shape} do not match logits "
+                             f"{logits.shape}; give (N,) labels or (N, classes) probabilities")
+        return target.astype(logits.dtype, copy=False)
+
+    def get_config(self):
+        return {"label_smoothing": self.label_smoothing}
+
+
+class MSELoss(Loss):
+    """Mean squared error over every element: ``L = mean((y - t)^2)``, ``dL/dy = 2 (y - t) / size``."""
+
+    def forward(self, output, target):
+        self._check_output(output)
+        target = np.asarray(target)
+        if target.shape != output.shape:
+            raise ValueError(f"MSELoss: target shape {target.shape} does not match output shape {output.shape}")
+        difference = output - target.astype(output.dtype, copy=False)
+        self._grad = (2 * difference / difference.size).astype(output.dtype)
+        return float(np.mean(np.square(difference, dtype=np.float64)))
+
+
+LOSSES = {"cross_entropy": CrossEntropyLoss, "categorical_crossentropy": CrossEntropyLoss,
+          "sparse_categorical_crossentropy": CrossEntropyLoss, "mse": MSELoss,
+          "mean_squared_error": MSELoss}
+
+
+def get(loss):
+    """A loss object from an object or a name (``"cross_entropy"``, ``"mse"``, Keras' names too)."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str) and loss.lower() in LOSSES:
+        return LOSSES[loss.lower()]()
+    raise ValueError(f"unknown loss {loss!r}: expected a Loss object or one of {sorted(LOSSES)}")

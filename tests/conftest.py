@@ -1,0 +1,42 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import npconvnet
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global generator state."""
+    npconvnet.manual_seed(0)
+
+
+@pytest.fixture
+def torch():
+    """PyTorch, the independent reference (a test-only dependency), on one thread."""
+    torch = pytest.importorskip("torch", reason="PyTorch (torch==2.13.0) is needed for cross-checks")
+    torch.set_num_threads(1)
+    return torch
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def _data_dir():
+    configured = os.environ.get("NPCONVNET_DATA_DIR")
+    candidates = [Path(configured)] if configured else []
+    candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "datasets")
+    return next((path for path in candidates if (path / "mnist").is_dir()), None)
+
+
+@pytest.fixture
+def mnist_dir():
+    """The folder holding ``mnist/`` and ``fashion-mnist/``; the test is skipped without it."""
+    path = _data_dir()
+    if path is None:
+        pytest.skip("real MNIST not found: set NPCONVNET_DATA_DIR to the folder holding mnist/")
+    return path

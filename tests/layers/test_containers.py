@@ -1,0 +1,150 @@
+import numpy as np
+import pytest
+
+import npconvnet
+from gradcheck import check_layer_gradients
+from npconvnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                              GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual, Sequential, Sigmoid, Tanh)
+
+
+def small_network():
+    return Sequential([
+        Conv2D(2, 4, 3, padding=1), BatchNorm2D(4), ReLU(), MaxPool2D(2),
+        Residual(Sequential(Conv2D(4, 4, 3, padding="same"), Tanh())),
+        Residual(Sequential(Conv2D(4, 6, 3, stride=2, padding=1)), shortcut=Conv2D(4, 6, 1, stride=2)),
+        AvgPool2D(2, 1), Flatten(), Dense(6, 5), LeakyReLU(), Dropout(0.3), Dense(5, 3),
+    ])
+
+
+def test_sequential_gradients_match_finite_differences(rng):
+    check_layer_gradients(small_network(), rng.standard_normal((3, 2, 8, 8)))
+
+
+def test_residual_gradients_match_finite_differences(rng):
+    block = Residual(Sequential(Conv2D(2, 2, 3, padding=1), Sigmoid()))
+    check_layer_gradients(block, rng.standard_normal((2, 2, 5, 5)))
+
+
+def test_residual_with_projection_shortcut_gradients(rng):
+    block = Residual(Conv2D(2, 3, 3, stride=2, padding=1), shortcut=Conv2D(2, 3, 1, stride=2))
+    check_layer_gradients(block, rng.standard_normal((2, 2, 5, 5)))
+
+
+def test_residual_refuses_mismatched_branches():
+    with pytest.raises(ValueError, match="projection shortcut"):
+        Residual(Conv2D(2, 3, 3, padding=1)).forward(np.zeros((1, 2, 4, 4), np.float32))
+
+
+def to_torch(torch, network):
+    """The same architecture in PyTorch, built by hand (nn names mirror ours)."""
+    nn = torch.nn
+
+    class Residual(nn.Module):
+        def __init__(self, block, shortcut=None):
+            super().__init__()
+            self.block, self.shortcut = block, shortcut
+
+        def forward(self, x):
+            return self.block(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+        Residual(nn.Sequential(nn.Conv2d(4, 4, 3, padding="same"), nn.Tanh())),
+        Residual(nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1)), shortcut=nn.Conv2d(4, 6, 1, stride=2)),
+        nn.AvgPool2d(2, 1), nn.Flatten(), nn.Linear(6, 5), nn.LeakyReLU(), nn.Dropout(0.3), nn.Linear(5, 3),
+    ).double()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_whole_network_matches_pytorch_with_the_same_weights(training, rng, torch):
+    network = small_network().astype(np.float64)
+    reference = to_torch(torch, network)
+    reference.load_state_dict({name: torch.tensor(value) for name, value in network.state_dict().items()},
+                              strict=False)
+    if training:     # dropout masks differ between libraries: compare with dropout off
+        network[10].p, reference[10].p = 0.0, 0.0
+    network.train(training), reference.train(training)
+    x = rng.standard_normal((4, 2, 8, 8))
+    out = network.forward(x)
+    upstream = rng.standard_normal(out.shape)
+    grad_input = network.backward(upstream)
+
+    x_torch = torch.tensor(x, requires_grad=True)
+    expected = reference(x_torch)
+    expected.backward(torch.tensor(upstream))
+    np.testing.assert_allclose(out, expected.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(grad_input, x_torch.grad.numpy(), rtol=1e-8, atol=1e-12)
+    torch_parameters = dict(reference.named_parameters())
+    for name, parameter in network.named_parameters():
+        np.testing.assert_allclose(parameter.grad, torch_parameters[name].grad.numpy(), rtol=1e-8,
+                                   atol=1e-12, err_msg=name)
+
+
+def test_parameters_are_in_layer_order_with_pytorch_names():
+    names = [name for name, _ in Sequential(Conv2D(1, 2, 3), ReLU(), Dense(4, 2)).named_parameters()]
+    assert names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_train_and_eval_reach_every_nested_layer():
+    network = small_network().eval()
+    assert not network[4].block[0].training and not network[10].training
+    network.train()
+    assert network[5].shortcut.training
+
+
+def test_sequential_accepts_a_list_or_layers():
+    assert len(Sequential([ReLU(), Tanh()])) == len(Sequential(ReLU(), Tanh())) == 2
+
+
+def test_sequential_refuses_non_layers():
+    with pytest.raises(TypeError, match="position 1"):
+        Sequential(ReLU(), "relu")
+
+
+def test_sequential_error_names_the_failing_layer():
+    network = Sequential(Conv2D(1, 2, 3), Flatten(), Dense(5, 2))
+    with pytest.raises(ValueError, match="layer 2 of the Sequential: Dense"):
+        network.forward(np.zeros((1, 1, 5, 5), np.float32))
+
+
+def test_summary_lists_output_shapes_and_parameter_counts():
+    network = Sequential(Conv2D(1, 8, 3), ReLU(), MaxPool2D(2), Flatten(), Dense(1352, 10))
+    text = network.summary((1, 28, 28), print_fn=None)
+    assert "(None, 8, 26, 26)" in text and "(None, 8, 13, 13)" in text and "(None, 1352)" in text
+    assert "13,530" in text and "Total params: 13,610" in text
+
+
+def test_auto_initialisation_is_he_before_relu_and_glorot_otherwise():
+    npconvnet.manual_seed(0)
+    network = Sequential(Conv2D(16, 64, 3), BatchNorm2D(64), ReLU(), Flatten(), Dense(4096, 512), Sigmoid())
+    he_std = np.sqrt(2 / (16 * 9))
+    glorot_limit = np.sqrt(6 / (4096 + 512))
+    assert abs(network[0].weight.data.std() / he_std - 1) < 0.05
+    assert np.abs(network[4].weight.data).max() <= glorot_limit
+    assert abs(network[4].weight.data.std() / (glorot_limit / np.sqrt(3)) - 1) < 0.05
+
+
+def test_manual_seed_makes_weights_repeatable():
+    npconvnet.manual_seed(7)
+    first = small_network().state_dict()
+    npconvnet.manual_seed(7)
+    second = small_network().state_dict()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+
+
+def test_state_dict_round_trip_and_shape_check():
+    network, copy = small_network(), small_network()
+    copy.load_state_dict(network.state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
+    network.eval(), copy.eval()
+    np.testing.assert_array_equal(network.forward(x), copy.forward(x))
+    state = network.state_dict()
+    state["0.weight"] = state["0.weight"][:1]
+    with pytest.raises(ValueError, match="0.weight has shape"):
+        copy.load_state_dict(state)
+
+
+def test_global_average_pooling_network_gradients(rng):
+    network = Sequential(Conv2D(1, 3, 3), ReLU(), GlobalAvgPool2D(), BatchNorm1D(3), Dense(3, 2))
+    check_layer_gradients(network, rng.standard_normal((4, 1, 5, 5)))

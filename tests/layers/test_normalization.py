@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from gradcheck import check_layer_gradients
+from npconvnet.layers import BatchNorm1D, BatchNorm2D
+
+
+def randomised(layer, rng):
+    layer.weight.data = rng.uniform(0.5, 1.5, layer.weight.shape)
+    layer.bias.data = rng.standard_normal(layer.bias.shape)
+    return layer
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d_gradients_match_finite_differences(training, rng):
+    layer = randomised(BatchNorm2D(3).astype(np.float64), rng).train(training)
+    layer.running_mean, layer.running_var = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    check_layer_gradients(layer, rng.standard_normal((4, 3, 3, 2)))
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (5, 4, 3)])
+def test_batchnorm1d_gradients_match_finite_differences(shape, rng):
+    check_layer_gradients(randomised(BatchNorm1D(4).astype(np.float64), rng), rng.standard_normal(shape))
+
+
+@pytest.mark.parametrize("layer_class,shape", [(BatchNorm2D, (8, 3, 5, 4)), (BatchNorm1D, (16, 3)), (BatchNorm1D, (8, 3, 5))])
+def test_batchnorm_matches_pytorch_in_both_modes(layer_class, shape, rng, torch):
+    layer = randomised(layer_class(3, momentum=0.2).astype(np.float64), rng)
+    reference = (torch.nn.BatchNorm2d if layer_class is BatchNorm2D else torch.nn.BatchNorm1d)(3, momentum=0.2).double()
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(layer.weight.data))
+        reference.bias.copy_(torch.tensor(layer.bias.data))
+    for training in (True, True, False):            # two training steps move the running statistics
+        layer.train(training), reference.train(training)
+        x = rng.standard_normal(shape) * 2 + 1
+        out = layer.forward(x)
+        upstream = rng.standard_normal(out.shape)
+        grad_input = layer.backward(upstream)
+        x_torch = torch.tensor(x, requires_grad=True)
+        reference.zero_grad()
+        expected = reference(x_torch)
+        expected.backward(torch.tensor(upstream))
+        np.testing.assert_allclose(out, expected.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(grad_input, x_torch.grad.numpy(), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(layer.weight.grad, reference.weight.grad.numpy(), rtol=1e-10)
+        np.testing.assert_allclose(layer.bias.grad, reference.bias.grad.numpy(), rtol=1e-10)
+        np.testing.assert_allclose(layer.running_mean, reference.running_mean.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(layer.running_var, reference.running_var.numpy(), rtol=1e-12)
+
+
+def test_batchnorm_training_output_is_normalised_per_channel(rng):
+    x = (rng.standard_normal((64, 3, 4, 4)) * 5 + 2).astype(np.float32)
+    out = BatchNorm2D(3).forward(x)
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1, atol=1e-3)
+
+
+def test_batchnorm_refuses_one_value_per_channel_in_training():
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        BatchNorm1D(3).forward(np.zeros((1, 3), np.float32))
+
+
+def test_batchnorm_refuses_a_channel_mismatch():
+    with pytest.raises(ValueError, match="expected 3 channels"):
+        BatchNorm2D(3).forward(np.zeros((2, 4, 2, 2), np.float32))
+
+
+def test_running_statistics_are_buffers_not_parameters():
+    layer = BatchNorm2D(3)
+    assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
+    assert [name for name, _ in layer.named_buffers()] == ["running_mean", "running_var"]

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+
+from gradcheck import check_loss_gradient
+from npconvnet.losses import CrossEntropyLoss, MSELoss, get
+
+
+def test_cross_entropy_gradient_with_labels(rng):
+    check_loss_gradient(CrossEntropyLoss(), rng.standard_normal((5, 4)), np.array([0, 3, 1, 1, 2]))
+
+
+def test_cross_entropy_gradient_with_probability_targets(rng):
+    targets = rng.dirichlet(np.ones(4), size=5)
+    check_loss_gradient(CrossEntropyLoss(), rng.standard_normal((5, 4)), targets)
+
+
+def test_cross_entropy_gradient_with_label_smoothing(rng):
+    check_loss_gradient(CrossEntropyLoss(label_smoothing=0.1), rng.standard_normal((5, 4)), np.array([0, 3, 1, 1, 2]))
+
+
+def test_mse_gradient(rng):
+    check_loss_gradient(MSELoss(), rng.standard_normal((3, 4)), rng.standard_normal((3, 4)))
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_cross_entropy_matches_pytorch(label_smoothing, rng, torch):
+    logits, labels = rng.standard_normal((8, 5)) * 4, rng.integers(0, 5, 8)
+    loss_fn = CrossEntropyLoss(label_smoothing=label_smoothing)
+    loss = loss_fn(logits, labels)
+    logits_torch = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(logits_torch, torch.tensor(labels), label_smoothing=label_smoothing)
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-12)
+    np.testing.assert_allclose(loss_fn.backward(), logits_torch.grad.numpy(), rtol=1e-12)
+
+
+def test_cross_entropy_with_one_hot_targets_equals_labels(rng):
+    logits, labels = rng.standard_normal((6, 3)), np.array([0, 1, 2, 2, 1, 0])
+    assert CrossEntropyLoss()(logits, np.eye(3)[labels]) == pytest.approx(CrossEntropyLoss()(logits, labels), rel=1e-14)
+
+
+def test_cross_entropy_with_probabilities_matches_pytorch(rng, torch):
+    logits, targets = rng.standard_normal((4, 3)), rng.dirichlet(np.ones(3), size=4)
+    expected = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(targets))
+    assert CrossEntropyLoss()(logits, targets) == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_mse_matches_pytorch(rng, torch):
+    output, target = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    output_torch = torch.tensor(output, requires_grad=True)
+    expected = torch.nn.functional.mse_loss(output_torch, torch.tensor(target))
+    expected.backward()
+    loss_fn = MSELoss()
+    assert loss_fn(output, target) == pytest.approx(expected.item(), rel=1e-12)
+    np.testing.assert_allclose(loss_fn.backward(), output_torch.grad.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1e4, 1e6, 1e30])
+def test_cross_entropy_is_finite_and_exact_for_huge_logits(dtype, scale):
+    logits = np.array([[scale, 0.0, -scale], [0.0, scale, scale]], dtype)
+    loss_fn = CrossEntropyLoss()
+    # Row 1: the right class wins by `scale` -> loss 0. Row 2: label 0 is `scale` below two tied
+    # classes -> loss = scale + log 2. Mean of both.
+    expected = (scale + np.log(2)) / 2
+    loss = loss_fn(logits, np.array([0, 0]))
+    assert np.isfinite(loss) and loss == pytest.approx(expected, rel=1e-6)
+    grad = loss_fn.backward()
+    assert np.all(np.isfinite(grad)) and grad.dtype == dtype
+    np.testing.assert_allclose(grad, [[0, 0, 0], [-0.5, 0.25, 0.25]], atol=1e-7)
+
+
+def test_loss_returns_a_python_float():
+    assert type(CrossEntropyLoss()(np.zeros((2, 3), np.float32), np.array([0, 1]))) is float
+
+
+def test_labels_out_of_range_raise():
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        CrossEntropyLoss()(np.zeros((2, 3)), np.array([0, 3]))
+
+
+def test_label_count_mismatch_raises():
+    with pytest.raises(ValueError, match="3 labels for 2 outputs"):
+        CrossEntropyLoss()(np.zeros((2, 3)), np.array([0, 1, 2]))
+
+
+def test_float_labels_raise_a_type_error():
+    with pytest.raises(TypeError, match="integer class labels"):
+        CrossEntropyLoss()(np.zeros((2, 3)), np.array([0.0, 1.0]))
+
+
+def test_mse_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="does not match"):
+        MSELoss()(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+def test_backward_before_the_loss_raises():
+    with pytest.raises(RuntimeError, match="before the loss"):
+        MSELoss().backward()
+
+
+def test_losses_by_name():
+    assert isinstance(get("cross_entropy"), CrossEntropyLoss)
+    assert isinstance(get("sparse_categorical_crossentropy"), CrossEntropyLoss)
+    assert isinstance(get("mse"), MSELoss)
+    with pytest.raises(ValueError, match="unknown loss"):
+        get("hinge")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
+from npconvnet import rng as global_rng
 from npconvnet.data import (
     Augmenter,
     affine_matrices,
@@ -22,6 +23,14 @@ from npconvnet.data import (
 
 def random_images(shape, seed=0, dtype=np.float32):
     return np.random.default_rng(seed).random(shape).astype(dtype)
+
+
+@pytest.fixture
+def restore_global_rng():
+    """Leave the global generator as it was for the tests that reseed it."""
+    state = global_rng.get_state()
+    yield
+    global_rng.set_state(state)
 
 
 # ---------------------------------------------------------------------------
@@ -301,6 +310,14 @@ def test_batches_with_a_generator_give_a_new_reproducible_order_each_epoch():
     np.testing.assert_array_equal(two_epochs(0)[1], epoch2)
 
 
+def test_batches_without_a_seed_follow_the_global_seed(restore_global_rng):
+    global_rng.manual_seed(11)
+    first = np.concatenate(list(batches(np.arange(50), batch_size=8)))
+    global_rng.manual_seed(11)
+    second = np.concatenate(list(batches(np.arange(50), batch_size=8)))
+    np.testing.assert_array_equal(first, second)
+
+
 def test_batches_read_memmap_arrays(tmp_path):
     data = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=(20, 3))
     data[:] = np.arange(20)[:, None]
@@ -446,6 +463,14 @@ def test_a_passed_rng_takes_the_place_of_the_augmenters_own():
     first = default_augmenter(seed=1)(x, rng=np.random.default_rng(3))
     second = default_augmenter(seed=2)(x, rng=np.random.default_rng(3))
     np.testing.assert_array_equal(first, second)
+
+
+def test_an_unseeded_augmenter_follows_the_global_seed(restore_global_rng):
+    x = random_images((4, 1, 10, 10))
+    global_rng.manual_seed(5)
+    first = default_augmenter()(x)
+    global_rng.manual_seed(5)
+    np.testing.assert_array_equal(default_augmenter()(x), first)
 
 
 def test_successive_calls_draw_new_transforms():

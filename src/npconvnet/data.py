@@ -21,7 +21,18 @@ import numbers
 
 import numpy as np
 
+from . import rng as global_rng
+
 _CHANNEL_COUNTS = (1, 3, 4)
+
+
+def _generator(seed):
+    """The generator for an int seed or a Generator; None gives the global generator.
+
+    Drawing from the global generator makes unseeded calls repeatable after
+    npconvnet.manual_seed.
+    """
+    return global_rng.default_rng() if seed is None else np.random.default_rng(seed)
 
 
 # ---------------------------------------------------------------------------
@@ -175,9 +186,10 @@ def train_val_split(x, y, val_fraction=0.1, seed=0, stratify=False):
     x: (N, ...), y: (N, ...). Returns ((x_train, y_train), (x_val, y_val)) with
     round(N * val_fraction) validation samples; both parts keep the original
     order of the samples. seed (int or np.random.Generator) makes the split
-    deterministic. stratify=True keeps the class proportions: about
-    round(count_k * val_fraction) samples of each class k go to validation,
-    the class being y itself for (N,) labels and y.argmax(1) for one-hot (N, K).
+    deterministic; None draws from the global generator (npconvnet.manual_seed).
+    stratify=True keeps the class proportions: about round(count_k * val_fraction)
+    samples of each class k go to validation, the class being y itself for (N,)
+    labels and y.argmax(1) for one-hot (N, K).
     """
     x, y = np.asarray(x), np.asarray(y)
     _check_same_length("train_val_split", x, y)
@@ -185,9 +197,8 @@ def train_val_split(x, y, val_fraction=0.1, seed=0, stratify=False):
         raise ValueError(
             f"train_val_split: val_fraction must be a number strictly between 0 and 1, "
             f"got {val_fraction!r}")
-    rng = np.random.default_rng(seed)
     n = len(x)
-    order = rng.permutation(n)
+    order = _generator(seed).permutation(n)
     if stratify:
         if y.ndim not in (1, 2):
             raise ValueError(
@@ -223,8 +234,9 @@ def batches(x, y=None, batch_size=128, shuffle=True, seed=None, drop_last=False)
     visited in the order of one random permutation; seed is an int (the same
     order on every call), an np.random.Generator (a new order per call, so
     pass the training generator to get a fresh but reproducible order each
-    epoch) or None (fresh, unseeded randomness). Each batch is read with one sorted index array, which keeps reads
-    from np.memmap arrays sequential.
+    epoch) or None (the global generator, seeded by npconvnet.manual_seed).
+    Each batch is read with one sorted index array, which keeps reads from
+    np.memmap arrays sequential.
     """
     x = np.asarray(x)
     if y is not None:
@@ -234,7 +246,7 @@ def batches(x, y=None, batch_size=128, shuffle=True, seed=None, drop_last=False)
             or batch_size <= 0:
         raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
     n = len(x)
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    order = _generator(seed).permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
     return _iterate_batches(x, y, order, batch_size, stop)
 
@@ -366,7 +378,8 @@ class Augmenter:
         Keras, one factor is used for both axes so shapes keep their aspect;
       horizontal_flip: mirror left-right with probability 1/2;
       fill_value: the value of pixels that come from outside the image;
-      seed: seeds the augmenter's own generator, used when no rng is passed.
+      seed: seeds the augmenter's own generator, used when no rng is passed;
+        with seed=None the global generator (npconvnet.manual_seed) is used.
 
     ``augmenter(x_batch, rng=None)`` maps a float (N, C, H, W) batch to a new
     batch of the same shape and dtype, each image with its own parameters.
@@ -406,7 +419,7 @@ class Augmenter:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise ValueError(f"Augmenter: seed must be an integer or None, got {seed!r}")
         self.seed = None if seed is None else int(seed)
-        self.rng = np.random.default_rng(self.seed)
+        self._rng = None if seed is None else np.random.default_rng(self.seed)
 
     def get_config(self):
         """Return the constructor arguments as a plain JSON-serialisable dict."""
@@ -434,9 +447,11 @@ class Augmenter:
         """Draw random parameters for n images of size (height, width).
 
         Returns (n, 3, 3) matrices as made by affine_matrices, ready for
-        apply_affine. rng defaults to the augmenter's own generator.
+        apply_affine. rng defaults to the augmenter's own generator (or the
+        global one when the augmenter has no seed).
         """
-        rng = self.rng if rng is None else rng
+        if rng is None:
+            rng = _generator(None) if self._rng is None else self._rng
         max_shift_x = self.width_shift_range * (width if self.width_shift_range < 1 else 1)
         max_shift_y = self.height_shift_range * (height if self.height_shift_range < 1 else 1)
         angle = rng.uniform(-self.rotation_range, self.rotation_range, n)

@@ -1,0 +1,215 @@
+"""Pictures: training curves, confusion matrices, image grids, filters and feature maps.
+
+Every function draws on a matplotlib ``Figure`` of its own with the non-interactive Agg canvas
+(no window, no pyplot state, works on servers), saves it when ``path`` is given (PNG at
+``dpi``, default 100, so a 6x4-inch figure is 600x400 pixels, README-sized) and returns it.
+matplotlib is imported only when a picture is drawn: the rest of npconvnet does not need it.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_history", "plot_confusion_matrix", "plot_image_grid", "plot_filters",
+           "plot_feature_maps", "plot_misclassified"]
+
+DPI = 100
+
+
+def _figure(width, height):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError("drawing pictures needs matplotlib: pip install matplotlib") from err
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path, dpi=DPI):
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=dpi)
+    return figure
+
+
+def _history_dict(history):
+    """``{"loss": [...], ...}`` from a ``History``, its ``to_dict()``, or a plain dict."""
+    if hasattr(history, "history"):
+        history = history.history
+    if isinstance(history, dict) and set(history) == {"epoch", "history"}:
+        history = history["history"]
+    if not isinstance(history, dict):
+        raise TypeError(f"plot_history: expected a History or a dict of lists, got {type(history).__name__}")
+    return history
+
+
+def plot_history(history, path=None, title="Training curves", dpi=DPI):
+    """Loss and accuracy per epoch, training and validation side by side.
+
+    ``history``: a ``History`` (``fit``'s result) or ``{"loss": [...], "accuracy": [...],
+    "val_loss": [...], "val_accuracy": [...]}``; the panels show the keys present (the accuracy
+    panel only when accuracy was logged). Epochs are numbered from 1 on the x axis.
+    """
+    history = _history_dict(history)
+    if not history.get("loss"):
+        raise ValueError("plot_history: the history has no 'loss' values to plot")
+    panels = [("loss", "Loss")] + ([("accuracy", "Accuracy")] if history.get("accuracy") else [])
+    figure = _figure(3.2 * len(panels) + 0.4, 3.6)
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for index, (key, label) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), index)
+        for prefix, name, style in (("", "training", "o-"), ("val_", "validation", "s--")):
+            values = history.get(prefix + key)
+            if values and not np.all(np.isnan(np.asarray(values, dtype=float))):
+                axes.plot(epochs[:len(values)], values, style, label=name, markersize=4)
+        axes.set_title(label)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(label.lower())
+        axes.xaxis.get_major_locator().set_params(integer=True)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _save(figure, path, dpi)
+
+
+def plot_confusion_matrix(confusion, class_names=None, path=None, title="Confusion matrix",
+                          dpi=DPI):
+    """The confusion matrix (rows: true class, columns: predicted class) as a heatmap.
+
+    Cells are shaded by the fraction of their row (so rare classes read as well as common
+    ones) and labelled with their counts; the title gives the accuracy.
+    """
+    confusion = np.asarray(confusion)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"plot_confusion_matrix: expected a square (K, K) matrix, got shape {confusion.shape}")
+    classes = len(confusion)
+    names = [str(k) for k in range(classes)] if class_names is None else [str(n) for n in class_names]
+    if len(names) != classes:
+        raise ValueError(f"plot_confusion_matrix: {len(names)} class names for {classes} classes")
+    row_totals = confusion.sum(axis=1, keepdims=True)
+    fractions = np.divide(confusion, row_totals, out=np.zeros(confusion.shape), where=row_totals > 0)
+    size = min(max(4.0, 0.45 * classes + 2.5), 9.0)
+    figure = _figure(size + 0.8, size)
+    axes = figure.add_subplot()
+    image = axes.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if classes <= 30:
+        font = 8 if classes <= 12 else 6
+        for (row, column), count in np.ndenumerate(confusion):
+            if count:
+                axes.text(column, row, str(count), ha="center", va="center", fontsize=font,
+                          color="white" if fractions[row, column] > 0.5 else "black")
+    ticks = np.arange(classes)
+    axes.set_xticks(ticks, names, rotation=45 if max(map(len, names)) > 2 else 0,
+                    ha="right" if max(map(len, names)) > 2 else "center")
+    axes.set_yticks(ticks, names)
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    total = confusion.sum()
+    accuracy = f" (accuracy {np.trace(confusion) / total:.2%})" if total else ""
+    axes.set_title(title + accuracy)
+    figure.tight_layout()
+    return _save(figure, path, dpi)
+
+
+def _as_displayable(image):
+    """``(H, W)``, ``(1, H, W)``, ``(3, H, W)`` or ``(H, W, 3)`` -> what ``imshow`` takes."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[2] not in (1, 3):
+        image = image.transpose(1, 2, 0)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected an image (H, W), (C, H, W) or (H, W, C), got shape {image.shape}")
+    return image
+
+
+def _normalise(image):
+    """Stretch to [0, 1]: a filter's or feature map's own range, so each one shows its pattern."""
+    low, high = float(np.min(image)), float(np.max(image))
+    return (image - low) / (high - low) if high > low else np.zeros_like(image)
+
+
+def plot_image_grid(images, titles=None, path=None, title=None, ncols=None, cmap="gray",
+                    normalise=False, cell=1.1, dpi=DPI):
+    """Images in a grid, each with an optional small title.
+
+    ``images``: a sequence or array of ``(H, W)`` / ``(C, H, W)`` / ``(H, W, 3)`` images with
+    values in [0, 1]; ``normalise=True`` stretches each image to its own range first.
+    ``ncols`` defaults to a near-square grid; ``cell`` is the size of one image in inches.
+    """
+    images = [_as_displayable(image) for image in images]
+    if not images:
+        raise ValueError("plot_image_grid: no images to draw")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"plot_image_grid: {len(titles)} titles for {len(images)} images")
+    ncols = ncols or math.ceil(math.sqrt(len(images)))
+    nrows = math.ceil(len(images) / ncols)
+    header = 0.45 if title else 0.0
+    label = 0.25 if titles is not None else 0.0
+    figure = _figure(max(ncols * cell, 3.0), nrows * (cell + label) + header)
+    for index, image in enumerate(images):
+        axes = figure.add_subplot(nrows, ncols, index + 1)
+        if normalise:
+            image = _normalise(image)
+        axes.imshow(np.clip(image, 0, 1), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        axes.set_xticks([])
+        axes.set_yticks([])
+        if titles is not None:
+            axes.set_title(str(titles[index]), fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    figure.tight_layout(pad=0.3, h_pad=0.3, w_pad=0.2)
+    return _save(figure, path, dpi)
+
+
+def plot_filters(weight, path=None, title="Filters of the first convolution", dpi=DPI):
+    """Convolution kernels ``(F, C, kh, kw)`` as a grid, each normalised to its own range.
+
+    RGB kernels (C = 3) are shown in colour; other channel counts show the mean over channels.
+    """
+    weight = np.asarray(weight, dtype=np.float32)
+    if weight.ndim != 4:
+        raise ValueError(f"plot_filters: expected a weight of shape (F, C, kh, kw), got {weight.shape}")
+    kernels = weight if weight.shape[1] == 3 else weight.mean(axis=1, keepdims=True)
+    shown = [_normalise(kernel) for kernel in kernels]
+    return plot_image_grid(shown, titles=[f"{index}" for index in range(len(shown))], path=path,
+                           title=f"{title}: {weight.shape[0]} x {weight.shape[1]}x"
+                                 f"{weight.shape[2]}x{weight.shape[3]}",
+                           cmap="gray", cell=0.8, dpi=dpi)
+
+
+def plot_feature_maps(maps, path=None, title="Feature maps", max_maps=64, cmap="viridis", dpi=DPI):
+    """One image's feature maps ``(C, H, W)`` as a grid, each normalised to its own range.
+
+    At most ``max_maps`` channels are drawn (the first ones), each titled with its index.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ValueError(f"plot_feature_maps: expected maps of shape (C, H, W), got {maps.shape}")
+    shown = maps[:max_maps]
+    more = f", first {len(shown)} shown" if len(maps) > len(shown) else ""
+    return plot_image_grid([_normalise(m) for m in shown],
+                           titles=[str(index) for index in range(len(shown))], path=path,
+                           title=f"{title}: {maps.shape[0]} x {maps.shape[1]}x{maps.shape[2]}{more}",
+                           cmap=cmap, cell=0.9, dpi=dpi)
+
+
+def plot_misclassified(images, true_labels, predicted_labels, probabilities, class_names=None,
+                       path=None, title="Most confident errors", dpi=DPI):
+    """Wrongly classified images, each titled ``true: x / pred: y (p=0.97)``.
+
+    ``probabilities`` is the predicted class's probability for each image.
+    """
+    names = class_names if class_names is not None else [str(k) for k in range(
+        int(max(np.max(true_labels, initial=0), np.max(predicted_labels, initial=0))) + 1)]
+    titles = [f"true: {names[t]}\npred: {names[p]} (p={prob:.2f})"
+              for t, p, prob in zip(true_labels, predicted_labels, probabilities)]
+    ncols = min(len(images), 8)
+    return plot_image_grid(images, titles, path=path, title=title, ncols=ncols, cell=1.3,
+                           dpi=dpi)

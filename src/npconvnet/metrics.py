@@ -1,0 +1,180 @@
+"""Classification metrics: accuracy, the confusion matrix, precision, recall and F1.
+
+Labels are integer class indices ``(N,)``; an ``(N, K)`` array (one-hot rows, probabilities
+or logits, such as ``model.predict`` returns) stands for its row-wise ``argmax``.
+
+All scores come from the confusion matrix ``C`` (rows = true class, columns = predicted
+class, as in sklearn). For class ``k``::
+
+    tp = C[k, k],   predicted = sum_i C[i, k],   true (support) = sum_j C[k, j]
+    precision = tp / predicted,   recall = tp / true,   F1 = 2 tp / (predicted + true)
+
+(``F1 = 2 P R / (P + R)`` written with counts, as sklearn computes it.) A ratio with a zero
+denominator is ``zero_division`` (0.0 by default, or 1.0 or ``np.nan``). Averages, as in
+sklearn with its default ``labels=None``, are over the classes that occur in ``y_true`` or
+``y_pred``:
+
+* ``"macro"``: the plain mean of the per-class values;
+* ``"weighted"``: the mean weighted by each class's support;
+* ``"micro"``: the ratio of the summed counts (for single-label data this equals accuracy).
+
+With ``zero_division=np.nan`` the averages leave the undefined classes out, as sklearn does.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+AVERAGES = ("macro", "micro", "weighted")
+
+
+def _labels(values, name, num_classes):
+    """``values`` as a 1-D integer label array (``argmax`` of 2-D scores), checked."""
+    values = np.asarray(values)
+    if values.ndim == 2:
+        values = values.argmax(axis=1)
+    if values.ndim != 1:
+        raise ValueError(f"{name}: expected labels of shape (N,) or scores of shape (N, K), "
+                         f"got shape {values.shape}")
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"{name}: expected integer class labels, got dtype {values.dtype} "
+                        "(use .astype(int) for whole numbers)")
+    if values.size and values.min() < 0:
+        raise ValueError(f"{name}: class labels must be >= 0, got {values.min()}")
+    if num_classes is not None and values.size and values.max() >= num_classes:
+        raise ValueError(f"{name}: label {values.max()} is out of range for "
+                         f"num_classes={num_classes} (labels must be in [0, {num_classes}))")
+    return values
+
+
+def confusion_matrix(y_true, y_pred, num_classes=None):
+    """``(K, K)`` int64 counts: entry ``[i, j]`` is the number of samples of true class ``i``
+    predicted as class ``j`` (sklearn's layout).
+
+    ``K`` is ``num_classes``, or one more than the largest label seen. Unlike sklearn, classes
+    are indexed by their label, so a class that occurs nowhere still has its (zero) row.
+    """
+    if num_classes is not None and (isinstance(num_classes, bool)
+                                    or not isinstance(num_classes, numbers.Integral)
+                                    or num_classes < 1):
+        raise ValueError(f"confusion_matrix: num_classes must be a positive int, got {num_classes!r}")
+    y_true = _labels(y_true, "y_true", num_classes)
+    y_pred = _labels(y_pred, "y_pred", num_classes)
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"confusion_matrix: y_true has {len(y_true)} samples, y_pred {len(y_pred)}")
+    if num_classes is None:
+        num_classes = int(max(y_true.max(initial=-1), y_pred.max(initial=-1))) + 1
+    # Each (true, pred) pair is one cell of the flattened matrix: one bincount counts them all.
+    cells = y_true.astype(np.int64) * num_classes + y_pred
+    return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def accuracy(y_true, y_pred):
+    """The fraction of samples whose predicted class is the true class."""
+    y_true, y_pred = _labels(y_true, "y_true", None), _labels(y_pred, "y_pred", None)
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"accuracy: y_true has {len(y_true)} samples, y_pred {len(y_pred)}")
+    if not len(y_true):
+        raise ValueError("accuracy: no samples")
+    return float(np.mean(y_true == y_pred))
+
+
+def accuracy_from_confusion(confusion):
+    """``trace(C) / sum(C)``."""
+    total = confusion.sum()
+    return float(np.trace(confusion) / total) if total else math.nan
+
+
+def _divide(numerator, denominator, zero_division):
+    """``numerator / denominator`` element-wise, ``zero_division`` where the denominator is 0."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    result = np.full(numerator.shape, zero_division, dtype=float)
+    np.divide(numerator, denominator, out=result, where=denominator != 0)
+    return result
+
+
+def _average(values, weights=None):
+    """Mean (weighted when ``weights`` is given) that skips NaN entries, as sklearn's."""
+    keep = ~np.isnan(values)
+    if weights is not None:
+        weights = weights[keep]
+    if not keep.any() or (weights is not None and not weights.sum()):
+        return math.nan
+    return float(np.average(values[keep], weights=weights))
+
+
+def scores_from_confusion(confusion, average=None, zero_division=0.0):
+    """``(precision, recall, f1, support)`` from a confusion matrix.
+
+    ``average=None`` gives ``(K,)`` arrays, one entry per class; ``"macro"``, ``"micro"`` or
+    ``"weighted"`` give floats (and ``support`` the number of samples), see the module docstring.
+    """
+    if average not in (None,) + AVERAGES:
+        raise ValueError(f"average must be None, 'macro', 'micro' or 'weighted', got {average!r}")
+    if not (zero_division in (0, 1) or (isinstance(zero_division, float) and math.isnan(zero_division))):
+        raise ValueError(f"zero_division must be 0.0, 1.0 or np.nan, got {zero_division!r}")
+    confusion = np.asarray(confusion)
+    true_positive = np.diag(confusion)
+    predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
+    if average is None:
+        return (_divide(true_positive, predicted, zero_division),
+                _divide(true_positive, support, zero_division),
+                _divide(2 * true_positive, predicted + support, zero_division),
+                support)
+    present = (predicted + support) > 0
+    true_positive, predicted, support = true_positive[present], predicted[present], support[present]
+    if average == "micro":
+        true_positive, predicted, support = true_positive.sum(), predicted.sum(), support.sum()
+        return (float(_divide(true_positive, predicted, zero_division)),
+                float(_divide(true_positive, support, zero_division)),
+                float(_divide(2 * true_positive, predicted + support, zero_division)),
+                int(support))
+    weights = support.astype(float) if average == "weighted" else None
+    return (_average(_divide(true_positive, predicted, zero_division), weights),
+            _average(_divide(true_positive, support, zero_division), weights),
+            _average(_divide(2 * true_positive, predicted + support, zero_division), weights),
+            int(support.sum()))
+
+
+def precision_recall_f1(y_true, y_pred, average=None, num_classes=None, zero_division=0.0):
+    """``(precision, recall, f1, support)``, like sklearn's ``precision_recall_fscore_support``
+    (per class, ``(K,)`` arrays, when ``average`` is None)."""
+    confusion = confusion_matrix(y_true, y_pred, num_classes)
+    return scores_from_confusion(confusion, average, zero_division)
+
+
+def precision(y_true, y_pred, average=None, num_classes=None, zero_division=0.0):
+    """``tp / (tp + fp)`` per class, or averaged (``"macro"``, ``"micro"``, ``"weighted"``)."""
+    return precision_recall_f1(y_true, y_pred, average, num_classes, zero_division)[0]
+
+
+def recall(y_true, y_pred, average=None, num_classes=None, zero_division=0.0):
+    """``tp / (tp + fn)`` per class, or averaged (``"macro"``, ``"micro"``, ``"weighted"``)."""
+    return precision_recall_f1(y_true, y_pred, average, num_classes, zero_division)[1]
+
+
+def f1_score(y_true, y_pred, average=None, num_classes=None, zero_division=0.0):
+    """``2 tp / (2 tp + fp + fn)`` per class, or averaged (``"macro"``, ``"micro"``, ``"weighted"``)."""
+    return precision_recall_f1(y_true, y_pred, average, num_classes, zero_division)[2]
+
+
+_SCORE_INDEX = {"precision": 0, "recall": 1, "f1": 2}
+#: The names ``compile(metrics=[...])`` accepts (sklearn's scorer names for the averages).
+METRIC_NAMES = ("accuracy",) + tuple(f"{score}_{average}" for score in _SCORE_INDEX
+                                     for average in AVERAGES)
+
+
+def get(name):
+    """The metric called ``name`` as a function of an epoch's confusion matrix.
+
+    ``"accuracy"``, and ``"precision_macro"``, ``"recall_weighted"``,
+    ``"f1_micro"``, ... (any of precision / recall / f1 with macro / micro / weighted).
+    """
+    if name == "accuracy":
+        return accuracy_from_confusion
+    score, _, average = name.partition("_") if isinstance(name, str) else (None, None, None)
+    if score not in _SCORE_INDEX or average not in AVERAGES:
+        raise ValueError(f"unknown metric {name!r}: expected one of {', '.join(METRIC_NAMES)}")
+    index = _SCORE_INDEX[score]
+    return lambda confusion: scores_from_confusion(confusion, average)[index]

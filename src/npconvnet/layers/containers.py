@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ..training import Model
 from .activations import LeakyReLU, ReLU
 from .base import Layer
 from .dense import Flatten
@@ -60,7 +61,7 @@ def _output_shape(layer, input_shape):
     return tuple(input_shape)
 
 
-class Sequential(Layer):
+class Sequential(Model, Layer):
     """Layers applied one after the other: ``y = f_n(... f_2(f_1(x)))``.
 
     Backward runs the chain rule in reverse: each layer turns dL/d(its output) into

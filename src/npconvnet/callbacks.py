@@ -1,0 +1,434 @@
+"""Callbacks hook into ``fit``, as in Keras: early stopping, learning-rate changes, checkpoints.
+
+``fit`` calls, on every callback::
+
+    on_train_begin(logs)
+      on_epoch_begin(epoch, logs)
+        on_batch_begin(batch, logs) / on_batch_end(batch, logs)   (running averages so far)
+      on_epoch_end(epoch, logs)        logs = {"loss", "accuracy", "val_loss", ..., "lr"}
+    on_train_end(logs)
+
+``epoch`` counts from 0. A callback reaches the model as ``self.model`` and stops training by
+setting ``self.model.stop_training = True``; ``self.params`` holds ``epochs``, ``steps``
+(batches per epoch) and ``metrics`` (the keys ``on_epoch_end`` will find in ``logs``).
+"""
+
+import math
+import os
+import time
+
+from . import schedulers
+
+try:
+    from tqdm.auto import tqdm
+except ImportError:                     # tqdm is optional: fall back to one line per epoch
+    tqdm = None
+
+
+class History:
+    """What ``fit`` logged, epoch by epoch (Keras' ``History``).
+
+    ``history``: ``{"loss": [...], "accuracy": [...], "val_loss": [...], "lr": [...], ...}``,
+    one value per epoch; ``epoch``: the epoch numbers (from 0). A value missing in some epoch
+    (validation in one ``fit`` call but not in another) is NaN, so all lists stay aligned.
+    """
+
+    def __init__(self):
+        self.epoch = []
+        self.history = {}
+
+    def append(self, epoch, logs):
+        for key in logs:
+            self.history.setdefault(key, [math.nan] * len(self.epoch))
+        for key, values in self.history.items():
+            values.append(float(logs.get(key, math.nan)))
+        self.epoch.append(int(epoch))
+
+    def __len__(self):
+        return len(self.epoch)
+
+    def to_dict(self):
+        """``{"epoch": [...], "history": {...}}``: plain lists, JSON-serialisable."""
+        return {"epoch": list(self.epoch), "history": {key: list(values) for key, values in self.history.items()}}
+
+    @classmethod
+    def from_dict(cls, state):
+        """Rebuild a History from :meth:`to_dict`'s output, checking its structure."""
+        if not isinstance(state, dict) or set(state) != {"epoch", "history"}:
+            raise ValueError("a History must be a dict with the keys 'epoch' and 'history'")
+        epochs, history = state["epoch"], state["history"]
+        if not isinstance(epochs, list) or not all(isinstance(e, int) and not isinstance(e, bool)
+                                                   for e in epochs):
+            raise ValueError("History: 'epoch' must be a list of ints")
+        if not isinstance(history, dict):
+            raise ValueError("History: 'history' must be a dict of lists")
+        for key, values in history.items():
+            if not isinstance(values, list) or len(values) != len(epochs) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ValueError(f"History: {key!r} must be a list of {len(epochs)} numbers, one per epoch")
+        restored = cls()
+        restored.epoch = list(epochs)
+        restored.history = {key: [float(v) for v in values] for key, values in history.items()}
+        return restored
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
+
+
+class Callback:
+    """Base class: every hook does nothing. Subclasses override the ones they need."""
+
+    def __init__(self):
+        self.model = None
+        self.params = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        self.params = params
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+
+def _is_scheduler(value):
+    return isinstance(value, (schedulers.LRScheduler, schedulers.ReduceLROnPlateau))
+
+
+class CallbackList:
+    """The callbacks of one ``fit`` call, each hook forwarded to all of them in order.
+
+    A learning-rate scheduler from ``npconvnet.schedulers`` may be listed directly; it is
+    wrapped in a :class:`LearningRateScheduler`.
+    """
+
+    def __init__(self, callbacks, model, params):
+        self.callbacks = []
+        for index, callback in enumerate(callbacks or []):
+            if _is_scheduler(callback):
+                callback = LearningRateScheduler(callback)
+            if not isinstance(callback, Callback):
+                raise TypeError(f"callbacks[{index}]: expected a Callback or a learning-rate "
+                                f"scheduler, got {type(callback).__name__}")
+            callback.set_model(model)
+            callback.set_params(params)
+            self.callbacks.append(callback)
+
+    def on_train_begin(self, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch, logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        for callback in self.callbacks:
+            callback.on_batch_begin(batch, logs)
+
+    def on_batch_end(self, batch, logs=None):
+        for callback in self.callbacks:
+            callback.on_batch_end(batch, logs)
+
+
+def _format_logs(logs):
+    return " - ".join(f"{key}: {value:.4g}" if key == "lr" else f"{key}: {value:.4f}"
+                      for key, value in logs.items())
+
+
+class ProgressBar(Callback):
+    """What ``fit(verbose=...)`` shows: ``verbose=1`` a progress bar per epoch with the running
+    loss and metrics (tqdm, when installed; otherwise one line per epoch), ``verbose=2`` one
+    line per epoch: ``Epoch 2/10 - 3.1s - loss: 0.1234 - accuracy: 0.9650 - val_loss: ...``."""
+
+    def __init__(self, verbose=1, print_fn=print):
+        super().__init__()
+        self.use_bar = verbose == 1 and tqdm is not None
+        self.print_fn = print_fn
+        self.bar = None
+        self.started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+        if self.use_bar:
+            self.bar = tqdm(total=self.params.get("steps"), unit="batch", dynamic_ncols=True,
+                            desc=f"Epoch {epoch + 1}/{self.params.get('epochs')}")
+
+    def on_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.set_postfix({key: f"{value:.4f}" for key, value in (logs or {}).items()},
+                                 refresh=False)
+            self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.bar is not None:
+            self.bar.set_postfix_str(_format_logs(logs or {}))
+            self.bar.close()
+            self.bar = None
+            return
+        seconds = time.perf_counter() - self.started
+        self.print_fn(f"Epoch {epoch + 1}/{self.params.get('epochs')} - {seconds:.1f}s - "
+                      + _format_logs(logs or {}))
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:     # training stopped in the middle of an epoch
+            self.bar.close()
+            self.bar = None
+
+
+# Monitoring a logged value.
+
+def _resolve_mode(owner, mode, monitor):
+    """``"min"`` or ``"max"``; ``"auto"`` maximises accuracy, precision, recall and F1 (as Keras)."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{owner}: mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode != "auto":
+        return mode
+    name = monitor.removeprefix("val_")
+    return "max" if name.startswith(("acc", "precision", "recall", "f1")) else "min"
+
+
+class _Monitor(Callback):
+    """Shared by the callbacks that watch one logged value (``monitor``)."""
+
+    def __init__(self, monitor, mode, min_delta=0.0):
+        super().__init__()
+        if not isinstance(monitor, str):
+            raise TypeError(f"{type(self).__name__}: monitor must be the name of a logged value, "
+                            f"e.g. 'val_loss', got {monitor!r}")
+        self.monitor = monitor
+        self.mode = _resolve_mode(type(self).__name__, mode, monitor)
+        self.min_delta = abs(float(min_delta))
+
+    def _check_monitor_is_logged(self):
+        """Fail before the first epoch when the monitored value will never be logged."""
+        logged = self.params.get("metrics")
+        if logged is not None and self.monitor not in logged:
+            raise ValueError(self._missing_message(logged))
+
+    def _missing_message(self, available):
+        hint = (" (validation values need validation_data or validation_split in fit)"
+                if self.monitor.startswith("val_") else "")
+        return (f"{type(self).__name__}: monitor={self.monitor!r} is not logged{hint}; "
+                f"available: {', '.join(available)}")
+
+    def _current(self, logs):
+        if not logs or self.monitor not in logs:
+            raise ValueError(self._missing_message(list(logs or {})))
+        return float(logs[self.monitor])
+
+    def _is_improvement(self, value, best):
+        """``value < best - min_delta`` (mode "min") or ``value > best + min_delta`` ("max")."""
+        if self.mode == "min":
+            return value < best - self.min_delta
+        return value > best + self.min_delta
+
+    def _worst(self):
+        return math.inf if self.mode == "min" else -math.inf
+
+
+class EarlyStopping(_Monitor):
+    """Stop training once ``monitor`` has not improved for ``patience`` epochs in a row (Keras).
+
+    An epoch improves when the value beats the best so far by more than ``min_delta``
+    (lower for ``mode="min"``, higher for ``"max"``; ``"auto"`` picks ``"max"`` for accuracy-like
+    names). With ``patience=0`` the first epoch without improvement stops training.
+    ``restore_best_weights=True`` puts back the parameters and buffers of the best epoch when
+    training ends, whether it stopped early or not. After training, ``best``, ``best_epoch``
+    and ``stopped_epoch`` (None when it ran to the end) tell what happened.
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
+                 restore_best_weights=False, verbose=0):
+        super().__init__(monitor, mode, min_delta)
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
+        self.patience = patience
+        self.restore_best_weights = bool(restore_best_weights)
+        self.verbose = verbose
+
+    def on_train_begin(self, logs=None):
+        self._check_monitor_is_logged()
+        self.wait = 0
+        self.best = self._worst()
+        self.best_epoch = self.stopped_epoch = self.last_epoch = None
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self._current(logs)
+        self.last_epoch = epoch
+        if self._is_improvement(current, self.best):
+            self.best, self.best_epoch, self.wait = current, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.state_dict()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            if self.verbose:
+                print(f"EarlyStopping: {self.monitor} has not improved for {self.wait} epochs; "
+                      f"stopping after epoch {epoch + 1}")
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None and self.best_epoch != self.last_epoch:
+            self.model.load_state_dict(self.best_weights)
+            if self.verbose:
+                print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1} "
+                      f"({self.monitor} = {self.best:.4f})")
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Multiply the learning rate by ``factor`` when ``monitor`` stops improving (Keras).
+
+    The rate drops at the ``patience``-th epoch in a row without an improvement larger than
+    ``min_delta`` (absolute), never below ``min_lr``; after a drop, ``cooldown`` epochs pass
+    before epochs without improvement count again. Wraps
+    :class:`npconvnet.schedulers.ReduceLROnPlateau`, created on the model's optimizer when
+    training begins (``self.scheduler``).
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0, verbose=0):
+        super().__init__(monitor, mode, min_delta)
+        if not 0 < factor < 1:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"ReduceLROnPlateau: patience must be an int >= 0, got {patience!r}")
+        self.factor, self.patience, self.cooldown, self.min_lr = factor, patience, cooldown, min_lr
+        self.verbose = verbose
+        self.scheduler = None
+
+    def on_train_begin(self, logs=None):
+        self._check_monitor_is_logged()
+        # The scheduler drops the rate once more than `patience` epochs were bad; Keras once
+        # `patience` epochs were: hence patience - 1.
+        self.scheduler = schedulers.ReduceLROnPlateau(
+            self.model.optimizer, mode=self.mode, factor=self.factor,
+            patience=max(self.patience - 1, 0), threshold=self.min_delta, threshold_mode="abs",
+            cooldown=self.cooldown, min_lr=self.min_lr)
+
+    def on_epoch_end(self, epoch, logs=None):
+        previous = self.model.optimizer.lr
+        self.scheduler.step(self._current(logs))
+        if self.verbose and self.model.optimizer.lr != previous:
+            print(f"ReduceLROnPlateau: learning rate {previous:.4g} -> {self.model.optimizer.lr:.4g} "
+                  f"after epoch {epoch + 1}")
+
+
+class LearningRateScheduler(Callback):
+    """Change the learning rate every epoch.
+
+    ``schedule`` is either a scheduler from :mod:`npconvnet.schedulers` created on the model's
+    optimizer (``StepLR(model.optimizer, 5)``), stepped at the end of every epoch
+    (``ReduceLROnPlateau`` gets the value of ``monitor``), or, as in Keras, a function
+    ``schedule(epoch, lr) -> new lr`` called at the start of every epoch.
+    """
+
+    def __init__(self, schedule, monitor="val_loss"):
+        super().__init__()
+        if not (_is_scheduler(schedule) or callable(schedule)):
+            raise TypeError("LearningRateScheduler: expected an npconvnet.schedulers scheduler or a "
+                            f"function (epoch, lr) -> lr, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.monitor = monitor
+
+    def on_train_begin(self, logs=None):
+        if _is_scheduler(self.schedule) and self.schedule.optimizer is not self.model.optimizer:
+            raise ValueError(f"LearningRateScheduler: {type(self.schedule).__name__} changes the "
+                             "learning rate of another optimizer than the model's; create it "
+                             "after compile(), on model.optimizer")
+        if isinstance(self.schedule, schedulers.ReduceLROnPlateau):
+            logged = self.params.get("metrics")
+            if logged is not None and self.monitor not in logged:
+                raise ValueError(f"LearningRateScheduler: monitor={self.monitor!r} is not logged; "
+                                 f"available: {', '.join(logged)}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not _is_scheduler(self.schedule):
+            lr = self.schedule(epoch, self.model.optimizer.lr)
+            if not isinstance(lr, (int, float)) or not lr >= 0:
+                raise ValueError(f"LearningRateScheduler: the schedule returned {lr!r} for epoch "
+                                 f"{epoch}; expected a learning rate >= 0")
+            self.model.optimizer.lr = float(lr)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if isinstance(self.schedule, schedulers.ReduceLROnPlateau):
+            if self.monitor not in (logs or {}):
+                raise ValueError(f"LearningRateScheduler: monitor={self.monitor!r} is not logged; "
+                                 f"available: {', '.join(logs or {})}")
+            self.schedule.step(logs[self.monitor])
+        elif _is_scheduler(self.schedule):
+            self.schedule.step()
+
+
+class ModelCheckpoint(_Monitor):
+    """Save the model (``model.save``, atomic) after every epoch, or only when it improved.
+
+    ``filepath`` may hold format fields: ``{epoch}`` (counted from 1, as Keras names files) and
+    any logged value, e.g. ``"checkpoints/model-{epoch:02d}-{val_loss:.3f}.npz"``. Folders are
+    created as needed. ``save_best_only=True`` saves only when ``monitor`` beats the best value
+    so far (``mode`` as in :class:`EarlyStopping`). ``include_optimizer`` keeps the optimizer's
+    state, so that training can resume from the file. ``saved`` lists the files written.
+    """
+
+    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto",
+                 include_optimizer=True, verbose=0):
+        super().__init__(monitor, mode)
+        self.filepath = os.fspath(filepath)
+        self.save_best_only = bool(save_best_only)
+        self.include_optimizer = bool(include_optimizer)
+        self.verbose = verbose
+        self.best = self._worst()
+        self.saved = []
+
+    def on_train_begin(self, logs=None):
+        if self.save_best_only:
+            self._check_monitor_is_logged()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.save_best_only:
+            current = self._current(logs)
+            if not self._is_improvement(current, self.best):
+                return
+            self.best = current
+        path = self._path(epoch, logs)
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        self.model.save(path, include_optimizer=self.include_optimizer)
+        self.saved.append(path)
+        if self.verbose:
+            print(f"ModelCheckpoint: saved {path}")
+
+    def _path(self, epoch, logs):
+        try:
+            return self.filepath.format(epoch=epoch + 1, **logs)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"ModelCheckpoint: cannot fill in filepath {self.filepath!r} ({error!r}); "
+                             f"available fields: epoch, {', '.join(logs)}") from None

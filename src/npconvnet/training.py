@@ -1,0 +1,403 @@
+"""The Keras workflow: ``compile``, ``fit``, ``evaluate``, ``predict`` and ``save`` on a model::
+
+    model.compile(optimizer=optim.Adam(lr=1e-3), loss="cross_entropy", metrics=["accuracy"])
+    history = model.fit(x_train, y_train, epochs=10, batch_size=128, validation_split=0.1, seed=0)
+    model.evaluate(x_test, y_test)          # {"loss": 0.04, "accuracy": 0.987}
+    model.predict(x_test)                   # (N, classes) probabilities
+
+Inputs: images as uint8 pixels or floats, shaped ``(N, H, W)``, ``(N, H, W, C)`` or
+``(N, C, H, W)``, or feature rows ``(N, D)``. Each batch is converted on its own (uint8 scaled
+to [0, 1], then NCHW in the model's dtype), so a memory-mapped dataset larger than memory
+works. Targets: integer class labels ``(N,)`` or one-hot rows ``(N, classes)``.
+
+Randomness: ``fit(seed=s)`` derives one generator per epoch from ``(s, epoch)``; it shuffles,
+augments and (through ``npconvnet.rng.manual_seed``) draws the dropout masks of that epoch.
+The same seed therefore gives bit-identical training, and an interrupted run resumes exactly:
+save after epoch ``k`` with the optimizer state, then ``load_model(path).fit(...,
+initial_epoch=k, seed=s)``. The global generator is left as it was before ``fit`` (after one
+draw for the seed, when none is given).
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from . import data, optim, rng
+from . import metrics as metric_functions
+from .callbacks import CallbackList, History, ProgressBar
+
+
+def _as_array(value, where, name):
+    """An ndarray as it is (a ``np.memmap`` stays one), anything else through ``np.asarray``."""
+    if value is None:
+        raise TypeError(f"{where}: {name} is None; expected an array")
+    return value if isinstance(value, np.ndarray) else np.asarray(value)
+
+
+def _check_count(where, name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _augmenter(augment):
+    """None, the default augmenter (``augment=True``), or the given callable ``f(batch, rng=...)``."""
+    if augment is None or augment is False:
+        return None
+    if augment is True:
+        return data.default_augmenter()
+    if callable(augment):
+        return augment
+    raise TypeError(f"fit: augment must be None, True, or an Augmenter, got {type(augment).__name__}")
+
+
+class Model:
+    """Training methods for a layer that holds a whole network (``Sequential`` inherits them).
+
+    After ``compile``: ``optimizer``, ``loss`` (objects) and ``metric_names``. ``history`` is a
+    :class:`~npconvnet.callbacks.History` of every epoch trained so far, kept across ``fit``
+    calls and model files. ``input_shape`` (one sample's shape, set by the first ``fit``) and
+    ``class_names`` (set it yourself) are saved with the model.
+    """
+
+    optimizer = None
+    loss = None
+    metric_names = ()
+    history = None
+    input_shape = None
+    class_names = None
+    stop_training = False
+
+    # Setup.
+    def compile(self, optimizer="adam", loss="cross_entropy", metrics=("accuracy",)):
+        """Choose the optimizer, the loss and the metrics logged during training.
+
+        ``optimizer``: an ``npconvnet.optim`` object or a name (``"adam"``, ``"sgd"``,
+        ``"momentum"``, ...); one created without parameters is bound to this model's.
+        ``loss``: a loss object or a name (``"cross_entropy"``, ``"mse"``).
+        ``metrics``: names from :data:`npconvnet.metrics.METRIC_NAMES` (``"accuracy"``,
+        ``"f1_macro"``, ...), computed over each whole epoch.
+        """
+        from . import losses    # here, not at the top: layers/containers.py imports this module
+        optimizer = optim.get(optimizer)
+        parameters = self.parameters()
+        if optimizer.params is None:
+            optimizer.bind(parameters)
+        elif len(optimizer.params) != len(parameters) or any(
+                mine is not theirs for mine, theirs in zip(parameters, optimizer.params)):
+            raise ValueError("compile: the optimizer was created for other parameters than this "
+                             "model's; create it without parameters (e.g. optim.Adam(lr=1e-3)) "
+                             "or with model.parameters()")
+        metric_names = [metrics] if isinstance(metrics, str) else list(metrics or [])
+        for name in metric_names:
+            metric_functions.get(name)
+        self.optimizer, self.loss, self.metric_names = optimizer, losses.get(loss), metric_names
+
+    def _require_compiled(self, where):
+        if self.optimizer is None or self.loss is None:
+            raise RuntimeError(f"{where}: the model is not compiled; call model.compile(optimizer=..., "
+                               f"loss=..., metrics=[...]) before model.{where}()")
+
+    # Inputs and targets.
+    def _dtype(self):
+        parameters = self.parameters()
+        return parameters[0].data.dtype if parameters else np.dtype(np.float32)
+
+    def _expected_channels(self):
+        """``in_channels`` of the first convolution, depth-first (None without one)."""
+        pending = [self]
+        while pending:
+            layer = pending.pop(0)
+            if hasattr(layer, "in_channels"):
+                return layer.in_channels
+            pending = [child for _, child in layer.children()] + pending
+        return None
+
+    def _channels_last(self, x, where):
+        """Whether 4-D images ``x`` are ``(N, H, W, C)`` rather than ``(N, C, H, W)``."""
+        if self.input_shape is not None and len(self.input_shape) == 3:
+            channels, height, width = self.input_shape
+            if x.shape[1:] == (channels, height, width):
+                return False
+            if x.shape[1:] == (height, width, channels):
+                return True
+            raise ValueError(f"{where}: images of shape {x.shape[1:]} per sample do not match the "
+                             f"model's input_shape {tuple(self.input_shape)} (C, H, W), nor (H, W, C)")
+        channels = self._expected_channels()
+        fits = (1, 3, 4) if channels is None else (channels,)
+        first, last = x.shape[1] in fits, x.shape[3] in fits
+        if first and last:
+            raise ValueError(f"{where}: cannot tell whether x of shape {x.shape} is (N, C, H, W) or "
+                             "(N, H, W, C); set model.input_shape = (C, H, W) first")
+        if channels is not None and not (first or last):
+            raise ValueError(f"{where}: the model's first convolution expects {channels} channels, "
+                             f"but neither axis 1 nor axis 3 of x (shape {x.shape}) has that size")
+        return last
+
+    def _input_converter(self, x, where):
+        """A function turning batches of ``x`` into model input; the layout is decided once."""
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise TypeError(f"{where}: x must hold pixel values (uint8) or floats, got dtype {x.dtype}")
+        dtype = self._dtype()
+        if x.ndim == 2:
+            return lambda batch: data.scale(batch).astype(dtype, copy=False)
+        if x.ndim not in (3, 4):
+            raise ValueError(f"{where}: x must be images (N, H, W), (N, H, W, C) or (N, C, H, W), "
+                             f"or features (N, D); got shape {x.shape}")
+        channels_last = x.ndim == 4 and self._channels_last(x, where)
+        return lambda batch: data.to_nchw(data.scale(batch), channels_last).astype(dtype, copy=False)
+
+    def _check_fits(self, x, convert, where):
+        """Run one sample through the model in evaluation mode (nothing changes) to check that
+        ``x`` fits it; returns one sample's input shape and the output's shape."""
+        if len(x) == 0:
+            raise ValueError(f"{where}: x holds no samples")
+        sample = convert(x[:1])
+        if self.input_shape is not None and sample.shape[1:] != tuple(self.input_shape):
+            raise ValueError(f"{where}: x has samples of shape {sample.shape[1:]} (after conversion), "
+                             f"but the model's input_shape is {tuple(self.input_shape)}")
+        previous = self.training
+        self.eval()
+        try:
+            output = self.forward(sample)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{where}: samples of shape {x.shape[1:]} (model input "
+                             f"{sample.shape[1:]}) do not fit the model: {error}") from None
+        finally:
+            self.train(previous)
+        return sample.shape[1:], output.shape[1:]
+
+    def _num_classes(self, output_shape, where):
+        if len(output_shape) != 1:
+            raise ValueError(f"{where}: the model outputs samples of shape {output_shape}; training "
+                             "needs one score per class, (N, classes) (end the model with a Dense layer)")
+        return output_shape[0]
+
+    @staticmethod
+    def _check_targets(y, count, num_classes, where):
+        if len(y) != count:
+            raise ValueError(f"{where}: x has {count} samples but y has {len(y)}")
+        if y.ndim == 1:
+            if not np.issubdtype(y.dtype, np.integer):
+                raise TypeError(f"{where}: class labels y must be integers, got dtype {y.dtype} (use "
+                                f"y.astype(int), or pass one-hot targets of shape (N, {num_classes}))")
+            if y.min() < 0 or y.max() >= num_classes:
+                raise ValueError(f"{where}: labels must be in [0, {num_classes}) for a model with "
+                                 f"{num_classes} outputs, got values from {y.min()} to {y.max()}")
+        elif y.ndim != 2 or y.shape[1] != num_classes:
+            raise ValueError(f"{where}: y must be class labels (N,) or one-hot targets "
+                             f"(N, {num_classes}), got shape {y.shape}")
+
+    def _prepare(self, x, y, where):
+        """Checked arrays, their batch converter and the number of classes."""
+        x, y = _as_array(x, where, "x"), _as_array(y, where, "y")
+        convert = self._input_converter(x, where)
+        _, output_shape = self._check_fits(x, convert, where)
+        num_classes = self._num_classes(output_shape, where)
+        self._check_targets(y, len(x), num_classes, where)
+        return x, y, convert, num_classes
+
+    def _loss_targets(self, y_batch, num_classes, dtype):
+        """Labels as they are for cross-entropy; one-hot rows for losses that need them (MSE)."""
+        from .losses import CrossEntropyLoss
+        if y_batch.ndim == 1 and not isinstance(self.loss, CrossEntropyLoss):
+            return data.one_hot(y_batch, num_classes).astype(dtype, copy=False)
+        return y_batch
+
+    def _logs(self, loss, confusion):
+        logs = {"loss": loss}
+        logs.update((name, metric_functions.get(name)(confusion)) for name in self.metric_names)
+        return logs
+
+    @staticmethod
+    def _batch_confusion(y_batch, outputs, num_classes):
+        true = y_batch if y_batch.ndim == 1 else y_batch.argmax(axis=1)
+        return metric_functions.confusion_matrix(true, outputs.argmax(axis=1), num_classes)
+
+    # Training.
+    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
+            augment=None, callbacks=None, seed=None, shuffle=True, verbose=1, initial_epoch=0):
+        """Train for ``epochs - initial_epoch`` epochs (``epochs`` is the index of the last
+        epoch, as in Keras); returns a History of these epochs.
+
+        ``validation_data=(x_val, y_val)``, or ``validation_split``: the last fraction of
+        ``x``/``y`` (taken before shuffling, as in Keras) is held out. ``augment``: True for
+        ``data.default_augmenter()``, or an ``Augmenter`` applied to every training batch.
+        ``callbacks``: Callback objects or ``npconvnet.schedulers`` schedulers. ``seed``: see the
+        module docstring. ``verbose``: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+        """
+        self._require_compiled("fit")
+        epochs = _check_count("fit", "epochs", epochs, 1)
+        batch_size = _check_count("fit", "batch_size", batch_size, 1)
+        initial_epoch = _check_count("fit", "initial_epoch", initial_epoch, 0)
+        if initial_epoch >= epochs:
+            raise ValueError(f"fit: initial_epoch={initial_epoch} leaves no epoch to train with "
+                             f"epochs={epochs} (epochs is the index of the last epoch, as in Keras)")
+        if seed is not None:
+            seed = _check_count("fit", "seed", seed, 0)
+        x, y = _as_array(x, "fit", "x"), _as_array(y, "fit", "y")
+        x, y, validation = self._split_validation(x, y, validation_data, validation_split)
+        x, y, convert, num_classes = self._prepare(x, y, "fit")
+        if validation is not None:
+            validation = self._prepare(*validation, "fit (validation data)")
+        augmenter = _augmenter(augment)
+        if augmenter is not None and convert(x[:1]).ndim != 4:
+            raise ValueError(f"fit: augment needs images, but x has shape {x.shape}")
+        if self.input_shape is None:
+            self.input_shape = tuple(convert(x[:1]).shape[1:])
+        if seed is None:
+            seed = int(rng.default_rng().integers(2**63))
+
+        logged = ["loss", *self.metric_names]
+        logged += [f"val_{name}" for name in logged] if validation is not None else []
+        params = {"epochs": epochs, "steps": math.ceil(len(x) / batch_size), "samples": len(x),
+                  "batch_size": batch_size, "metrics": logged + ["lr"]}
+        callback_list = CallbackList(([ProgressBar(verbose)] if verbose else []) + list(callbacks or []),
+                                     self, params)
+        history = History()
+        if self.history is None:
+            self.history = History()
+        previous_mode, global_rng_state = self.training, rng.get_state()
+        self.stop_training = False
+        logs = {}
+        try:
+            callback_list.on_train_begin()
+            for epoch in range(initial_epoch, epochs):
+                epoch_rng = np.random.default_rng([seed, epoch])
+                rng.manual_seed(int(epoch_rng.integers(2**63)))      # this epoch's dropout masks
+                callback_list.on_epoch_begin(epoch)
+                lr = self.optimizer.lr
+                self.train()
+                logs = self._train_epoch(x, y, convert, num_classes, batch_size, shuffle, augmenter,
+                                         epoch_rng, callback_list)
+                if validation is not None:
+                    self.eval()
+                    scores = self._evaluate_batches(*validation, batch_size=batch_size)
+                    logs.update((f"val_{name}", value) for name, value in scores.items())
+                logs["lr"] = lr
+                history.append(epoch, logs)
+                self.history.append(epoch, logs)
+                callback_list.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+            callback_list.on_train_end(logs)
+        finally:
+            rng.set_state(global_rng_state)
+            self.train(previous_mode)
+        return history
+
+    @staticmethod
+    def _split_validation(x, y, validation_data, validation_split):
+        """``(x, y, (x_val, y_val) or None)``; a split takes the last samples, as views (no copy)."""
+        if not isinstance(validation_split, numbers.Real) or not 0 <= validation_split < 1:
+            raise ValueError(f"fit: validation_split must be in [0, 1), got {validation_split!r}")
+        if validation_split and validation_data is not None:
+            raise ValueError("fit: give validation_data or validation_split, not both")
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("fit: validation_data must be a pair (x_val, y_val)")
+            return x, y, tuple(validation_data)
+        if not validation_split:
+            return x, y, None
+        if len(x) != len(y):
+            raise ValueError(f"fit: x has {len(x)} samples but y has {len(y)}")
+        split_at = int(len(x) * (1 - validation_split))
+        if split_at in (0, len(x)):
+            raise ValueError(f"fit: validation_split={validation_split} of {len(x)} samples leaves "
+                             f"{split_at} for training and {len(x) - split_at} for validation")
+        return x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
+
+    def _train_epoch(self, x, y, convert, num_classes, batch_size, shuffle, augmenter, epoch_rng,
+                     callback_list):
+        """One pass over the training data; returns the epoch's logs (sample-weighted means)."""
+        total_loss, seen = 0.0, 0
+        confusion = np.zeros((num_classes, num_classes), np.int64)
+        logs = {}
+        for batch, (x_batch, y_batch) in enumerate(
+                data.batches(x, y, batch_size, shuffle=shuffle, seed=epoch_rng)):
+            callback_list.on_batch_begin(batch)
+            inputs = convert(x_batch)
+            if augmenter is not None:
+                inputs = augmenter(inputs, rng=epoch_rng)
+            outputs = self.forward(inputs)
+            loss = self.loss(outputs, self._loss_targets(y_batch, num_classes, outputs.dtype))
+            self.backward(self.loss.backward())
+            self.optimizer.step()       # backward overwrote every .grad: no zero_grad needed
+            total_loss += loss * len(y_batch)
+            seen += len(y_batch)
+            confusion += self._batch_confusion(y_batch, outputs, num_classes)
+            logs = self._logs(total_loss / seen, confusion)
+            callback_list.on_batch_end(batch, logs)
+            if self.stop_training:
+                break
+        return logs
+
+    # Evaluation and prediction.
+    def _evaluate_batches(self, x, y, convert, num_classes, batch_size):
+        total_loss = 0.0
+        confusion = np.zeros((num_classes, num_classes), np.int64)
+        for x_batch, y_batch in data.batches(x, y, batch_size, shuffle=False):
+            outputs = self.forward(convert(x_batch))
+            total_loss += self.loss(outputs, self._loss_targets(y_batch, num_classes, outputs.dtype)) \
+                * len(y_batch)
+            confusion += self._batch_confusion(y_batch, outputs, num_classes)
+        return self._logs(total_loss / len(x), confusion)
+
+    def evaluate(self, x, y, batch_size=256):
+        """``{"loss": ..., "accuracy": ..., ...}`` over all of ``x`` (evaluation mode, batched)."""
+        self._require_compiled("evaluate")
+        batch_size = _check_count("evaluate", "batch_size", batch_size, 1)
+        prepared = self._prepare(x, y, "evaluate")
+        previous = self.training
+        self.eval()
+        try:
+            return self._evaluate_batches(*prepared, batch_size=batch_size)
+        finally:
+            self.train(previous)
+
+    def _outputs_logits(self):
+        """Whether outputs are logits to turn into probabilities: cross-entropy (or no loss yet)
+        trains logits, unless the network already ends with a Softmax."""
+        from .layers.activations import Softmax
+        from .losses import CrossEntropyLoss
+        layers = getattr(self, "layers", None)
+        ends_with_softmax = bool(layers) and isinstance(layers[-1], Softmax)
+        return not ends_with_softmax and (self.loss is None or isinstance(self.loss, CrossEntropyLoss))
+
+    def predict(self, x, batch_size=256):
+        """Class probabilities ``(N, classes)``, computed batch by batch in evaluation mode.
+
+        The softmax of the outputs when the model outputs logits (see ``compile``), the outputs
+        themselves otherwise. Memory stays bounded by ``batch_size``: only the result is
+        allocated for all of ``x``.
+        """
+        from .layers.activations import softmax
+        batch_size = _check_count("predict", "batch_size", batch_size, 1)
+        x = _as_array(x, "predict", "x")
+        convert = self._input_converter(x, "predict")
+        _, output_shape = self._check_fits(x, convert, "predict")
+        apply_softmax = self._outputs_logits()
+        result = np.empty((len(x),) + output_shape, dtype=self._dtype())
+        previous = self.training
+        self.eval()
+        try:
+            start = 0
+            for x_batch in data.batches(x, batch_size=batch_size, shuffle=False):
+                outputs = self.forward(convert(x_batch))
+                result[start:start + len(outputs)] = softmax(outputs, axis=1) if apply_softmax else outputs
+                start += len(outputs)
+        finally:
+            self.train(previous)
+        return result
+
+    def predict_classes(self, x, batch_size=256):
+        """The most probable class of every sample, ``(N,)`` integers."""
+        return self.predict(x, batch_size).argmax(axis=1)
+
+    # Files.
+    def save(self, path, include_optimizer=True, include_history=True):
+        """Write the model to one ``.npz`` file (see ``npconvnet.serialization``); returns the path."""
+        from .serialization import save_model   # serialization imports the layers
+        return save_model(self, path, include_optimizer=include_optimizer,
+                          include_history=include_history)

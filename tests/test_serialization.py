@@ -1,0 +1,440 @@
+"""Model files: round trips, resumed training, atomic writes, and every kind of bad file."""
+
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import npconvnet
+from npconvnet import rng, serialization
+from npconvnet.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
+                              ReLU, Residual, Sequential)
+from npconvnet.optim import SGD, Adam
+from npconvnet.serialization import ModelFileError, layer_from_config, layer_to_config, load_model
+
+
+def bar_images(count, seed=0, size=10):
+    """uint8 noise images; class 0 holds a bright horizontal bar, class 1 a vertical one."""
+    generator = np.random.default_rng(seed)
+    images = generator.integers(0, 60, (count, size, size)).astype(np.uint8)
+    labels = generator.integers(0, 2, count)
+    positions = generator.integers(1, size - 1, count)
+    rows = np.arange(count)
+    images[rows[labels == 0], positions[labels == 0], :] = 255
+    images[rows[labels == 1], :, positions[labels == 1]] = 255
+    return images, labels
+
+
+def plain_net():
+    return Sequential(Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(100, 2))
+
+
+def batchnorm_dropout_net():
+    return Sequential(Conv2D(1, 4, 3, padding=1), BatchNorm2D(4), ReLU(), MaxPool2D(2), Flatten(),
+                      Dropout(0.3), Dense(100, 2))
+
+
+def residual_net():
+    block = Sequential(Conv2D(4, 4, 3, padding=1), BatchNorm2D(4), ReLU(), Conv2D(4, 4, 3, padding=1))
+    return Sequential(Conv2D(1, 4, 3, padding=1), ReLU(),
+                      Residual(block), ReLU(),
+                      Residual(Sequential(Conv2D(4, 8, 3, padding=1)), shortcut=Conv2D(4, 8, 1)),
+                      GlobalAvgPool2D(), Dense(8, 2))
+
+
+def trained(build, epochs=2, optimizer=None):
+    npconvnet.manual_seed(0)
+    model = build()
+    model.compile(optimizer=optimizer or Adam(lr=0.01), metrics=["accuracy", "f1_macro"])
+    x, y = bar_images(48)
+    model.fit(x, y, epochs=epochs, batch_size=16, validation_split=0.25, seed=0, verbose=0)
+    return model
+
+
+def assert_same_state(first, second):
+    first, second = first.state_dict(), second.state_dict()
+    assert first.keys() == second.keys()
+    for name in first:
+        assert first[name].dtype == second[name].dtype
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+
+
+# Architectures
+
+def test_layer_configs_rebuild_the_same_architecture():
+    model = residual_net()
+    rebuilt = layer_from_config(json.loads(json.dumps(layer_to_config(model))))
+    assert repr(rebuilt) == repr(model)
+    assert [name for name, _ in rebuilt.named_parameters()] == [name for name, _ in model.named_parameters()]
+
+
+def test_an_unknown_layer_in_a_config_is_named_with_its_place():
+    config = {"class": "Sequential", "config": {"layers": [{"class": "Conv3D", "config": {}}]}}
+    with pytest.raises(ValueError, match=r"model\.0: unknown layer 'Conv3D'"):
+        layer_from_config(config)
+
+
+# Round trips
+
+@pytest.mark.parametrize("build", [plain_net, batchnorm_dropout_net, residual_net])
+def test_a_loaded_model_predicts_bit_identically(build, tmp_path):
+    model = trained(build)
+    x, _ = bar_images(20, seed=1)
+    model.save(tmp_path / "model.npz")
+    restored = load_model(tmp_path / "model.npz")
+    assert_same_state(model, restored)
+    np.testing.assert_array_equal(restored.predict(x), model.predict(x))
+
+
+def test_a_loaded_model_is_compiled_as_it_was_saved(tmp_path):
+    model = trained(plain_net, optimizer=SGD(lr=0.05, momentum=0.9, nesterov=True))
+    model.class_names = ["horizontal", "vertical"]
+    model.save(tmp_path / "model.npz")
+    restored = load_model(tmp_path / "model.npz")
+    assert type(restored.optimizer) is SGD and restored.optimizer.get_config() == model.optimizer.get_config()
+    assert type(restored.loss) is type(model.loss) and restored.loss.get_config() == model.loss.get_config()
+    assert restored.metric_names == ["accuracy", "f1_macro"]
+    assert restored.input_shape == (1, 10, 10)
+    assert restored.class_names == ["horizontal", "vertical"]
+    assert restored.history.history == model.history.history and restored.history.epoch == [0, 1]
+    x, y = bar_images(20, seed=1)
+    assert restored.evaluate(x, y) == model.evaluate(x, y)
+
+
+def test_the_optimizer_state_is_restored(tmp_path):
+    model = trained(plain_net)
+    model.save(tmp_path / "model.npz")
+    saved, restored = model.optimizer.state, load_model(tmp_path / "model.npz").optimizer.state
+    assert len(saved) == len(restored)
+    for before, after in zip(saved, restored):
+        assert before["step"] == after["step"] == 6
+        np.testing.assert_array_equal(before["exp_avg"], after["exp_avg"])
+        np.testing.assert_array_equal(before["exp_avg_sq"], after["exp_avg_sq"])
+
+
+def test_saving_without_optimizer_and_history_leaves_them_out(tmp_path):
+    model = trained(plain_net)
+    model.save(tmp_path / "model.npz", include_optimizer=False, include_history=False)
+    with np.load(tmp_path / "model.npz") as archive:
+        assert not [name for name in archive.files if name.startswith("optimizer/")]
+    restored = load_model(tmp_path / "model.npz")
+    assert restored.optimizer.state == [{} for _ in restored.parameters()]
+    assert restored.history is None
+
+
+def test_load_model_without_compile_returns_an_uncompiled_model(tmp_path):
+    trained(plain_net).save(tmp_path / "model.npz")
+    restored = load_model(tmp_path / "model.npz", compile=False)
+    assert restored.optimizer is None and restored.loss is None
+
+
+def test_an_uncompiled_model_round_trips(tmp_path):
+    npconvnet.manual_seed(0)
+    model = plain_net()
+    model.save(tmp_path / "model.npz")
+    restored = load_model(tmp_path / "model.npz")
+    assert restored.optimizer is None
+    assert_same_state(model, restored)
+
+
+def test_a_float64_model_stays_float64(tmp_path):
+    npconvnet.manual_seed(0)
+    model = plain_net().astype(np.float64)
+    model.save(tmp_path / "model.npz")
+    restored = load_model(tmp_path / "model.npz")
+    assert restored.parameters()[0].data.dtype == np.float64
+    assert_same_state(model, restored)
+
+
+def test_loading_leaves_the_global_generator_as_it_was(tmp_path):
+    trained(plain_net).save(tmp_path / "model.npz")
+    before = rng.get_state()
+    load_model(tmp_path / "model.npz")
+    assert rng.get_state() == before
+
+
+def test_the_file_stores_the_documented_members(tmp_path):
+    trained(plain_net).save(tmp_path / "model.npz")
+    with zipfile.ZipFile(tmp_path / "model.npz") as archive:
+        names = set(archive.namelist())
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
+    assert "model.json.npy" in names and "weights/0.weight.npy" in names
+    assert "optimizer/0.exp_avg.npy" in names
+    with np.load(tmp_path / "model.npz") as archive:
+        header = json.loads(archive["model.json"].tobytes())
+    assert header["format"] == "npconvnet-model" and header["format_version"] == 1
+    assert header["architecture"]["class"] == "Sequential" and header["dtype"] == "float32"
+
+
+# Resuming
+
+def test_resuming_from_a_saved_epoch_gives_the_weights_of_uninterrupted_training(tmp_path):
+    """Save after epoch 1 with the optimizer state, load, and fit(initial_epoch=1) with the same
+    seed: each epoch's shuffling and dropout come from (seed, epoch), so epoch 2 is replayed exactly."""
+    x, y = bar_images(64)
+
+    def fresh():
+        npconvnet.manual_seed(0)
+        model = batchnorm_dropout_net()
+        model.compile(optimizer=Adam(lr=0.01))
+        return model
+
+    uninterrupted = fresh()
+    uninterrupted.fit(x, y, epochs=3, batch_size=16, seed=11, verbose=0)
+
+    first_part = fresh()
+    first_part.fit(x, y, epochs=1, batch_size=16, seed=11, verbose=0)
+    first_part.save(tmp_path / "epoch1.npz")
+    npconvnet.manual_seed(123)                  # the global generator does not matter
+    resumed = load_model(tmp_path / "epoch1.npz")
+    resumed.fit(x, y, epochs=3, initial_epoch=1, batch_size=16, seed=11, verbose=0)
+
+    assert_same_state(uninterrupted, resumed)
+    assert resumed.history.history == uninterrupted.history.history
+    assert resumed.history.epoch == [0, 1, 2]
+
+
+# Atomic writes
+
+def test_a_crash_before_the_rename_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "model.npz"
+    trained(plain_net, epochs=1).save(path)
+    previous = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk unplugged")
+
+    monkeypatch.setattr(serialization.os, "replace", crash)
+    with pytest.raises(OSError, match="disk unplugged"):
+        trained(plain_net, epochs=2).save(path)
+    assert path.read_bytes() == previous
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
+def test_a_crash_in_the_middle_of_writing_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.npz"
+    trained(plain_net, epochs=1).save(path)
+    previous = path.read_bytes()
+
+    def half_write(file, **arrays):
+        file.write(b"PK\x03\x04 half a model")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serialization.np, "savez", half_write)
+    with pytest.raises(KeyboardInterrupt):
+        trained(plain_net, epochs=2).save(path)
+    assert path.read_bytes() == previous
+    assert os.listdir(tmp_path) == ["model.npz"]
+
+
+def test_a_new_file_is_readable_by_others_like_any_file(tmp_path):
+    trained(plain_net, epochs=1).save(tmp_path / "model.npz")
+    assert os.stat(tmp_path / "model.npz").st_mode & 0o777 == 0o644
+
+
+# Bad files
+
+def read_members(path):
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def write_members(path, members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+
+
+def npy_bytes(array, allow_pickle=False):
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def edit_header(members, change):
+    header = json.loads(np.load(io.BytesIO(members["model.json.npy"])).tobytes())
+    change(header)
+    members["model.json.npy"] = npy_bytes(np.frombuffer(json.dumps(header).encode(), np.uint8))
+
+
+def unknown_layer(members):
+    edit_header(members, lambda h: h["architecture"]["config"]["layers"][1].update({"class": "Swish"}))
+
+
+def missing_array(members):
+    del members["weights/4.bias.npy"]
+
+
+def extra_array(members):
+    members["weights/9.weight.npy"] = npy_bytes(np.zeros(3, np.float32))
+
+
+def wrong_shape(members):
+    members["weights/4.weight.npy"] = npy_bytes(np.zeros((2, 99), np.float32))
+
+
+def wrong_dtype(members):
+    members["weights/4.weight.npy"] = npy_bytes(np.zeros((2, 100), np.float64))
+
+
+def huge_declared_shape(members):
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (2**40, 100)})
+    members["weights/4.weight.npy"] = buffer.getvalue() + bytes(800)      # the real size
+
+
+def pickled_object_array(members):
+    members["weights/4.weight.npy"] = npy_bytes(np.array(["pickled"] * 200, dtype=object), allow_pickle=True)
+
+
+def pickled_header(members):
+    members["model.json.npy"] = npy_bytes(np.array([{"format": "npconvnet-model"}], dtype=object),
+                                          allow_pickle=True)
+
+
+def huge_architecture(members):
+    edit_header(members, lambda h: h["architecture"]["config"]["layers"][4]["config"].update(
+        {"in_features": 10**6, "out_features": 10**6}))
+
+
+def newer_format(members):
+    edit_header(members, lambda h: h.update(format_version=99))
+
+
+def bad_layer_arguments(members):
+    edit_header(members, lambda h: h["architecture"]["config"]["layers"][0]["config"].update(kernel_size="big"))
+
+
+def not_a_model_header(members):
+    members["model.json.npy"] = npy_bytes(np.frombuffer(b'{"hello": 1}', np.uint8))
+
+
+def invalid_json(members):
+    members["model.json.npy"] = npy_bytes(np.frombuffer(b'{"format": ', np.uint8))
+
+
+def no_header(members):
+    del members["model.json.npy"]
+
+
+def unknown_optimizer(members):
+    edit_header(members, lambda h: h["compile"]["optimizer"].update({"class": "Lion"}))
+
+
+def bad_optimizer_buffer(members):
+    members["optimizer/0.exp_avg.npy"] = npy_bytes(np.zeros(7, np.float32))
+
+
+def bad_history(members):
+    edit_header(members, lambda h: h["history"]["history"].update(loss="low"))
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (unknown_layer, "unknown layer 'Swish'"),
+    (missing_array, r"missing \['weights/4.bias'\]"),
+    (extra_array, r"unexpected \['weights/9.weight'\]"),
+    (wrong_shape, r"weights/4.weight has shape \(2, 99\).*expected \(2, 100\) float32"),
+    (wrong_dtype, "weights/4.weight has shape .* and dtype float64"),
+    (huge_declared_shape, r"weights/4.weight has shape \(1099511627776, 100\)"),
+    (pickled_object_array, "dtype object"),
+    (pickled_header, "header must be a 1-D uint8 array, got object"),
+    (huge_architecture, r"declares at least 4,000,000,000,\d+ bytes of weights"),
+    (newer_format, "format version 99.*upgrade npconvnet"),
+    (bad_layer_arguments, r"invalid architecture: architecture\.0: bad arguments for Conv2D"),
+    (not_a_model_header, "not an npconvnet model file"),
+    (invalid_json, "not valid UTF-8 JSON"),
+    (no_header, "not an npconvnet model file"),
+    (unknown_optimizer, "unknown optimizer 'Lion'"),
+    (bad_optimizer_buffer, r"optimizer/0.exp_avg has shape \(7,\)"),
+    (bad_history, "History"),
+])
+def test_a_damaged_model_file_raises_model_file_error_naming_the_file(corrupt, message, tmp_path):
+    path = tmp_path / "model.npz"
+    trained(plain_net, epochs=1).save(path)
+    members = read_members(path)
+    corrupt(members)
+    write_members(path, members)
+    with pytest.raises(ModelFileError, match=message) as caught:
+        load_model(path)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("content", [
+    b"just some text, not a model\n",
+    bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)),
+    b"",
+])
+def test_a_file_that_is_not_an_archive_raises_model_file_error(content, tmp_path):
+    path = tmp_path / "model.npz"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match="not an npconvnet model file") as caught:
+        load_model(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_truncated_file_raises_model_file_error(tmp_path):
+    path = tmp_path / "model.npz"
+    trained(plain_net, epochs=1).save(path)
+    path.write_bytes(path.read_bytes()[: os.path.getsize(path) // 2])
+    with pytest.raises(ModelFileError, match=str(path)):
+        load_model(path)
+
+
+def test_a_single_npy_array_is_not_a_model(tmp_path):
+    path = tmp_path / "model.npy"
+    np.save(path, np.zeros(3))
+    with pytest.raises(ModelFileError, match="single .npy array"):
+        load_model(path)
+
+
+def test_a_member_whose_data_is_cut_short_raises_model_file_error(tmp_path):
+    path = tmp_path / "model.npz"
+    trained(plain_net, epochs=1).save(path)
+    members = read_members(path)
+    members["weights/4.weight.npy"] = members["weights/4.weight.npy"][:-40]
+    write_members(path, members)
+    with pytest.raises(ModelFileError, match=str(path)):
+        load_model(path)
+
+
+def declare_size(path, member, size):
+    """Overwrite the uncompressed size the zip's central directory declares for ``member``."""
+    raw = bytearray(path.read_bytes())
+    end_record = raw.rfind(b"PK\x05\x06")
+    entry = int.from_bytes(raw[end_record + 16:end_record + 20], "little")   # first directory entry
+    while raw[entry:entry + 4] == b"PK\x01\x02":
+        name_length, extra_length, comment_length = (
+            int.from_bytes(raw[entry + offset:entry + offset + 2], "little") for offset in (28, 30, 32))
+        if raw[entry + 46:entry + 46 + name_length] == member.encode():
+            raw[entry + 24:entry + 28] = size.to_bytes(4, "little")
+        entry += 46 + name_length + extra_length + comment_length
+    path.write_bytes(bytes(raw))
+
+
+def test_an_archive_declaring_far_more_content_than_the_file_holds_is_refused(tmp_path):
+    path = tmp_path / "model.npz"
+    trained(plain_net, epochs=1).save(path)
+    declare_size(path, "weights/4.weight.npy", 4_000_000_000)
+    with pytest.raises(ModelFileError, match="declares .* bytes of content in a file of"):
+        load_model(path)
+
+
+def test_a_member_declaring_more_bytes_than_its_array_needs_is_refused_unread(tmp_path):
+    path = tmp_path / "model.npz"
+    trained(plain_net, epochs=1).save(path)
+    declare_size(path, "weights/4.weight.npy", 20_000)
+    with pytest.raises(ModelFileError, match="weights/4.weight declares 20,000 bytes, more than its expected 800"):
+        load_model(path)
+
+
+def test_a_missing_file_raises_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.npz"):
+        load_model(tmp_path / "nothing.npz")
+
+
+def test_model_file_error_is_a_value_error():
+    assert issubclass(ModelFileError, ValueError)

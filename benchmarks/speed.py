@@ -1,0 +1,475 @@
+"""Training and inference speed of npconvnet against PyTorch on the CPU, side by side.
+
+    NPCONVNET_DATA_DIR=/work/shared/datasets python benchmarks/speed.py [--threads 1]
+
+For the zoo models ``convnet``, ``lenet5`` and ``vgg-mini`` (1x28x28 inputs, 10 classes) the same
+network is built in both libraries (the PyTorch twin is converted layer by layer from the
+npconvnet model, weights copied), in float32, with the same number of BLAS / OpenMP threads, and
+measured in the same process, interleaving the two libraries so that both see the same background
+load. Reported, as medians over repeated runs after a warm-up:
+
+- training step (forward, cross-entropy, backward, Adam update) at batch 128, images per second;
+- inference (evaluation mode) at batch 1000 in images per second, and at batch 1 in milliseconds;
+- peak memory of training: each library trains the model for a few steps in a fresh subprocess,
+  and the increase of its peak resident set size over the resident size just before the first
+  step is reported (the kernel's high-water mark VmHWM, reset at that point);
+- the GFLOP/s of npconvnet's convolutions (forward, weight gradient and input gradient of each
+  Conv2D at batch 128), next to the float32 matrix-product peak measured with ``np.matmul``;
+- one epoch of ``convnet`` on the 60,000 MNIST training images (batch 128, Adam), both libraries
+  on the same shuffled batches, as seconds and as a ratio.
+
+Ratios are npconvnet / PyTorch: above 1 means npconvnet is faster for throughput, slower for
+latency, hungrier for memory. The table is printed and written as JSON (``--out``).
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+MODELS = ("convnet", "lenet5", "vgg-mini")
+TRAIN_BATCH, INFER_BATCH = 128, 1000
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="threads for both libraries (default 1)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall-clock time, or the process's CPU time (steadier on a busy machine; "
+                             "meaningful with --threads 1 only)")
+    parser.add_argument("--no-epoch", action="store_true", help="skip the full MNIST epoch")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--out", default=None,
+                        help="JSON file (default benchmarks/results/speed-<threads>thread.json)")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("LIBRARY", "MODEL"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_model(name):
+    """The zoo model ``name`` for 1x28x28 images and 10 classes, float32, seeded."""
+    import npconvnet
+    npconvnet.manual_seed(0)
+    try:
+        from npconvnet import zoo
+    except ImportError:
+        return _local_model(name)
+    return zoo.get(name, input_shape=(1, 28, 28), num_classes=10)
+
+
+def _local_model(name):
+    """The zoo's architectures, for as long as ``npconvnet.zoo`` is not there."""
+    from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential
+    if name == "convnet":
+        return Sequential(Conv2D(1, 8, 3, padding=1), ReLU(), MaxPool2D(2),
+                          Conv2D(8, 16, 3, padding=1), ReLU(), MaxPool2D(2),
+                          Flatten(), Dense(16 * 7 * 7, 10))
+    if name == "lenet5":
+        return Sequential(Conv2D(1, 6, 5, padding=2), ReLU(), MaxPool2D(2),
+                          Conv2D(6, 16, 5), ReLU(), MaxPool2D(2), Flatten(),
+                          Dense(16 * 5 * 5, 120), ReLU(), Dense(120, 84), ReLU(), Dense(84, 10))
+    if name == "vgg-mini":
+        def block(c_in, c_out):
+            return [Conv2D(c_in, c_out, 3, padding=1), BatchNorm2D(c_out), ReLU(),
+                    Conv2D(c_out, c_out, 3, padding=1), BatchNorm2D(c_out), ReLU(),
+                    MaxPool2D(2), Dropout(0.25)]
+        return Sequential(block(1, 32) + block(32, 64) +
+                          [Flatten(), Dense(64 * 7 * 7, 128), ReLU(), Dropout(0.5), Dense(128, 10)])
+    raise ValueError(f"unknown model {name!r}")
+
+
+def to_torch(layer):
+    """The PyTorch twin of an npconvnet layer (recursively for containers), weights copied."""
+    import torch
+    from npconvnet import layers as L
+    from npconvnet.windows import resolve_padding
+    nn = torch.nn
+    if isinstance(layer, L.Sequential):
+        return nn.Sequential(*[to_torch(child) for child in layer])
+    if isinstance(layer, L.Residual):
+        return _TorchResidual(to_torch(layer.block), layer.shortcut and to_torch(layer.shortcut))
+    if isinstance(layer, L.Conv2D):
+        twin = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                         bias=layer.bias is not None)
+        if isinstance(layer.padding, str) and layer.padding != "valid" and max(layer.stride) == 1:
+            twin.padding = resolve_padding(layer.padding, layer.kernel_size, layer.stride, (0, 0))[::2]
+        elif not isinstance(layer.padding, str) and not isinstance(layer.padding[0], tuple):
+            twin.padding = layer.padding
+        elif layer.padding != "valid":
+            raise NotImplementedError(f"no PyTorch twin for {layer!r}")
+    elif isinstance(layer, L.Dense):
+        twin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    elif isinstance(layer, (L.BatchNorm1D, L.BatchNorm2D)):
+        kind = nn.BatchNorm2d if isinstance(layer, L.BatchNorm2D) else nn.BatchNorm1d
+        twin = kind(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+    elif isinstance(layer, L.MaxPool2D):
+        twin = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+    elif isinstance(layer, L.AvgPool2D):
+        twin = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding)
+    elif isinstance(layer, L.GlobalAvgPool2D):
+        twin = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    elif isinstance(layer, L.Dropout):
+        twin = nn.Dropout(layer.p)
+    elif isinstance(layer, L.LeakyReLU):
+        twin = nn.LeakyReLU(layer.negative_slope)
+    else:
+        simple = {L.ReLU: nn.ReLU, L.Tanh: nn.Tanh, L.Sigmoid: nn.Sigmoid, L.Flatten: nn.Flatten}
+        if type(layer) is L.Softmax:
+            return nn.Softmax(dim=1)
+        if type(layer) not in simple:
+            raise NotImplementedError(f"no PyTorch twin for {layer!r}")
+        twin = simple[type(layer)]()
+    with torch.no_grad():
+        for name, value in layer.state_dict().items():
+            getattr(twin, name).copy_(torch.from_numpy(value))
+    return twin
+
+
+def _torch_residual_class():
+    import torch
+
+    class Residual(torch.nn.Module):
+        def __init__(self, block, shortcut=None):
+            super().__init__()
+            self.block, self.shortcut = block, shortcut
+
+        def forward(self, x):
+            return self.block(x) + (x if self.shortcut is None else self.shortcut(x))
+    return Residual
+
+
+def _TorchResidual(block, shortcut):
+    return _torch_residual_class()(block, shortcut)
+
+
+def check_twins(model, twin, x):
+    """Both networks compute the same function (evaluation mode); a wrong converter fails loudly."""
+    import numpy as np
+    import torch
+    model.eval(), twin.eval()
+    with torch.inference_mode():
+        expected = twin(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.forward(x), expected, rtol=1e-3, atol=1e-4)
+    model.train(), twin.train()
+
+
+def numpy_training_step(model, x, y):
+    """npconvnet's training step: forward, cross-entropy, backward, Adam update; returns the loss."""
+    from npconvnet.losses import CrossEntropyLoss
+    from npconvnet.optim import Adam
+    loss_fn, optimizer = CrossEntropyLoss(), Adam(model.parameters(), lr=1e-3)
+
+    def step(x=x, y=y):
+        loss = loss_fn(model.forward(x), y)
+        model.backward(loss_fn.backward())
+        optimizer.step()
+        return loss
+    return step
+
+
+def torch_training_step(twin, x, y):
+    """The same step in PyTorch (gradients reset to None first, as its training loops do)."""
+    import torch
+    loss_fn, optimizer = torch.nn.CrossEntropyLoss(), torch.optim.Adam(twin.parameters(), lr=1e-3)
+
+    def step(x=torch.from_numpy(x), y=torch.from_numpy(y)):
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(twin(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+    return step
+
+
+# --------------------------------------------------------------------------- timing
+
+
+CLOCK = time.perf_counter
+
+
+def interleaved_medians(ours, theirs, repeats, warmup=2):
+    """Median seconds of ``ours()`` and ``theirs()``, run alternately after ``warmup`` runs each."""
+    for _ in range(warmup):
+        ours(), theirs()
+    times = ([], [])
+    for index in range(repeats):
+        order = (0, 1) if index % 2 == 0 else (1, 0)
+        for which in order:
+            function = (ours, theirs)[which]
+            start = CLOCK()
+            function()
+            times[which].append(CLOCK() - start)
+    return tuple(sorted(t)[len(t) // 2] for t in times)
+
+
+def median_seconds(function, repeats, warmup=2):
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = CLOCK()
+        function()
+        times.append(CLOCK() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_peak_gflops(repeats):
+    """The machine's float32 matrix-product speed through NumPy's BLAS, best of a few sizes."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    best = 0.0
+    for size in (512, 1024, 2048):
+        a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
+        seconds = median_seconds(lambda: a @ b, max(3, repeats // 3))
+        best = max(best, 2 * size ** 3 / seconds / 1e9)
+    return best
+
+
+def conv_gflops(model, repeats):
+    """Achieved GFLOP/s of the model's Conv2D layers at batch 128: forward, weight gradient and
+    input gradient (three products of ``2 N F C kh kw H' W'`` flops each), im2col included."""
+    import numpy as np
+    from npconvnet.layers import Conv2D
+    rng = np.random.default_rng(0)
+    shape, flops, seconds = (1, 28, 28), 0, 0.0
+    for layer in _leaves(model):
+        if isinstance(layer, Conv2D):
+            x = rng.standard_normal((TRAIN_BATCH,) + shape, dtype=np.float32)
+            out_shape = layer.output_shape(shape)
+            upstream = rng.standard_normal((TRAIN_BATCH,) + out_shape, dtype=np.float32)
+            kh, kw = layer.kernel_size
+            flops += 3 * 2 * TRAIN_BATCH * layer.in_channels * kh * kw * int(np.prod(out_shape))
+
+            def step(layer=layer, x=x, upstream=upstream):
+                layer.forward(x)
+                layer.backward(upstream)
+            seconds += median_seconds(step, repeats)
+        if hasattr(layer, "output_shape"):
+            shape = layer.output_shape(shape)
+    return flops / seconds / 1e9, flops
+
+
+def _leaves(layer):
+    children = layer.children()
+    if not children:
+        return [layer]
+    return [leaf for _, child in children for leaf in _leaves(child)]
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def memory_probe(library, name):
+    """Run in a fresh process: peak resident memory added by a few training steps, in MiB."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((TRAIN_BATCH, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, TRAIN_BATCH)
+    model = build_model(name)
+    if library == "torch":
+        import torch
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        step = torch_training_step(to_torch(model), x, y)
+    else:
+        step = numpy_training_step(model, x, y)
+    baseline = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:     # "5" resets the peak RSS (VmHWM) to now
+        f.write("5")
+    for _ in range(3):
+        step()
+    result = {"rss_peak_mib": (_status_kib("VmHWM") - baseline) / 1024}
+    if library == "numpy":
+        import tracemalloc
+        tracemalloc.start()
+        step()
+        result["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        tracemalloc.stop()
+    print(json.dumps(result))
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_memory(library, name, threads):
+    command = [sys.executable, os.path.abspath(__file__), "--threads", str(threads),
+               "--memory-probe", library, name]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- epoch
+
+
+def mnist_epoch(threads, batch_size=TRAIN_BATCH):
+    """Seconds for one epoch of convnet on the 60,000 MNIST training images, in both libraries,
+    on the same shuffled batches; also each library's mean training loss as a sanity check."""
+    import numpy as np
+    from npconvnet.datasets import load_mnist
+    (images, labels), _ = load_mnist()
+    x_all = (images.astype(np.float32) / np.float32(255))[:, None]
+    y_all = labels.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(x_all))
+    batches = [(x_all[order[i:i + batch_size]], y_all[order[i:i + batch_size]])
+               for i in range(0, len(x_all), batch_size)]
+    model = build_model("convnet")
+    twin = to_torch(model)
+    results = {}
+    for library in ("pytorch", "npconvnet"):
+        step = (torch_training_step(twin, *batches[0]) if library == "pytorch"
+                else numpy_training_step(model, *batches[0]))
+        losses = []
+        if library == "pytorch":
+            import torch
+            batches_for = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
+        else:
+            batches_for = batches
+        start = CLOCK()
+        for x, y in batches_for:
+            losses.append(step(x, y))
+        seconds = CLOCK() - start
+        results[library] = {"seconds": seconds, "mean_loss": float(np.mean(losses))}
+    results["ratio"] = results["pytorch"]["seconds"] / results["npconvnet"]["seconds"]
+    results["images"] = len(x_all)
+    return results
+
+
+# --------------------------------------------------------------------------- report
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(args.threads)           # before NumPy and PyTorch load their BLAS
+    if args.memory_probe:
+        memory_probe(*args.memory_probe)
+        return
+
+    import numpy as np
+    import torch
+    import npconvnet
+
+    torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    report = {"command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "threads": args.threads, "clock": args.clock, "numpy": np.__version__, "torch": torch.__version__,
+              "npconvnet": npconvnet.__version__, "blas": _blas_name(np),
+              "cpu": _cpu_name(), "python": platform.python_version(),
+              "os_threads_after_import": len(os.listdir("/proc/self/task")),
+              "matmul_peak_gflops": matmul_peak_gflops(args.repeats), "models": {}}
+    for name in args.models:
+        model = build_model(name)
+        twin = to_torch(model)
+        check_twins(model, twin, rng.standard_normal((4, 1, 28, 28), dtype=np.float32))
+        repeats = args.repeats if name != "vgg-mini" else max(5, args.repeats // 2)
+        x = rng.standard_normal((TRAIN_BATCH, 1, 28, 28), dtype=np.float32)
+        y = rng.integers(0, 10, TRAIN_BATCH)
+        train = interleaved_medians(numpy_training_step(model, x, y),
+                                    torch_training_step(twin, x, y), repeats)
+
+        model.eval(), twin.eval()
+        results = {"train_images_per_s": [TRAIN_BATCH / t for t in train]}
+        for batch, key in ((INFER_BATCH, "infer_1000_images_per_s"), (1, "infer_1_ms")):
+            x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
+            x_torch = torch.from_numpy(x)
+
+            def theirs_infer():
+                with torch.inference_mode():
+                    twin(x_torch)
+            seconds = interleaved_medians(lambda: model.forward(x), theirs_infer,
+                                          repeats if batch > 1 else 200)
+            results[key] = [batch / t for t in seconds] if batch > 1 else [t * 1e3 for t in seconds]
+        model.train()
+        results["conv_gflops"], results["conv_flops_per_step"] = conv_gflops(model, repeats)
+        if not args.no_memory:
+            memory = [peak_memory(library, name, args.threads) for library in ("numpy", "torch")]
+            results["train_peak_mib"] = [memory[0]["rss_peak_mib"], memory[1]["rss_peak_mib"]]
+            results["numpy_tracemalloc_peak_mib"] = memory[0]["tracemalloc_peak_mib"]
+        report["models"][name] = results
+        print(f"  {name} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    if not args.no_epoch:
+        report["mnist_epoch"] = mnist_epoch(args.threads)
+    report["total_seconds"] = time.perf_counter() - started
+
+    print(format_table(report))
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"speed-{args.threads}thread.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwritten to {os.path.relpath(out)}")
+
+
+def format_table(report):
+    rows = [("model", "metric", "npconvnet", "PyTorch", "ratio")]
+    metrics = [("train_images_per_s", "train img/s (batch 128)", "{:,.0f}"),
+               ("infer_1000_images_per_s", "infer img/s (batch 1000)", "{:,.0f}"),
+               ("infer_1_ms", "infer latency ms (batch 1)", "{:.3f}"),
+               ("train_peak_mib", "train peak MiB (RSS)", "{:.1f}")]
+    for name, results in report["models"].items():
+        for key, label, form in metrics:
+            if key in results:
+                ours, theirs = results[key]
+                rows.append((name, label, form.format(ours), form.format(theirs), f"{ours / theirs:.2f}x"))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = [f"npconvnet {report['npconvnet']} (NumPy {report['numpy']}, {report['blas']}) vs "
+             f"PyTorch {report['torch']}, CPU {report['cpu']}, float32, {report['threads']} thread(s), "
+             f"{report['clock']}-clock medians",
+             ""]
+    for index, row in enumerate(rows):
+        lines.append(" | ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+                                for i, (cell, w) in enumerate(zip(row, widths))))
+        if index == 0:
+            lines.append("-+-".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(f"float32 matmul peak (np.matmul, best of 512/1024/2048): "
+                 f"{report['matmul_peak_gflops']:.1f} GFLOP/s")
+    for name, results in report["models"].items():
+        extra = (f", NumPy tracemalloc peak {results['numpy_tracemalloc_peak_mib']:.1f} MiB"
+                 if "numpy_tracemalloc_peak_mib" in results else "")
+        lines.append(f"  {name}: Conv2D forward+backward {results['conv_gflops']:.1f} GFLOP/s "
+                     f"({results['conv_gflops'] / report['matmul_peak_gflops']:.0%} of peak){extra}")
+    if "mnist_epoch" in report:
+        epoch = report["mnist_epoch"]
+        lines.append(f"MNIST epoch of convnet ({epoch['images']:,} images, batch 128, Adam): "
+                     f"npconvnet {epoch['npconvnet']['seconds']:.1f} s, PyTorch "
+                     f"{epoch['pytorch']['seconds']:.1f} s, speed ratio {epoch['ratio']:.2f}x "
+                     f"(mean loss {epoch['npconvnet']['mean_loss']:.3f} vs "
+                     f"{epoch['pytorch']['mean_loss']:.3f})")
+    lines.append(f"ratio = npconvnet / PyTorch; total benchmark time {report['total_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def _blas_name(np):
+    try:
+        config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{config['name']} {config['version']}"
+    except Exception:                                  # older NumPy: no dict mode
+        return "unknown BLAS"
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or "unknown"
+    return f"{name}, {os.cpu_count()} cores"
+
+
+if __name__ == "__main__":
+    main()

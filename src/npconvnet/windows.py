@@ -1,14 +1,22 @@
 """Sliding windows: the one mechanism behind convolution and pooling.
 
-``im2col`` copies every kernel-sized window of a padded image into its own column, so that a
-convolution becomes one matrix product and a pooling becomes a reduction over one axis.
-``col2im`` is its adjoint: it adds each column back onto the window it came from, which is
-exactly the backward pass of ``im2col`` (overlapping windows accumulate their gradients).
+A window operation visits, for each of the ``kh * kw`` kernel offsets ``(u, v)``, the strided
+view of the input that holds entry ``(u, v)`` of every window (:func:`window`). Pooling reduces
+over these views directly; ``im2col`` copies them into the rows of one matrix, so that a
+convolution of the whole batch becomes a single matrix product; ``col2im`` is its adjoint: it
+adds each row back onto the pixels it came from, which is exactly the backward pass of
+``im2col`` (overlapping windows accumulate their gradients). The loops run over kernel offsets
+only; each step moves a whole strided slice of the batch, never one sample, channel or pixel.
 
-Both loop over the ``kh * kw`` kernel offsets only; each step moves a whole strided slice of
-the batch, so no Python loop ever runs over samples, channels or pixels.
+Memory layout: arrays are always indexed ``(N, C, H, W)``, but the layers store images
+*channel-major*, as ``(C, N, H, W)`` in memory (an ``(N, C, H, W)`` view with transposed
+strides, see :func:`channel_major`). In that order a channel of the whole batch is one
+contiguous block: the matrix product of a convolution reads and writes it without a transpose
+copy, and element-wise NumPy operations keep the order of their inputs. Any other layout, such
+as a C-contiguous batch from the user, is accepted and simply costs one copy.
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -77,36 +85,73 @@ def output_size(input_size, kernel_size, stride, padding):
             (input_size[1] + left + right - kernel_size[1]) // stride[1] + 1)
 
 
-def im2col(x, kernel_size, stride, padding, pad_value=0.0):
-    """Every window of ``x``: ``(N, C, H, W) -> (N, C, kh, kw, H', W')``.
+def window(array, offset, stride, out_size):
+    """One kernel entry of every window at once: the view ``array[..., i * sh + u, j * sw + v]``
+    over all window positions ``(i, j)``, for the kernel offset ``(u, v)``; shape ``(..., H', W')``.
 
-    ``cols[n, c, u, v, i, j] = x_pad[n, c, i * sh + u, j * sw + v]``.
+    Every sliding-window operation below is a short loop of this over the ``kh * kw`` offsets.
     """
-    (kh, kw), (sh, sw) = kernel_size, stride
+    (u, v), (sh, sw), (out_h, out_w) = offset, stride, out_size
+    return array[..., u:u + sh * (out_h - 1) + 1:sh, v:v + sw * (out_w - 1) + 1:sw]
+
+
+def kernel_offsets(kernel_size):
+    """``(u, v)`` for every entry of a ``kh x kw`` kernel, in row-major order."""
+    return list(itertools.product(range(kernel_size[0]), range(kernel_size[1])))
+
+
+def channel_major(shape, dtype, fill=0.0):
+    """An ``(N, C, H, W)`` array stored as ``(C, N, H, W)``, filled with ``fill``.
+
+    The layers keep images in this order in memory (see the module docstring); the array is
+    indexed as usual, only its strides differ.
+    """
+    n, c, h, w = shape
+    return np.full((c, n, h, w), fill, dtype=dtype).transpose(1, 0, 2, 3)
+
+
+def pad(x, padding, pad_value=0.0):
+    """``(N, C, H, W) -> (N, C, H + top + bottom, W + left + right)``, channel-major.
+
+    ``padding`` is ``(top, bottom, left, right)``; the border is filled with ``pad_value``.
+    """
     top, bottom, left, right = padding
-    if any(padding):
-        x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=pad_value)
     n, c, h, w = x.shape
-    out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
-    cols = np.empty((n, c, kh, kw, out_h, out_w), dtype=x.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            cols[:, :, u, v] = x[:, :, u:u + sh * (out_h - 1) + 1:sh, v:v + sw * (out_w - 1) + 1:sw]
+    padded = channel_major((n, c, h + top + bottom, w + left + right), x.dtype, pad_value)
+    padded[:, :, top:top + h, left:left + w] = x
+    return padded
+
+
+def im2col(x, kernel_size, stride, padding):
+    """Every window of ``x`` as a column: ``(N, C, H, W) -> (C, kh, kw, N, H', W')``.
+
+    ``cols[c, u, v, n, i, j] = x_pad[n, c, i * sh + u, j * sw + v]``. Channels and kernel
+    offsets come first, so that ``cols.reshape(C * kh * kw, N * H' * W')`` is a single matrix
+    whose columns are the windows of the whole batch. Each offset ``(u, v)`` is one strided
+    copy, which is fastest when ``x`` is channel-major (its ``(C, N, H, W)`` transpose is then
+    contiguous).
+    """
+    if any(padding):
+        x = pad(x, padding)
+    n, c, h, w = x.shape
+    out_size = ((h - kernel_size[0]) // stride[0] + 1, (w - kernel_size[1]) // stride[1] + 1)
+    images = x.transpose(1, 0, 2, 3)                                 # (C, N, H, W)
+    cols = np.empty((c, *kernel_size, n, *out_size), dtype=x.dtype)
+    for u, v in kernel_offsets(kernel_size):
+        cols[:, u, v] = window(images, (u, v), stride, out_size)
     return cols
 
 
 def col2im(cols, input_shape, stride, padding):
-    """Adjoint of :func:`im2col`: ``(N, C, kh, kw, H', W') -> (N, C, H, W)``.
+    """Adjoint of :func:`im2col`: ``(C, kh, kw, N, H', W') -> (N, C, H, W)``, channel-major.
 
-    ``x[n, c, i * sh + u, j * sw + v] += cols[n, c, u, v, i, j]`` for every window, then the
-    padding is cut away (its gradient goes nowhere).
+    ``x[n, c, i * sh + u, j * sw + v] += cols[c, u, v, n, i, j]`` for every window (overlapping
+    windows accumulate their gradients), then the padding is cut away (its gradient goes nowhere).
     """
-    n, c, kh, kw, out_h, out_w = cols.shape
-    sh, sw = stride
+    c, kh, kw, n, out_h, out_w = cols.shape
     top, bottom, left, right = padding
     height, width = input_shape[2], input_shape[3]
-    x = np.zeros((n, c, height + top + bottom, width + left + right), dtype=cols.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            x[:, :, u:u + sh * (out_h - 1) + 1:sh, v:v + sw * (out_w - 1) + 1:sw] += cols[:, :, u, v]
-    return x[:, :, top:top + height, left:left + width]
+    grad = np.zeros((c, n, height + top + bottom, width + left + right), dtype=cols.dtype)
+    for u, v in kernel_offsets((kh, kw)):
+        window(grad, (u, v), stride, (out_h, out_w))[...] += cols[:, u, v]
+    return grad[:, :, top:top + height, left:left + width].transpose(1, 0, 2, 3)

@@ -14,8 +14,10 @@ class Conv2D(Layer):
 
         y[n, f, i, j] = bias[f] + sum_{c, u, v} weight[f, c, u, v] * x_pad[n, c, i*sh + u, j*sw + v]
 
-    With the windows of ``x`` laid out as columns (``im2col``), this is one matrix product per
-    image: ``y[n] = W @ cols[n]`` with ``W`` of shape ``(F, C*kh*kw)``.
+    With the windows of the whole batch laid out as the columns of one matrix (``im2col``),
+    this is a single matrix product ``y = W @ cols``, ``W`` of shape ``(F, C*kh*kw)`` and
+    ``cols`` of shape ``(C*kh*kw, N*H'*W')``; the backward pass is two more:
+    ``dL/dW = dL/dy @ cols^T`` and ``dL/dcols = W^T @ dL/dy``, then ``col2im``.
 
     ``padding``: an int, a pair, ``((top, bottom), (left, right))``, ``"valid"`` (none),
     ``"same"`` (output size ``ceil(input / stride)``) or ``"full"`` (``kernel - 1`` each side).
@@ -60,26 +62,28 @@ class Conv2D(Layer):
             raise ValueError(f"{self!r}: input of size {x.shape[2]}x{x.shape[3]} (padding "
                              f"{padding}) is smaller than the kernel {self.kernel_size}")
         n = x.shape[0]
-        cols = im2col(x, self.kernel_size, self.stride, padding).reshape(n, -1, out_h * out_w)
-        out = self.weight.data.reshape(self.out_channels, -1) @ cols          # (N, F, H'*W')
+        # One matrix product for the whole batch: (F, C*kh*kw) @ (C*kh*kw, N*H'*W').
+        cols = im2col(x, self.kernel_size, self.stride, padding).reshape(-1, n * out_h * out_w)
+        out = self.weight.data.reshape(self.out_channels, -1) @ cols            # (F, N*H'*W')
         if self.bias is not None:
             out += self.bias.data[:, None]
-        out = out.reshape(n, self.out_channels, out_h, out_w)
+        # Handed on channel-major: an (N, F, H', W') view of the (F, N, H', W') product.
+        out = out.reshape(self.out_channels, n, out_h, out_w).transpose(1, 0, 2, 3)
         self._remember(out, input_shape=x.shape, padding=padding, cols=cols)
         return out
 
     def backward(self, grad_output):
         saved = self._recall(grad_output)
         n, _, out_h, out_w = grad_output.shape
-        grad_output = grad_output.reshape(n, self.out_channels, out_h * out_w)
-        # dL/dW[f, k] = sum over images n and output pixels p of dL/dy[n, f, p] * cols[n, k, p]
-        grad_weight = np.tensordot(grad_output, saved.cols, axes=([0, 2], [0, 2]))
-        self.weight.grad = grad_weight.reshape(self.weight.data.shape)
+        # (F, N*H'*W'), the layout of the forward product (no copy for a channel-major gradient).
+        grad_output = grad_output.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)
+        weight = self.weight.data.reshape(self.out_channels, -1)                # (F, C*kh*kw)
+        # dL/dW[f, k] = sum over every image and output pixel p of dL/dy[f, p] * cols[k, p]
+        self.weight.grad = (grad_output @ saved.cols.T).reshape(self.weight.data.shape)
         if self.bias is not None:
-            self.bias.grad = grad_output.sum(axis=(0, 2))
-        # dL/dcols[n] = W^T @ dL/dy[n]; each column then flows back onto the window it came from.
-        grad_cols = self.weight.data.reshape(self.out_channels, -1).T @ grad_output
-        grad_cols = grad_cols.reshape(n, self.in_channels, *self.kernel_size, out_h, out_w)
+            self.bias.grad = grad_output.sum(axis=1)
+        # dL/dcols = W^T @ dL/dy; each column then flows back onto the window it came from.
+        grad_cols = (weight.T @ grad_output).reshape(self.in_channels, *self.kernel_size, n, out_h, out_w)
         return col2im(grad_cols, saved.input_shape, self.stride, saved.padding)
 
     def get_config(self):

@@ -1,8 +1,8 @@
-"""Pooling: a reduction over each window that ``im2col`` lays out."""
+"""Pooling: a reduction over the kernel offsets of every window (see ``windows``)."""
 
 import numpy as np
 
-from ..windows import as_pair, col2im, im2col, output_size, resolve_padding
+from ..windows import as_pair, channel_major, kernel_offsets, output_size, pad, resolve_padding, window
 from .base import Layer
 
 
@@ -30,22 +30,20 @@ class _Pool2D(Layer):
         padding = resolve_padding(self.padding, self.kernel_size, self.stride, input_shape[-2:])
         return tuple(input_shape[:-2]) + output_size(input_shape[-2:], self.kernel_size, self.stride, padding)
 
-    def _windows(self, x, pad_value):
-        """``(N, C, H, W) -> (N, C, kh*kw, H', W')``, and the padding used."""
+    def _padded(self, x, pad_value):
+        """The input padded with ``pad_value``, the padding ``(top, bottom, left, right)`` and
+        the size ``(H', W')`` of the grid of windows."""
         self._check_input(x, 4)
         padding = resolve_padding(self.padding, self.kernel_size, self.stride, x.shape[2:])
-        out_h, out_w = output_size(x.shape[2:], self.kernel_size, self.stride, padding)
-        if out_h < 1 or out_w < 1:
+        out_size = output_size(x.shape[2:], self.kernel_size, self.stride, padding)
+        if min(out_size) < 1:
             raise ValueError(f"{self!r}: input of size {x.shape[2]}x{x.shape[3]} is smaller than "
                              f"the pooling window {self.kernel_size}")
-        cols = im2col(x, self.kernel_size, self.stride, padding, pad_value)
-        return cols.reshape(*x.shape[:2], -1, out_h, out_w), padding
+        return (pad(x, padding, pad_value) if any(padding) else x), padding, out_size
 
-    def _unwindow(self, grad_windows, input_shape, padding):
-        """Send each window's gradient back onto the input pixels it came from."""
-        n, c, _, out_h, out_w = grad_windows.shape
-        grad_cols = grad_windows.reshape(n, c, *self.kernel_size, out_h, out_w)
-        return col2im(grad_cols, input_shape, self.stride, padding)
+    def _unpad(self, grad_padded, input_shape, padding):
+        top, _, left, _ = padding
+        return grad_padded[:, :, top:top + input_shape[2], left:left + input_shape[3]]
 
     def get_config(self):
         return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
@@ -56,21 +54,34 @@ class MaxPool2D(_Pool2D):
 
     The gradient flows only to the entry that was the maximum (the first one in row-major order
     when several tie, as in PyTorch): ``dL/dx = dL/dy`` there, 0 elsewhere. Padding counts as -inf.
+
+    Forward keeps a running maximum over the kernel offsets and remembers, for every window,
+    the offset ``k`` it came from; backward sends ``dL/dy`` to offset ``k`` of each window.
     """
 
     def forward(self, x):
-        windows, padding = self._windows(x, pad_value=-np.inf)
-        argmax = windows.argmax(axis=2)[:, :, None]                   # (N, C, 1, H', W')
-        out = np.take_along_axis(windows, argmax, axis=2)[:, :, 0]
-        self._remember(out, input_shape=x.shape, padding=padding, argmax=argmax,
-                       window_shape=windows.shape)
+        x_pad, padding, out_size = self._padded(x, pad_value=-np.inf)
+        offsets = kernel_offsets(self.kernel_size)
+        out = window(x_pad, offsets[0], self.stride, out_size).copy(order="K")
+        argmax = np.zeros_like(out, dtype=np.min_scalar_type(len(offsets) - 1))
+        # Arithmetic instead of masked assignment (np.where, where=), which is several times
+        # slower: k exceeds every earlier offset, so max(argmax, k * (candidate > out)) is k
+        # exactly where the candidate beats the running maximum (strictly: the first maximum
+        # wins ties), and the old argmax elsewhere.
+        for k, offset in enumerate(offsets[1:], start=1):
+            candidate = window(x_pad, offset, self.stride, out_size)
+            np.maximum(argmax, np.multiply(candidate > out, k, dtype=argmax.dtype), out=argmax)
+            np.maximum(out, candidate, out=out)
+        self._remember(out, input_shape=x.shape, padded_shape=x_pad.shape, padding=padding,
+                       argmax=argmax)
         return out
 
     def backward(self, grad_output):
         saved = self._recall(grad_output)
-        grad_windows = np.zeros(saved.window_shape, dtype=grad_output.dtype)
-        np.put_along_axis(grad_windows, saved.argmax, grad_output[:, :, None], axis=2)
-        return self._unwindow(grad_windows, saved.input_shape, saved.padding)
+        grad = channel_major(saved.padded_shape, grad_output.dtype)
+        for k, offset in enumerate(kernel_offsets(self.kernel_size)):
+            window(grad, offset, self.stride, grad_output.shape[2:])[...] += grad_output * (saved.argmax == k)
+        return self._unpad(grad, saved.input_shape, saved.padding)
 
 
 class AvgPool2D(_Pool2D):
@@ -79,16 +90,23 @@ class AvgPool2D(_Pool2D):
     every window it belongs to."""
 
     def forward(self, x):
-        windows, padding = self._windows(x, pad_value=0.0)
-        out = windows.mean(axis=2)
-        self._remember(out, input_shape=x.shape, padding=padding, window_shape=windows.shape)
+        x_pad, padding, out_size = self._padded(x, pad_value=0.0)
+        offsets = kernel_offsets(self.kernel_size)
+        out = window(x_pad, offsets[0], self.stride, out_size).copy(order="K")
+        for offset in offsets[1:]:
+            out += window(x_pad, offset, self.stride, out_size)
+        out /= len(offsets)
+        self._remember(out, input_shape=x.shape, padded_shape=x_pad.shape, padding=padding)
         return out
 
     def backward(self, grad_output):
         saved = self._recall(grad_output)
-        window_size = saved.window_shape[2]
-        grad_windows = np.broadcast_to(grad_output[:, :, None] / window_size, saved.window_shape)
-        return self._unwindow(grad_windows, saved.input_shape, saved.padding)
+        offsets = kernel_offsets(self.kernel_size)
+        share = grad_output / len(offsets)
+        grad = channel_major(saved.padded_shape, grad_output.dtype)
+        for offset in offsets:
+            window(grad, offset, self.stride, grad_output.shape[2:])[...] += share
+        return self._unpad(grad, saved.input_shape, saved.padding)
 
 
 class GlobalAvgPool2D(Layer):

@@ -1,0 +1,107 @@
+"""The sliding-window mechanics shared by convolution and pooling, and the memory layout the
+layers hand on (channel-major: (N, C, H, W) arrays stored as (C, N, H, W))."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from npconvnet.layers import AvgPool2D, BatchNorm2D, Conv2D, MaxPool2D, ReLU, Sequential
+from npconvnet.windows import channel_major, col2im, im2col, kernel_offsets, output_size, pad, window
+
+GEOMETRIES = [((3, 3), (1, 1), (1, 1, 1, 1)), ((2, 3), (2, 1), (0, 1, 2, 0)), ((3, 2), (3, 2), (0, 0, 0, 0))]
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding", GEOMETRIES)
+def test_im2col_entries_follow_the_window_formula(kernel_size, stride, padding, rng):
+    x = rng.standard_normal((2, 3, 7, 6))
+    cols = im2col(x, kernel_size, stride, padding)
+    top, bottom, left, right = padding
+    x_pad = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    out_h, out_w = output_size(x.shape[2:], kernel_size, stride, padding)
+    assert cols.shape == (3, *kernel_size, 2, out_h, out_w)
+    for c, u, v, n, i, j in itertools.product(range(3), range(kernel_size[0]), range(kernel_size[1]),
+                                              range(2), range(out_h), range(out_w)):
+        assert cols[c, u, v, n, i, j] == x_pad[n, c, i * stride[0] + u, j * stride[1] + v]
+
+
+@pytest.mark.parametrize("kernel_size,stride,padding", GEOMETRIES)
+def test_col2im_is_the_adjoint_of_im2col(kernel_size, stride, padding, rng):
+    # <im2col(x), cols> == <x, col2im(cols)> for every x and cols: col2im is im2col's transpose
+    x = rng.standard_normal((2, 3, 7, 6))
+    cols = rng.standard_normal(im2col(x, kernel_size, stride, padding).shape)
+    back = col2im(cols, x.shape, stride, padding)
+    assert back.shape == x.shape
+    np.testing.assert_allclose(np.sum(im2col(x, kernel_size, stride, padding) * cols), np.sum(x * back))
+
+
+def test_window_picks_one_kernel_entry_of_every_window():
+    x = np.arange(36.0).reshape(1, 1, 6, 6)
+    # kernel entry (1, 0) of the 2x2 windows at stride 2: rows 1, 3, 5 and columns 0, 2, 4
+    np.testing.assert_array_equal(window(x, (1, 0), (2, 2), (3, 3))[0, 0], x[0, 0, 1::2, 0::2])
+
+
+def test_kernel_offsets_are_row_major():
+    assert kernel_offsets((2, 3)) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+
+
+def test_channel_major_arrays_store_each_channel_of_the_batch_contiguously():
+    array = channel_major((4, 3, 5, 6), np.float32)
+    assert array.shape == (4, 3, 5, 6)
+    assert array.transpose(1, 0, 2, 3).flags.c_contiguous
+
+
+def test_pad_fills_the_border_and_keeps_the_values(rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    padded = pad(x, (1, 2, 0, 3), pad_value=-7.0)
+    np.testing.assert_array_equal(padded, np.pad(x, ((0, 0), (0, 0), (1, 2), (0, 3)), constant_values=-7.0))
+
+
+def layers_under_test():
+    return [Conv2D(3, 4, 3, padding=1), Conv2D(3, 2, (2, 3), stride=2, padding=((1, 0), (0, 2))),
+            MaxPool2D(2), MaxPool2D(3, 1, 1), AvgPool2D(2), AvgPool2D(3, 2, 1), ReLU(), BatchNorm2D(3)]
+
+
+@pytest.mark.parametrize("layer_index", range(len(layers_under_test())))
+def test_layers_give_the_same_results_for_any_memory_layout(layer_index, rng):
+    x = rng.standard_normal((4, 3, 8, 7))
+    upstream = None
+    results = []
+    layouts = [x, np.asfortranarray(x), x.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3),
+               np.pad(x, 1)[1:-1, 1:-1, 1:-1, 1:-1]]
+    layer = layers_under_test()[layer_index].astype(np.float64)
+    for array in layouts:
+        out = layer.forward(array)
+        if upstream is None:
+            upstream = rng.standard_normal(out.shape)
+        results.append((out, layer.backward(upstream),
+                        [p.grad.copy() for p in layer.parameters()]))
+    for out, grad, grads in results[1:]:
+        np.testing.assert_allclose(out, results[0][0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(grad, results[0][1], rtol=1e-12, atol=1e-12)
+        for ours, reference in zip(grads, results[0][2]):
+            np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_convolution_output_is_channel_major(rng):
+    out = Conv2D(2, 5, 3, padding=1).forward(rng.standard_normal((3, 2, 6, 6)).astype(np.float32))
+    assert out.shape == (3, 5, 6, 6)
+    assert out.transpose(1, 0, 2, 3).flags.c_contiguous
+
+
+def test_a_network_keeps_float64_everywhere(rng):
+    network = Sequential(Conv2D(1, 3, 3, padding=1), ReLU(), MaxPool2D(2), AvgPool2D(2)).astype(np.float64)
+    out = network.forward(rng.standard_normal((2, 1, 8, 8)))
+    assert out.dtype == np.float64
+    assert network.backward(np.ones_like(out)).dtype == np.float64
+
+
+def test_max_pool_with_more_than_256_window_entries_keeps_the_right_argmax(rng):
+    x = rng.standard_normal((2, 1, 17, 17)).astype(np.float32)
+    layer = MaxPool2D(17)
+    out = layer.forward(x)
+    grad = layer.backward(np.ones_like(out))
+    np.testing.assert_array_equal(out[:, 0, 0, 0], x.reshape(2, -1).max(axis=1))
+    expected = np.zeros_like(x).reshape(2, -1)
+    expected[np.arange(2), x.reshape(2, -1).argmax(axis=1)] = 1
+    np.testing.assert_array_equal(grad.reshape(2, -1), expected)

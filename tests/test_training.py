@@ -449,7 +449,7 @@ def test_one_epoch_on_mnist_reaches_97_percent_test_accuracy(mnist_dir):
     npconvnet.manual_seed(0)
     model = Sequential(Conv2D(1, 8, 3, padding=1), ReLU(), MaxPool2D(2),
                        Conv2D(8, 16, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(784, 10))
-    model.compile(optimizer=Adam(lr=2e-3), loss="cross_entropy", metrics=["accuracy"])
+    model.compile(optimizer=Adam(lr=3e-3), loss="cross_entropy", metrics=["accuracy"])
     started = time.perf_counter()
     model.fit(x_train, y_train, epochs=1, batch_size=64, seed=0, verbose=0)
     seconds = time.perf_counter() - started

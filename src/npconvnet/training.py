@@ -80,6 +80,10 @@ class Model:
         ``"f1_macro"``, ...), computed over each whole epoch.
         """
         from . import losses    # here, not at the top: layers/containers.py imports this module
+        loss = losses.get(loss)
+        metric_names = [metrics] if isinstance(metrics, str) else list(metrics or [])
+        for name in metric_names:
+            metric_functions.get(name)
         optimizer = optim.get(optimizer)
         parameters = self.parameters()
         if optimizer.params is None:
@@ -89,10 +93,7 @@ class Model:
             raise ValueError("compile: the optimizer was created for other parameters than this "
                              "model's; create it without parameters (e.g. optim.Adam(lr=1e-3)) "
                              "or with model.parameters()")
-        metric_names = [metrics] if isinstance(metrics, str) else list(metrics or [])
-        for name in metric_names:
-            metric_functions.get(name)
-        self.optimizer, self.loss, self.metric_names = optimizer, losses.get(loss), metric_names
+        self.optimizer, self.loss, self.metric_names = optimizer, loss, metric_names
 
     def _require_compiled(self, where):
         if self.optimizer is None or self.loss is None:

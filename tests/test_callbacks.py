@@ -269,6 +269,13 @@ def test_a_keras_style_schedule_function_sets_the_rate_at_each_epoch_start():
     assert history.history["lr"] == pytest.approx([0.1, 0.05, 0.1 / 3])
 
 
+def test_a_schedule_function_returning_no_valid_rate_is_rejected():
+    x, y = bar_images(16)
+    schedule = callbacks.LearningRateScheduler(lambda epoch, lr: -lr)
+    with pytest.raises(ValueError, match="returned -0.01 for epoch 0; expected a learning rate >= 0"):
+        compiled_convnet().fit(x, y, callbacks=[schedule], verbose=0)
+
+
 def test_a_scheduler_of_another_optimizer_is_rejected():
     x, y = bar_images(16)
     other = SGD([Parameter(np.zeros(1))], lr=0.1)

@@ -14,6 +14,7 @@ setting ``self.model.stop_training = True``; ``self.params`` holds ``epochs``, `
 """
 
 import math
+import numbers
 import os
 import time
 
@@ -371,7 +372,7 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if not _is_scheduler(self.schedule):
             lr = self.schedule(epoch, self.model.optimizer.lr)
-            if not isinstance(lr, (int, float)) or not lr >= 0:
+            if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr >= 0:
                 raise ValueError(f"LearningRateScheduler: the schedule returned {lr!r} for epoch "
                                  f"{epoch}; expected a learning rate >= 0")
             self.model.optimizer.lr = float(lr)

@@ -10,14 +10,21 @@ The public surface::
     npconvnet.schedulers   StepLR, ExponentialLR, CosineAnnealingLR, ReduceLROnPlateau
     npconvnet.datasets     load_mnist, load_fashion_mnist, load_dataset, read_idx, write_idx, ...
     npconvnet.data         scale, to_nchw, one_hot, train_val_split, batches, Augmenter
+    npconvnet.callbacks    EarlyStopping, ReduceLROnPlateau, LearningRateScheduler, ModelCheckpoint
+    npconvnet.metrics      accuracy, precision, recall, f1_score, confusion_matrix
+    npconvnet.zoo          get(name), names(), recipe(name): tiny ... resnet-mini
+    npconvnet.load_model   rebuild a model saved with model.save(path)
+
+A ``Sequential`` model trains the Keras way: ``compile``, ``fit``, ``evaluate``, ``predict``.
 """
 
-from . import data, datasets, layers, losses, optim, schedulers
+from . import callbacks, data, datasets, layers, losses, metrics, optim, schedulers, zoo
 from .layers import Sequential
 from .parameter import Parameter
 from .rng import manual_seed
+from .serialization import ModelFileError, load_model, save_model
 
 __version__ = "0.1.0"
 
-__all__ = ["data", "datasets", "layers", "losses", "optim", "schedulers", "Sequential", "Parameter",
-           "manual_seed"]
+__all__ = ["callbacks", "data", "datasets", "layers", "losses", "metrics", "optim", "schedulers", "zoo",
+           "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError"]

@@ -122,21 +122,21 @@ def pad(x, padding, pad_value=0.0):
     return padded
 
 
-def im2col(x, kernel_size, stride, padding):
+def im2col(x, kernel_size, stride, padding, out=None):
     """Every window of ``x`` as a column: ``(N, C, H, W) -> (C, kh, kw, N, H', W')``.
 
     ``cols[c, u, v, n, i, j] = x_pad[n, c, i * sh + u, j * sw + v]``. Channels and kernel
     offsets come first, so that ``cols.reshape(C * kh * kw, N * H' * W')`` is a single matrix
     whose columns are the windows of the whole batch. Each offset ``(u, v)`` is one strided
     copy, which is fastest when ``x`` is channel-major (its ``(C, N, H, W)`` transpose is then
-    contiguous).
+    contiguous). ``out``, if given, is an array of that shape and dtype to fill.
     """
     if any(padding):
         x = pad(x, padding)
     n, c, h, w = x.shape
     out_size = ((h - kernel_size[0]) // stride[0] + 1, (w - kernel_size[1]) // stride[1] + 1)
     images = x.transpose(1, 0, 2, 3)                                 # (C, N, H, W)
-    cols = np.empty((c, *kernel_size, n, *out_size), dtype=x.dtype)
+    cols = np.empty((c, *kernel_size, n, *out_size), dtype=x.dtype) if out is None else out
     for u, v in kernel_offsets(kernel_size):
         cols[:, u, v] = window(images, (u, v), stride, out_size)
     return cols

@@ -63,7 +63,9 @@ class Conv2D(Layer):
                              f"{padding}) is smaller than the kernel {self.kernel_size}")
         n = x.shape[0]
         # One matrix product for the whole batch: (F, C*kh*kw) @ (C*kh*kw, N*H'*W').
-        cols = im2col(x, self.kernel_size, self.stride, padding).reshape(-1, n * out_h * out_w)
+        cols = im2col(x, self.kernel_size, self.stride, padding,
+                      out=self._columns((self.in_channels, *self.kernel_size, n, out_h, out_w), x.dtype))
+        cols = cols.reshape(-1, n * out_h * out_w)
         out = self.weight.data.reshape(self.out_channels, -1) @ cols            # (F, N*H'*W')
         if self.bias is not None:
             out += self.bias.data[:, None]
@@ -71,6 +73,16 @@ class Conv2D(Layer):
         out = out.reshape(self.out_channels, n, out_h, out_w).transpose(1, 0, 2, 3)
         self._remember(out, input_shape=x.shape, padding=padding, cols=cols)
         return out
+
+    def _columns(self, shape, dtype):
+        """The array ``im2col`` fills: the previous call's when the shape matches. The columns
+        are the largest array of a convolution (``kh * kw`` times its input), and a fresh one
+        costs as much again in page faults as filling it. Only the last forward's backward
+        reads them, so overwriting them on the next forward is safe."""
+        columns = getattr(self, "_column_buffer", None)
+        if columns is None or columns.shape != shape or columns.dtype != dtype:
+            columns = self._column_buffer = np.empty(shape, dtype)
+        return columns
 
     def backward(self, grad_output):
         saved = self._recall(grad_output)

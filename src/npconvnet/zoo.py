@@ -110,16 +110,16 @@ def _lenet5(channels, height, width, num_classes):
                       Dense(84, num_classes))
 
 
-VGG_CHANNELS = (32, 64)
+VGG_CHANNELS = (16, 32, 64)
 VGG_HIDDEN = 128
 
 
 def _vgg_mini(channels, height, width, num_classes):
     """A small VGG-style network with batch normalization::
 
-        2 blocks of (conv 3x3 - BN - ReLU, conv 3x3 - BN - ReLU, max pool 2, dropout 0.1),
-        with 32 and 64 filters: (C, 28, 28) -> (32, 14, 14) -> (64, 7, 7)
-        flatten 3136, dense 128, BN, ReLU, dropout 0.4, dense 10
+        3 blocks of (conv 3x3 - BN - ReLU, conv 3x3 - BN - ReLU, max pool 2, dropout 0.1),
+        with 16, 32 and 64 filters: (C, 28, 28) -> (16, 14, 14) -> (32, 7, 7) -> (64, 3, 3)
+        flatten 576, dense 128, BN, ReLU, dropout 0.4, dense 10
 
     Convolutions followed by batch normalization have no bias (BN's shift replaces it).
     """
@@ -193,7 +193,7 @@ _MODELS = {
     "lenet5": (_lenet5, 12, _recipe(
         "Adam at lr 0.002 with cosine annealing, batch size 128, 12 epochs.",
         "adam", 0.002, batch_size=128, epochs=12, schedule={"name": "cosine"})),
-    "vgg-mini": (_vgg_mini, 4, _recipe(
+    "vgg-mini": (_vgg_mini, 8, _recipe(
         "Adam at lr 0.003 with cosine annealing, batch size 128, 12 epochs, random shifts, "
         "rotations and zooms, label smoothing 0.1.",
         "adam", 0.003, batch_size=128, epochs=12, schedule={"name": "cosine"},

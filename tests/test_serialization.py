@@ -438,3 +438,97 @@ def test_a_missing_file_raises_file_not_found_error(tmp_path):
 
 def test_model_file_error_is_a_value_error():
     assert issubclass(ModelFileError, ValueError)
+
+
+# The architecture schema: every argument of a built-in layer is checked before use
+
+def conv(**changes):
+    config = {"in_channels": 1, "out_channels": 4, "kernel_size": 3, "stride": 1, "padding": 1,
+              "bias": True, "weight_init": "auto"}
+    return {"class": "Conv2D", "config": {**config, **changes}}
+
+
+@pytest.mark.parametrize("config, message", [
+    (conv(in_channels="3"), "in_channels must be a positive int, got '3'"),
+    (conv(out_channels=True), "out_channels must be a positive int, got True"),
+    (conv(in_channels=0), "in_channels must be a positive int, got 0"),
+    (conv(in_channels=2.0), "in_channels must be a positive int, got 2.0"),
+    (conv(kernel_size=[3]), r"kernel_size must be a positive int or a pair of them, got \[3\]"),
+    (conv(kernel_size=[3, 3, 3]), "kernel_size must be a positive int or a pair of them"),
+    (conv(stride=[1, 0]), r"stride must be a positive int or a pair of them, got \[1, 0\]"),
+    (conv(padding="wide"), "padding must be 'valid', 'same', 'full', an int >= 0, a pair of them"),
+    (conv(padding=-1), "padding must be .*, got -1"),
+    (conv(padding=[[1, 1], [1]]), "padding must be"),
+    (conv(bias="yes"), "bias must be true or false, got 'yes'"),
+    (conv(bias=1), "bias must be true or false, got 1"),
+    (conv(weight_init="zeros"), "weight_init must be one of 'auto', 'he_normal'"),
+    (conv(dilation=2), r"unexpected \['dilation'\]; it takes \['bias', 'in_channels'"),
+    ({"class": "Dense", "config": {"in_features": 4}}, r"missing \['out_features'\]"),
+    ({"class": "Dropout", "config": {"p": "0.5"}}, r"p must be a number in \[0, 1\], got '0.5'"),
+    ({"class": "Dropout", "config": {"p": True}}, r"p must be a number in \[0, 1\], got True"),
+    ({"class": "Dropout", "config": {"p": 1.5}}, r"p must be a number in \[0, 1\], got 1.5"),
+    ({"class": "Dropout", "config": {"p": float("nan")}}, r"p must be a number in \[0, 1\], got nan"),
+    ({"class": "BatchNorm2D", "config": {"num_features": 4, "eps": 0}}, "eps must be a positive number"),
+    ({"class": "BatchNorm1D", "config": {"num_features": True}}, "num_features must be a positive int"),
+    ({"class": "BatchNorm2D", "config": {"num_features": 4, "momentum": 2}}, r"momentum must be a number in \[0, 1\]"),
+    ({"class": "LeakyReLU", "config": {"negative_slope": "x"}}, "negative_slope must be a finite number"),
+    ({"class": "MaxPool2D", "config": {"kernel_size": 2, "stride": "2"}}, "stride must be null or a positive int"),
+    ({"class": "AvgPool2D", "config": {"kernel_size": 2, "padding": "same"}}, "padding must be 'valid', an int"),
+    ({"class": "ReLU", "config": {"inplace": True}}, r"unexpected \['inplace'\]; it takes none"),
+    ({"class": "Sequential", "config": {"layers": {"0": conv()}}}, "layers must be a list of layer configs"),
+    ({"class": "Residual", "config": {"block": None}}, "block must be a layer config, got None"),
+    ({"class": "Residual", "config": {}}, r"missing \['block'\]"),
+    ({"class": 7, "config": {}}, "unknown layer 7"),
+])
+def test_ill_typed_layer_arguments_are_named_before_any_constructor_runs(config, message):
+    with pytest.raises(ValueError, match=r"model: bad arguments for \w+: " + message
+                       if not message.startswith("unknown") else message):
+        layer_from_config(config)
+
+
+def test_a_bad_argument_deep_inside_nested_blocks_is_named_with_its_place():
+    block = {"class": "Sequential", "config": {"layers": [conv(), {"class": "Dropout", "config": {"p": "high"}}]}}
+    config = {"class": "Sequential", "config": {"layers": [
+        conv(), {"class": "Residual", "config": {"block": block, "shortcut": None}}]}}
+    with pytest.raises(ValueError, match=r"model\.1\.block\.1: bad arguments for Dropout: p must be"):
+        layer_from_config(config)
+
+
+def test_every_built_in_layer_has_a_schema_matching_its_constructor():
+    import inspect
+    for name, cls in serialization.LAYER_CLASSES.items():
+        if name == "Sequential":
+            continue
+        assert set(serialization.LAYER_SCHEMA[name]) == set(inspect.signature(cls).parameters), name
+
+
+def ill_typed_argument(members):
+    edit_header(members, lambda h: h["architecture"]["config"]["layers"][4]["config"].update(out_features="2"))
+
+
+def huge_padding(members):
+    edit_header(members, lambda h: h["architecture"]["config"]["layers"][0]["config"].update(padding=10**5))
+
+
+def input_shape_of_other_channels(members):
+    edit_header(members, lambda h: h.update(input_shape=[3, 10, 10]))
+
+
+def input_shape_too_small(members):
+    edit_header(members, lambda h: h.update(input_shape=[1, 1, 1]))
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (ill_typed_argument, "architecture.4: bad arguments for Dense: out_features must be a positive int, got '2'"),
+    (huge_padding, r"activations of 160,012,800,256 values for one sample of shape \[1, 10, 10\]"),
+    (input_shape_of_other_channels, r"does not fit its input_shape \[3, 10, 10\]: .*expected 1 channels"),
+    (input_shape_too_small, r"does not fit its input_shape \[1, 1, 1\]"),
+])
+def test_an_architecture_that_cannot_run_is_refused_before_any_weight_is_read(corrupt, message, tmp_path):
+    path = tmp_path / "model.npz"
+    trained(plain_net, epochs=1).save(path)
+    members = read_members(path)
+    corrupt(members)
+    write_members(path, members)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)

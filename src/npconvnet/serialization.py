@@ -19,14 +19,28 @@ The header::
      "optimizer_state": ["0.exp_avg", ...] or null,     (the optimizer/ arrays it holds)
      "history": {"epoch": [...], "history": {...}} or null}
 
+A training checkpoint (``fit(checkpoint_dir=...)``, :func:`save_checkpoint`) is a model file
+with one more header entry, ``"training"``, and its arrays ``training/<i>``; ``load_model``
+reads it as a model, :func:`load_checkpoint` also returns the training state::
+
+    "training": {"next_epoch": 3, "seed": 7, "rng_state": {...}, "stop_training": false,
+                 "batch_size": 64, "samples": 54000, "shuffle": true,
+                 "callbacks": [{"class": "EarlyStopping", "state": {...}}, ...],
+                 "arrays": 2}            (callback states refer to array i as {"__ndarray__": i})
+
 Saving writes a temporary file beside the target, flushes it to disk, then renames it over
-the target: a crash never leaves a half-written model under the real name.
+the target: a crash never leaves a half-written model under the real name. Weights holding
+NaN or infinity are refused (``allow_nonfinite=True`` writes them anyway), so that a diverged
+run never replaces a good model file.
 
 Loading never unpickles and trusts nothing in the file. Before any array is read it checks
 the format and version, the sizes the zip directory declares (against the file size and
-against the parameters the architecture declares), the architecture (known layers, valid
-arguments), and the name, shape and dtype of every array against the rebuilt model; only then
-are the arrays read and copied in. Any problem raises :class:`ModelFileError` naming the file.
+against the parameters the architecture declares), the architecture against the schema of the
+built-in layers (:data:`LAYER_SCHEMA`: known layers, every argument of the right type and
+range), that the rebuilt model runs on one sample of ``input_shape`` without absurdly large
+activations, and the name, shape and dtype of every array against the rebuilt model; only then
+are the arrays read and copied in.
+Any problem raises :class:`ModelFileError` naming the file.
 """
 
 import contextlib
@@ -53,10 +67,81 @@ _MAX_NPY_HEADER_BYTES = 16 * 2**10
 # Deflate cannot expand data more than ~1032 times: a larger declared size is a lie.
 _MAX_EXPANSION = 1100
 _DTYPES = ("float32", "float64")
+# One sample's largest activation, in values: far above any real network (a 224x224 image with
+# 64 channels is 3.2M), far below what a huge padding in a tiny hostile file would allocate.
+_MAX_ACTIVATION_SIZE = 2**26
 
 
 class ModelFileError(ValueError):
     """A file that is not an npconvnet model, is damaged, or contradicts itself."""
+
+
+# The schema of the built-in layers: each constructor argument with its check and what it must
+# be. Checking types here, before any constructor runs, turns a wrong type in a file (a string
+# for an int, a bool for a probability) into a clear error instead of a failure deep inside.
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value):
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)) and math.isfinite(value))
+
+
+def _ints(minimum, pair_allowed):
+    """An int >= minimum, or (when ``pair_allowed``) a list/tuple of two of them."""
+    def check(value):
+        pair = pair_allowed and isinstance(value, (list, tuple)) and len(value) == 2
+        return all(_is_int(v) and v >= minimum for v in (value if pair else [value]))
+    return check
+
+
+def _conv_padding(value):
+    if isinstance(value, str):
+        return value in ("valid", "same", "full")
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (list, tuple)) for v in value):
+        return all(_ints(0, True)(side) for side in value)
+    return _ints(0, True)(value)
+
+
+def _layer_config(value):
+    return isinstance(value, dict)      # checked in full when the layer is built
+
+
+_POSITIVE_INT = (_ints(1, False), "a positive int")
+_SIZE = (_ints(1, True), "a positive int or a pair of them")
+_BOOL = (lambda value: isinstance(value, bool), "true or false")
+_PROBABILITY = (lambda value: _is_real(value) and 0 <= value <= 1, "a number in [0, 1]")
+_WEIGHT_INIT = (lambda value: value in ("auto", "he_normal", "he_uniform", "glorot_uniform",
+                                        "glorot_normal"),
+                "one of 'auto', 'he_normal', 'he_uniform', 'glorot_uniform', 'glorot_normal'")
+_POOLING = {"kernel_size": _SIZE,
+            "stride": (lambda value: value is None or _SIZE[0](value), "null or " + _SIZE[1]),
+            "padding": (lambda value: value == "valid" or _ints(0, True)(value),
+                        "'valid', an int >= 0 or a pair of them")}
+_BATCHNORM = {"num_features": _POSITIVE_INT,
+              "eps": (lambda value: _is_real(value) and value > 0, "a positive number"),
+              "momentum": _PROBABILITY}
+
+#: ``{layer name: {argument: (check, what it must be)}}`` for every built-in layer.
+LAYER_SCHEMA = {
+    "Conv2D": {"in_channels": _POSITIVE_INT, "out_channels": _POSITIVE_INT, "kernel_size": _SIZE,
+               "stride": _SIZE,
+               "padding": (_conv_padding, "'valid', 'same', 'full', an int >= 0, a pair of them, "
+                                          "or a pair of (before, after) pairs"),
+               "bias": _BOOL, "weight_init": _WEIGHT_INIT},
+    "Dense": {"in_features": _POSITIVE_INT, "out_features": _POSITIVE_INT, "bias": _BOOL,
+              "weight_init": _WEIGHT_INIT},
+    "MaxPool2D": _POOLING, "AvgPool2D": _POOLING, "GlobalAvgPool2D": {}, "Flatten": {},
+    "ReLU": {}, "LeakyReLU": {"negative_slope": (_is_real, "a finite number")},
+    "Sigmoid": {}, "Tanh": {}, "Softmax": {},
+    "Dropout": {"p": _PROBABILITY},
+    "BatchNorm1D": _BATCHNORM, "BatchNorm2D": _BATCHNORM,
+    "Residual": {"block": (_layer_config, "a layer config"),
+                 "shortcut": (lambda value: value is None or _layer_config(value), "null or a layer config")},
+    "Sequential": {"layers": (lambda value: isinstance(value, list), "a list of layer configs")},
+}
 
 
 def layer_to_config(layer):
@@ -67,37 +152,61 @@ def layer_to_config(layer):
 def layer_from_config(config, where="model"):
     """Rebuild a layer (with fresh weights) from :func:`layer_to_config`'s output.
 
-    Unknown layer names, missing or unexpected arguments raise ``ValueError`` naming the place
-    in the architecture (``where``), never a bare ``TypeError`` from deep inside.
+    Built-in layers are checked against :data:`LAYER_SCHEMA`; a layer class the program defines
+    itself (every ``Layer`` subclass registers its name) is checked by its constructor. Unknown
+    layer names, missing, unexpected or ill-typed arguments raise ``ValueError`` naming the
+    place in the architecture (``where``), never a bare ``TypeError`` from deep inside.
     """
     if not isinstance(config, dict) or set(config) != {"class", "config"}:
         raise ValueError(f"{where}: a layer must be {{'class': ..., 'config': {{...}}}}, got {config!r:.200}")
     name, arguments = config["class"], config["config"]
-    if name not in LAYER_CLASSES:
-        raise ValueError(f"{where}: unknown layer {name!r}; known layers: {', '.join(sorted(LAYER_CLASSES))}")
+    if not isinstance(name, str) or name not in LAYER_CLASSES:
+        raise ValueError(f"{where}: unknown layer {name!r:.100}; known layers: "
+                         f"{', '.join(sorted(LAYER_CLASSES))}")
     if not isinstance(arguments, dict):
         raise ValueError(f"{where}: the config of {name} must be a dict, got {type(arguments).__name__}")
     cls = LAYER_CLASSES[name]
-    arguments = dict(arguments)
-    if name == "Sequential":
-        layers = arguments.pop("layers", None)
-        if not isinstance(layers, list):
-            raise ValueError(f"{where}: Sequential needs a list of layers")
-        if arguments:
-            raise ValueError(f"{where}: unexpected Sequential arguments {sorted(arguments)}")
-        return cls([layer_from_config(item, f"{where}.{index}") for index, item in enumerate(layers)])
-    if name == "Residual":
-        for key in ("block", "shortcut"):
-            if arguments.get(key) is not None:
-                arguments[key] = layer_from_config(arguments[key], f"{where}.{key}")
-    try:
-        inspect.signature(cls).bind(**arguments)
-    except TypeError as error:
-        raise ValueError(f"{where}: bad arguments for {name}: {error}") from None
+    if name in LAYER_SCHEMA:
+        _check_arguments(name, arguments, where)
+        arguments = dict(arguments)
+        if name == "Sequential":
+            return cls([layer_from_config(item, f"{where}.{index}")
+                        for index, item in enumerate(arguments["layers"])])
+        if name == "Residual":
+            for key in ("block", "shortcut"):
+                if arguments.get(key) is not None:
+                    arguments[key] = layer_from_config(arguments[key], f"{where}.{key}")
+    else:
+        try:
+            inspect.signature(cls).bind(**arguments)
+        except TypeError as error:
+            raise ValueError(f"{where}: bad arguments for {name}: {error}") from None
     try:
         return cls(**arguments)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: bad arguments for {name}: {error}") from None
+
+
+def _check_arguments(name, arguments, where):
+    """Every argument known to the schema, of the right type, and none missing."""
+    schema = LAYER_SCHEMA[name]
+    unexpected = sorted(set(arguments) - set(schema), key=str)
+    if unexpected:
+        raise ValueError(f"{where}: bad arguments for {name}: unexpected {unexpected}; it takes "
+                         f"{sorted(schema) or 'none'}")
+    if name == "Sequential":
+        required = ["layers"]
+    else:
+        required = [parameter.name for parameter in inspect.signature(LAYER_CLASSES[name]).parameters.values()
+                    if parameter.default is inspect.Parameter.empty]
+    missing = [key for key in required if key not in arguments]
+    if missing:
+        raise ValueError(f"{where}: bad arguments for {name}: missing {missing}")
+    for key, value in arguments.items():
+        check, description = schema[key]
+        if not check(value):
+            raise ValueError(f"{where}: bad arguments for {name}: {key} must be {description}, "
+                             f"got {value!r:.100}")
 
 
 # Saving.
@@ -127,24 +236,83 @@ def _header(model, include_history):
     }
 
 
-def save_model(model, path, include_optimizer=True, include_history=True):
+def save_model(model, path, include_optimizer=True, include_history=True, allow_nonfinite=False):
     """Write ``model`` (a ``Sequential``) to the ``.npz`` file ``path``, atomically; returns ``path``.
 
     ``include_optimizer``: also the optimizer's buffers (momentum, Adam's moments), so that
-    training resumes exactly. ``include_history``: also ``model.history``.
+    training resumes exactly. ``include_history``: also ``model.history``. Weights holding NaN
+    or infinity raise ``ValueError`` and leave any file at ``path`` as it was, unless
+    ``allow_nonfinite=True``.
     """
+    return _save(model, path, include_optimizer, include_history, allow_nonfinite)
+
+
+def save_checkpoint(model, path, training):
+    """Write a training checkpoint: the model with its optimizer state and history, and the
+    ``training`` state of ``fit`` (the header entry described in the module docstring, without
+    ``"arrays"``: NumPy arrays inside the callback states are stored as arrays of their own)."""
+    return _save(model, path, include_optimizer=True, include_history=True, allow_nonfinite=False,
+                 training=training)
+
+
+def _save(model, path, include_optimizer, include_history, allow_nonfinite, training=None):
     if not isinstance(model, LAYER_CLASSES["Sequential"]):
         raise TypeError(f"save_model: expected a Sequential model, got {type(model).__name__}")
     path = os.fspath(path)
+    weights = model.state_dict()
+    if not allow_nonfinite:
+        _refuse_nonfinite(weights, path)
     header = _header(model, include_history)
-    arrays = {f"weights/{name}": value for name, value in model.state_dict().items()}
+    arrays = {f"weights/{name}": value for name, value in weights.items()}
     if include_optimizer and header["compile"] is not None:
         buffers = model.optimizer.state_dict()["buffers"]
         header["optimizer_state"] = sorted(buffers)
         arrays.update((f"optimizer/{key}", value) for key, value in buffers.items())
+    if training is not None:
+        training_arrays = []
+        header["training"] = {**training, "callbacks": _pack_arrays(training["callbacks"], training_arrays),
+                              "arrays": len(training_arrays)}
+        arrays.update((f"training/{index}", value) for index, value in enumerate(training_arrays))
     arrays[HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     _write_atomically(path, arrays)
     return path
+
+
+def _refuse_nonfinite(weights, path):
+    bad = [name for name, value in weights.items() if not np.isfinite(value).all()]
+    if bad:
+        kept = "the file already there is left as it was" if os.path.exists(path) else "nothing was written"
+        raise ValueError(f"save_model: refusing to write {path}: {', '.join(bad[:5])}"
+                         f"{' and more' if len(bad) > 5 else ''} hold NaN or infinite values "
+                         f"(training diverged?); {kept}. Pass allow_nonfinite=True to save them anyway.")
+
+
+def _pack_arrays(value, arrays):
+    """``value`` with every NumPy array replaced by ``{"__ndarray__": i}``, the array going to
+    ``arrays[i]``; dicts and lists are walked, anything else must be JSON already."""
+    if isinstance(value, np.ndarray):
+        arrays.append(value)
+        return {"__ndarray__": len(arrays) - 1}
+    if isinstance(value, dict):
+        return {key: _pack_arrays(item, arrays) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_pack_arrays(item, arrays) for item in value]
+    return value
+
+
+def _unpack_arrays(value, arrays, fail):
+    """The inverse of :func:`_pack_arrays`."""
+    if isinstance(value, dict):
+        if set(value) == {"__ndarray__"}:
+            index = value["__ndarray__"]
+            if not (_is_int(index) and 0 <= index < len(arrays)):
+                raise fail(f"the training state refers to array {index!r:.20}, but the file holds "
+                           f"{len(arrays)}")
+            return arrays[index]
+        return {key: _unpack_arrays(item, arrays, fail) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unpack_arrays(item, arrays, fail) for item in value]
+    return value
 
 
 def _write_atomically(path, arrays):
@@ -178,11 +346,35 @@ def _write_atomically(path, arrays):
 def load_model(path, compile=True):
     """Rebuild the model saved in ``path``: same architecture and weights (predictions match
     to the bit), ``input_shape``, ``class_names`` and ``history``; compiled with the saved loss,
-    optimizer (with its state, when saved) and metrics unless ``compile=False``.
+    optimizer (with its state, when saved) and metrics unless ``compile=False``. A training
+    checkpoint loads as the model it holds.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
     is not a valid model.
     """
+    model, _ = _open(path, compile, read_training=False)
+    return model
+
+
+def load_checkpoint(path):
+    """``(model, training)`` from a checkpoint written by ``fit(checkpoint_dir=...)``: the
+    compiled model with its optimizer state and history, and the training state (see the
+    module docstring) with its arrays back in the callback states.
+
+    Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
+    is not a valid checkpoint (a model file without training state included).
+    """
+    model, training = _open(path, compile=True, read_training=True)
+    if training is None:
+        raise ModelFileError(f"{os.fspath(path)}: a model file without training state, not a "
+                             "checkpoint (fit(checkpoint_dir=...) writes checkpoints; to train a "
+                             "saved model further, use load_model(path).fit(..., initial_epoch=...))")
+    if model.optimizer is None:
+        raise ModelFileError(f"{os.fspath(path)}: a checkpoint without its compile configuration")
+    return model, training
+
+
+def _open(path, compile, read_training):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_model: no such file: {path!r}")
@@ -195,7 +387,7 @@ def load_model(path, compile=True):
         raise ModelFileError(f"{path}: not an npconvnet model file (a single .npy array, not an .npz archive)")
     with archive:
         try:
-            return _load(archive, path, compile)
+            return _load(archive, path, compile, read_training)
         except ModelFileError:
             raise
         except (ValueError, TypeError, KeyError, EOFError, OSError, OverflowError, RecursionError,
@@ -204,7 +396,7 @@ def load_model(path, compile=True):
                                  f"{error})") from None
 
 
-def _load(archive, path, compile):
+def _load(archive, path, compile, read_training):
     def fail(message):
         return ModelFileError(f"{path}: {message}")
 
@@ -218,10 +410,14 @@ def _load(archive, path, compile):
                    f"holds only {stored:,}")
 
     model = _build_model(header, dtype, fail)
+    if header["input_shape"] is not None:
+        _check_input_shape(model, tuple(header["input_shape"]), fail)
     expected = {f"weights/{name}": (p.data.shape, p.data.dtype) for name, p in model.named_parameters()}
     expected.update((f"weights/{name}", (np.shape(b), np.asarray(b).dtype)) for name, b in model.named_buffers())
     optimizer_keys = _optimizer_keys(header, model, fail)
-    expected_keys = set(expected) | {f"optimizer/{key}" for key in optimizer_keys}
+    training = _training_header(header, fail)
+    training_keys = [f"training/{index}" for index in range(training["arrays"] if training else 0)]
+    expected_keys = set(expected) | {f"optimizer/{key}" for key in optimizer_keys} | set(training_keys)
     present = set(sizes) - {HEADER}
     missing, unexpected = sorted(expected_keys - present), sorted(present - expected_keys)
     if missing or unexpected:
@@ -229,13 +425,18 @@ def _load(archive, path, compile):
                    f"unexpected {unexpected[:10]}")
 
     parameters = model.parameters()
-    for key in sorted(expected_keys):
+    for key in sorted(expected_keys - set(training_keys)):
         if key.startswith("weights/"):
             allowed = [expected[key]]
         else:               # a per-parameter array, or a scalar such as Adam's step count
             parameter = parameters[int(key[len("optimizer/"):].split(".", 1)[0])].data
             allowed = [(parameter.shape, parameter.dtype), ((), None)]
         _check_member(archive, key, sizes[key], allowed, fail)
+    if read_training:
+        # A callback keeps at most a copy of the weights (EarlyStopping's best epoch).
+        limit = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in expected.values())
+        for key in training_keys:
+            _check_training_member(archive, key, sizes[key], limit, fail)
 
     # Everything matches: now read the arrays and copy them in.
     model.load_state_dict({key[len("weights/"):]: archive[key] for key in expected})
@@ -246,7 +447,10 @@ def _load(archive, path, compile):
     if compile and header["compile"] is not None:
         _compile(model, header["compile"], {key: archive[f"optimizer/{key}"] for key in optimizer_keys},
                  fail)
-    return model
+    if not read_training or training is None:
+        return model, None
+    arrays = [archive[key] for key in training_keys]
+    return model, {**training, "callbacks": _unpack_arrays(training["callbacks"], arrays, fail)}
 
 
 def _member_sizes(archive, path, fail):
@@ -307,6 +511,47 @@ def _read_header(archive, sizes, fail):
     return header
 
 
+def _is_generator_state(value):
+    scratch = type(rng.default_rng().bit_generator)()
+    try:
+        scratch.state = value
+    except (ValueError, TypeError, KeyError, OverflowError):
+        return False
+    return True
+
+
+def _is_callback_states(value):
+    return isinstance(value, list) and all(
+        isinstance(item, dict) and set(item) == {"class", "state"} and isinstance(item["class"], str)
+        and isinstance(item["state"], dict) for item in value)
+
+
+_NON_NEGATIVE_INT = (_ints(0, False), "an int >= 0")
+# The header entry "training" of a checkpoint (see the module docstring).
+_TRAINING_SCHEMA = {
+    "next_epoch": _NON_NEGATIVE_INT,
+    "seed": (lambda value: _is_int(value) and 0 <= value < 2**63, "an int in [0, 2**63)"),
+    "rng_state": (_is_generator_state, "a state of the global random generator"),
+    "stop_training": _BOOL, "batch_size": _POSITIVE_INT, "samples": _POSITIVE_INT, "shuffle": _BOOL,
+    "callbacks": (_is_callback_states, "a list of {'class': name, 'state': {...}}"),
+    "arrays": _NON_NEGATIVE_INT,
+}
+
+
+def _training_header(header, fail):
+    """The checked "training" entry of a checkpoint's header; None for a model file."""
+    training = header.get("training")
+    if training is None:
+        return None
+    if not isinstance(training, dict) or set(training) != set(_TRAINING_SCHEMA):
+        found = sorted(training) if isinstance(training, dict) else type(training).__name__
+        raise fail(f"the training state must hold {sorted(_TRAINING_SCHEMA)}, got {found}")
+    for key, (check, description) in _TRAINING_SCHEMA.items():
+        if not check(training[key]):
+            raise fail(f"the training state's {key} must be {description}, got {training[key]!r:.100}")
+    return training
+
+
 def _declared_parameter_count(config):
     """A lower bound on the parameters an architecture declares, read from the layer configs
     without building anything, so that absurd sizes are refused before memory is allocated."""
@@ -340,6 +585,43 @@ def _build_model(header, dtype, fail):
     if not isinstance(model, LAYER_CLASSES["Sequential"]):
         raise fail(f"the architecture must be a Sequential, got {type(model).__name__}")
     return model.astype(dtype) if dtype != np.float32 else model
+
+
+def _check_input_shape(model, input_shape, fail):
+    """Refuse an architecture that does not run on one sample of ``input_shape``, or whose
+    activations would be absurdly large: a huge padding costs nothing in a file but gigabytes
+    in ``predict``. The sizes are computed first; then one sample of zeros goes through."""
+    try:
+        _, largest = _activation_size(model, input_shape)
+    except (ValueError, TypeError, IndexError) as error:
+        raise fail(f"the architecture does not fit its input_shape {list(input_shape)}: {error}") from None
+    if largest > _MAX_ACTIVATION_SIZE:
+        raise fail(f"the architecture makes activations of {largest:,} values for one sample of "
+                   f"shape {list(input_shape)} (at most {_MAX_ACTIVATION_SIZE:,} accepted)")
+    try:
+        model.eval().forward(np.zeros((1, *input_shape), model._dtype()))
+    except (ValueError, TypeError) as error:
+        raise fail(f"the architecture does not fit its input_shape {list(input_shape)}: {error}") from None
+    finally:
+        model.train()
+
+
+def _activation_size(layer, shape):
+    """``(output shape, largest activation on the way)`` of ``layer`` for one sample of ``shape``."""
+    if isinstance(layer, LAYER_CLASSES["Sequential"]):
+        largest = math.prod(shape)
+        for child in layer.layers:
+            shape, size = _activation_size(child, shape)
+            largest = max(largest, size)
+        return shape, largest
+    if isinstance(layer, LAYER_CLASSES["Residual"]):
+        branches = [layer.block] + ([layer.shortcut] if layer.shortcut is not None else [])
+        results = [_activation_size(branch, shape) for branch in branches]
+        return results[0][0], max(size for _, size in results)
+    output = tuple(layer.output_shape(shape)) if hasattr(layer, "output_shape") else shape
+    if min(output, default=1) < 1:
+        raise ValueError(f"{type(layer).__name__} turns samples of shape {list(shape)} into {list(output)}")
+    return output, max(math.prod(shape), math.prod(output))
 
 
 def _optimizer_keys(header, model, fail):
@@ -383,6 +665,16 @@ def _check_member(archive, key, size, allowed, fail):
             return
     wanted = " or ".join(f"{s} {d if d is not None else 'number'}" for s, d in allowed)
     raise fail(f"{key} has shape {shape} and dtype {dtype}; expected {wanted}")
+
+
+def _check_training_member(archive, key, size, limit, fail):
+    """Read only the .npy header of a training array: numbers, no larger than ``limit`` bytes."""
+    if size > limit + _MAX_NPY_HEADER_BYTES:
+        raise fail(f"{key} declares {size:,} bytes, more than the model's weights ({limit:,})")
+    shape, dtype = _peek(archive, key, fail)
+    if dtype.kind not in "biuf" or math.prod(shape) * dtype.itemsize > limit:
+        raise fail(f"{key} has shape {shape} and dtype {dtype}; expected numbers, at most as many "
+                   f"bytes as the model's weights ({limit:,})")
 
 
 def _from_config(kind, classes, config, fail):

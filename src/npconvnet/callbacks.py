@@ -11,12 +11,19 @@
 ``epoch`` counts from 0. A callback reaches the model as ``self.model`` and stops training by
 setting ``self.model.stop_training = True``; ``self.params`` holds ``epochs``, ``steps``
 (batches per epoch) and ``metrics`` (the keys ``on_epoch_end`` will find in ``logs``).
+
+A callback that learns something during training (the best value so far, a schedule's epoch
+count) returns it from ``state_dict()``; ``fit(checkpoint_dir=...)`` saves it with every
+checkpoint, and ``fit(resume_from=...)`` gives it back through ``load_state_dict(state)``
+right after ``on_train_begin``, so that a resumed run continues exactly where it stopped.
 """
 
 import math
 import numbers
 import os
 import time
+
+import numpy as np
 
 from . import schedulers
 
@@ -107,6 +114,60 @@ class Callback:
     def on_batch_end(self, batch, logs=None):
         pass
 
+    def state_dict(self):
+        """What this callback has learned so far, for checkpoints: a dict of JSON values
+        (numbers, strings, lists, None) and NumPy arrays. Nothing here: ``{}``."""
+        return {}
+
+    def load_state_dict(self, state):
+        """Take back :meth:`state_dict`'s output (``fit`` calls it after ``on_train_begin``)."""
+        _checked_state(self, state, {})
+
+
+# Checking saved states: checkpoints come from files, so every field is checked before use.
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_optional_int(value):
+    return value is None or _is_int(value)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_state(owner, state, fields):
+    """``state`` if it holds exactly the keys of ``fields`` (``{name: check}``) and each value
+    passes its check; otherwise a ValueError naming the callback and the field."""
+    name = type(owner).__name__
+    if not isinstance(state, dict) or set(state) != set(fields):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{name}: a saved state must hold {sorted(fields)}, got {found}")
+    for key, check in fields.items():
+        if not check(state[key]):
+            raise ValueError(f"{name}: invalid {key!r} in the saved state: {state[key]!r:.100}")
+    return state
+
+
+# The fields of a scheduler that change during training; the others are its configuration.
+_SCHEDULER_FIELDS = {"last_epoch": _is_int, "base_lr": _is_number}
+_PLATEAU_FIELDS = {"last_epoch": _is_int, "best": _is_number, "num_bad_epochs": _is_int,
+                   "cooldown_counter": _is_int}
+
+
+def _scheduler_fields(scheduler):
+    return _PLATEAU_FIELDS if isinstance(scheduler, schedulers.ReduceLROnPlateau) else _SCHEDULER_FIELDS
+
+
+def _scheduler_state(scheduler):
+    return {key: getattr(scheduler, key) for key in _scheduler_fields(scheduler)}
+
+
+def _load_scheduler_state(owner, scheduler, state):
+    vars(scheduler).update(_checked_state(owner, state, _scheduler_fields(scheduler)))
+
 
 def _is_scheduler(value):
     return isinstance(value, (schedulers.LRScheduler, schedulers.ReduceLROnPlateau))
@@ -154,6 +215,27 @@ class CallbackList:
     def on_batch_end(self, batch, logs=None):
         for callback in self.callbacks:
             callback.on_batch_end(batch, logs)
+
+    def _stateful(self):
+        # The progress display has nothing to restore, and whether it is shown (verbose) may
+        # change between a run and its resumption.
+        return [callback for callback in self.callbacks if not isinstance(callback, ProgressBar)]
+
+    def state_dict(self):
+        """``[{"class": name, "state": callback.state_dict()}, ...]`` in order (no progress bar)."""
+        return [{"class": type(callback).__name__, "state": callback.state_dict()}
+                for callback in self._stateful()]
+
+    def load_state_dict(self, states):
+        """Give each callback its state back; the callbacks must be those of the saved run."""
+        callbacks = self._stateful()
+        saved = [state.get("class") if isinstance(state, dict) else None for state in states]
+        if saved != [type(callback).__name__ for callback in callbacks]:
+            raise ValueError(f"the checkpoint was written with the callbacks {saved}, but this fit "
+                             f"has {[type(callback).__name__ for callback in callbacks]}; resume "
+                             "with the same callbacks, in the same order")
+        for callback, state in zip(callbacks, states):
+            callback.load_state_dict(state.get("state"))
 
 
 def _format_logs(logs):
@@ -295,6 +377,25 @@ class EarlyStopping(_Monitor):
                 print(f"EarlyStopping: {self.monitor} has not improved for {self.wait} epochs; "
                       f"stopping after epoch {epoch + 1}")
 
+    def state_dict(self):
+        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch, "last_epoch": self.last_epoch,
+                "best_weights": self.best_weights}
+
+    def load_state_dict(self, state):
+        expected = {name: (value.shape, value.dtype) for name, value in self.model.state_dict().items()}
+
+        def is_weights(value):
+            return value is None or (
+                isinstance(value, dict) and set(value) == set(expected) and all(
+                    isinstance(array, np.ndarray) and (array.shape, array.dtype) == expected[name]
+                    for name, array in value.items()))
+
+        vars(self).update(_checked_state(self, state, {
+            "wait": _is_int, "best": _is_number, "best_epoch": _is_optional_int,
+            "stopped_epoch": _is_optional_int, "last_epoch": _is_optional_int,
+            "best_weights": is_weights}))
+
     def on_train_end(self, logs=None):
         if self.best_weights is not None and self.best_epoch != self.last_epoch:
             self.model.load_state_dict(self.best_weights)
@@ -333,6 +434,12 @@ class ReduceLROnPlateau(_Monitor):
             patience=max(self.patience - 1, 0), threshold=self.min_delta, threshold_mode="abs",
             cooldown=self.cooldown, min_lr=self.min_lr)
 
+    def state_dict(self):
+        return _scheduler_state(self.scheduler)
+
+    def load_state_dict(self, state):
+        _load_scheduler_state(self, self.scheduler, state)
+
     def on_epoch_end(self, epoch, logs=None):
         previous = self.model.optimizer.lr
         self.scheduler.step(self._current(logs))
@@ -368,6 +475,17 @@ class LearningRateScheduler(Callback):
             if logged is not None and self.monitor not in logged:
                 raise ValueError(f"LearningRateScheduler: monitor={self.monitor!r} is not logged; "
                                  f"available: {', '.join(logged)}")
+
+    def state_dict(self):
+        """The scheduler's epoch count and base rate; nothing for a schedule function, which
+        gets the epoch and the current rate (saved with the optimizer) as arguments."""
+        return _scheduler_state(self.schedule) if _is_scheduler(self.schedule) else {}
+
+    def load_state_dict(self, state):
+        if _is_scheduler(self.schedule):
+            _load_scheduler_state(self, self.schedule, state)
+        else:
+            _checked_state(self, state, {})
 
     def on_epoch_begin(self, epoch, logs=None):
         if not _is_scheduler(self.schedule):
@@ -410,6 +528,16 @@ class ModelCheckpoint(_Monitor):
     def on_train_begin(self, logs=None):
         if self.save_best_only:
             self._check_monitor_is_logged()
+
+    def state_dict(self):
+        return {"best": self.best, "saved": list(self.saved)}
+
+    def load_state_dict(self, state):
+        def is_paths(value):
+            return isinstance(value, list) and all(isinstance(path, str) for path in value)
+
+        state = _checked_state(self, state, {"best": _is_number, "saved": is_paths})
+        self.best, self.saved = state["best"], list(state["saved"])
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}

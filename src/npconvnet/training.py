@@ -6,20 +6,45 @@
     model.predict(x_test)                   # (N, classes) probabilities
 
 Inputs: images as uint8 pixels or floats, shaped ``(N, H, W)``, ``(N, H, W, C)`` or
-``(N, C, H, W)``, or feature rows ``(N, D)``. Each batch is converted on its own (uint8 scaled
-to [0, 1], then NCHW in the model's dtype), so a memory-mapped dataset larger than memory
+``(N, C, H, W)``, or feature rows ``(N, D)``; arrays, or the paths of ``.npy`` files, which
+are memory-mapped (``np.load(path, mmap_mode="r")``). Each batch is read and converted on its
+own (uint8 scaled to [0, 1], then NCHW in the model's dtype), so a dataset larger than memory
 works. Targets: integer class labels ``(N,)`` or one-hot rows ``(N, classes)``.
 
 Randomness: ``fit(seed=s)`` derives one generator per epoch from ``(s, epoch)``; it shuffles,
 augments and (through ``npconvnet.rng.manual_seed``) draws the dropout masks of that epoch.
-The same seed therefore gives bit-identical training, and an interrupted run resumes exactly:
-save after epoch ``k`` with the optimizer state, then ``load_model(path).fit(...,
-initial_epoch=k, seed=s)``. The global generator is left as it was before ``fit`` (after one
-draw for the seed, when none is given).
+The same seed therefore gives bit-identical training. The global generator is left as it was
+before ``fit`` (after one draw for the seed, when none is given).
+
+Checkpoints: ``fit(..., checkpoint_dir=d)`` writes ``d/checkpoint.npz`` when training starts
+and at the end of every epoch, atomically (a temporary file renamed over the old one), with
+everything the run needs to go on: weights, optimizer state, learning rate, history, the
+epoch, the seed, the global generator's state, and the state of every callback (schedulers,
+EarlyStopping, ReduceLROnPlateau, ...). A run killed at any moment goes on with the same call
+plus ``resume_from``::
+
+    model.fit(x, y, epochs=10, seed=0, callbacks=cb, checkpoint_dir="run")       # killed
+    model.fit(x, y, epochs=10, seed=0, callbacks=cb, checkpoint_dir="run",
+              resume_from="run/checkpoint.npz")
+
+on a model of the same architecture, compiled with the same loss and optimizer class (a new
+one, or ``load_model("run/checkpoint.npz")``), with new callbacks of the same kinds, in the same
+order. Everything is restored from the checkpoint, the learning rate included, and the weights
+and history at the end are bit-for-bit those of a run never interrupted. Settings that would
+change the result (seed, batch size, number of samples, shuffle) must be those of the saved
+run. To go on with other settings, e.g. a lower learning rate, use ``load_model(path)``, change
+them, and ``fit(..., initial_epoch=k)``.
+
+Divergence: a batch loss that is NaN or infinite (or weights that became so) stops ``fit``
+with :class:`TrainingDivergedError` before anything is saved; the checkpoint keeps the last
+good epoch, and ``save_model`` refuses non-finite weights anyway.
 """
 
+import json
 import math
 import numbers
+import os
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -27,12 +52,48 @@ from . import data, optim, rng
 from . import metrics as metric_functions
 from .callbacks import CallbackList, History, ProgressBar
 
+#: The file ``fit(checkpoint_dir=...)`` writes in that folder.
+CHECKPOINT_FILE = "checkpoint.npz"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite during ``fit``: the weights are no longer usable.
+
+    Attributes: ``epoch`` and ``batch`` (from 0) where it happened, ``loss`` (the bad value,
+    None when the weights became non-finite at the end of an epoch), ``last_finite_loss`` (the
+    last finite batch loss, None if there was none), ``lr`` (the learning rate), and
+    ``checkpoint`` (the checkpoint file holding the last good epoch, None without one).
+    """
+
+    def __init__(self, message, epoch, batch, loss, last_finite_loss, lr, checkpoint):
+        super().__init__(message)
+        self.epoch, self.batch, self.loss = epoch, batch, loss
+        self.last_finite_loss, self.lr, self.checkpoint = last_finite_loss, lr, checkpoint
+
 
 def _as_array(value, where, name):
-    """An ndarray as it is (a ``np.memmap`` stays one), anything else through ``np.asarray``."""
+    """An ndarray as it is (a ``np.memmap`` stays one), the path of a ``.npy`` file memory-mapped,
+    anything else through ``np.asarray``."""
     if value is None:
         raise TypeError(f"{where}: {name} is None; expected an array")
+    if isinstance(value, (str, os.PathLike)):
+        return _open_npy(value, where, name)
     return value if isinstance(value, np.ndarray) else np.asarray(value)
+
+
+def _open_npy(path, where, name):
+    """The array in the ``.npy`` file ``path``, memory-mapped: batches are read when used."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{where}: {name}: no such file: {path!r}")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{where}: {name}: {path} is not a readable .npy array ({error})") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise ValueError(f"{where}: {name}: {path} is an .npz archive; give one .npy file per array")
+    return array
 
 
 def _check_count(where, name, value, minimum):
@@ -218,27 +279,46 @@ class Model:
 
     # Training.
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            augment=None, callbacks=None, seed=None, shuffle=True, verbose=1, initial_epoch=0):
+            augment=None, callbacks=None, seed=None, shuffle=True, verbose=1, initial_epoch=0,
+            checkpoint_dir=None, resume_from=None):
         """Train for ``epochs - initial_epoch`` epochs (``epochs`` is the index of the last
         epoch, as in Keras); returns a History of these epochs.
 
+        ``x``, ``y``: arrays or ``.npy`` paths (see the module docstring).
         ``validation_data=(x_val, y_val)``, or ``validation_split``: the last fraction of
         ``x``/``y`` (taken before shuffling, as in Keras) is held out. ``augment``: True for
         ``data.default_augmenter()``, or an ``Augmenter`` applied to every training batch.
         ``callbacks``: Callback objects or ``npconvnet.schedulers`` schedulers. ``seed``: see the
         module docstring. ``verbose``: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
+        ``checkpoint_dir``: a folder for ``checkpoint.npz``, written when training starts and
+        after every epoch. ``resume_from``: a checkpoint to go on from, at the epoch after the
+        last one it holds (instead of ``initial_epoch``).
+
+        Raises :class:`TrainingDivergedError` when the loss becomes NaN or infinite.
         """
         self._require_compiled("fit")
         epochs = _check_count("fit", "epochs", epochs, 1)
         batch_size = _check_count("fit", "batch_size", batch_size, 1)
         initial_epoch = _check_count("fit", "initial_epoch", initial_epoch, 0)
-        if initial_epoch >= epochs:
-            raise ValueError(f"fit: initial_epoch={initial_epoch} leaves no epoch to train with "
-                             f"epochs={epochs} (epochs is the index of the last epoch, as in Keras)")
         if seed is not None:
             seed = _check_count("fit", "seed", seed, 0)
+        saved = training = None
+        if resume_from is not None:
+            if initial_epoch:
+                raise ValueError("fit: give resume_from or initial_epoch, not both (the checkpoint "
+                                 "knows the epoch to go on from)")
+            saved, training = self._read_checkpoint(resume_from, epochs, batch_size, seed, shuffle)
+            initial_epoch, seed = training["next_epoch"], training["seed"]
+        elif initial_epoch >= epochs:
+            raise ValueError(f"fit: initial_epoch={initial_epoch} leaves no epoch to train with "
+                             f"epochs={epochs} (epochs is the index of the last epoch, as in Keras)")
         x, y = _as_array(x, "fit", "x"), _as_array(y, "fit", "y")
         x, y, validation = self._split_validation(x, y, validation_data, validation_split)
+        if training is not None:
+            if len(x) != training["samples"]:
+                raise ValueError(f"fit: {resume_from} was written by a run on {training['samples']} "
+                                 f"training samples, but x has {len(x)}; resume with the same data")
+            self._restore(saved)
         x, y, convert, num_classes = self._prepare(x, y, "fit")
         if validation is not None:
             validation = self._prepare(*validation, "fit (validation data)")
@@ -259,19 +339,34 @@ class Model:
         history = History()
         if self.history is None:
             self.history = History()
-        previous_mode, global_rng_state = self.training, rng.get_state()
+        previous_mode = self.training
+        # What fit leaves the global generator at; a resumed run ends where the first one would.
+        global_rng_state = rng.get_state() if training is None else training["rng_state"]
+        run = SimpleNamespace(
+            epochs=epochs, steps=params["steps"], last_finite_loss=None, saved_epochs=None,
+            checkpoint=None if checkpoint_dir is None else os.path.join(os.fspath(checkpoint_dir),
+                                                                        CHECKPOINT_FILE),
+            training={"seed": seed, "rng_state": global_rng_state, "batch_size": batch_size,
+                      "samples": len(x), "shuffle": bool(shuffle)})
         self.stop_training = False
         logs = {}
         try:
             callback_list.on_train_begin()
+            if training is not None:
+                callback_list.load_state_dict(training["callbacks"])
+                self.stop_training = training["stop_training"]
+            self._write_checkpoint(run, initial_epoch, callback_list)
             for epoch in range(initial_epoch, epochs):
+                if self.stop_training:
+                    break
                 epoch_rng = np.random.default_rng([seed, epoch])
                 rng.manual_seed(int(epoch_rng.integers(2**63)))      # this epoch's dropout masks
                 callback_list.on_epoch_begin(epoch)
                 lr = self.optimizer.lr
                 self.train()
-                logs = self._train_epoch(x, y, convert, num_classes, batch_size, shuffle, augmenter,
-                                         epoch_rng, callback_list)
+                logs = self._train_epoch((x, y, convert, num_classes), batch_size, shuffle, augmenter,
+                                         epoch, epoch_rng, callback_list, run)
+                self._check_weights_are_finite(epoch, run)
                 if validation is not None:
                     self.eval()
                     scores = self._evaluate_batches(*validation, batch_size=batch_size)
@@ -280,13 +375,88 @@ class Model:
                 history.append(epoch, logs)
                 self.history.append(epoch, logs)
                 callback_list.on_epoch_end(epoch, logs)
-                if self.stop_training:
-                    break
+                self._write_checkpoint(run, epoch + 1, callback_list)
             callback_list.on_train_end(logs)
         finally:
             rng.set_state(global_rng_state)
             self.train(previous_mode)
         return history
+
+    # Checkpoints.
+    def _write_checkpoint(self, run, next_epoch, callback_list):
+        if run.checkpoint is None:
+            return
+        from .serialization import save_checkpoint     # serialization imports the layers
+        os.makedirs(os.path.dirname(run.checkpoint), exist_ok=True)
+        save_checkpoint(self, run.checkpoint, {**run.training, "next_epoch": next_epoch,
+                                               "stop_training": bool(self.stop_training),
+                                               "callbacks": callback_list.state_dict()})
+        run.saved_epochs = next_epoch
+
+    def _read_checkpoint(self, path, epochs, batch_size, seed, shuffle):
+        """The checkpoint's model and training state, checked against this model and fit call."""
+        from .serialization import layer_to_config, load_checkpoint
+        saved, training = load_checkpoint(path)
+
+        def normalised(value):
+            return json.loads(json.dumps(value))
+
+        if normalised(layer_to_config(saved)) != normalised(layer_to_config(self)):
+            raise ValueError(f"fit: {path} holds another architecture than this model's; resume on "
+                             f"the model of the saved run (npconvnet.load_model({str(path)!r}))")
+        if saved._dtype() != self._dtype():
+            raise ValueError(f"fit: {path} holds {saved._dtype()} weights, this model has {self._dtype()}")
+        for kind, mine, theirs in (("optimizer", self.optimizer, saved.optimizer),
+                                   ("loss", self.loss, saved.loss)):
+            # The learning rate is part of the saved state (schedules change it); the rest is not.
+            wanted, found = ({key: value for key, value in item.get_config().items() if key != "lr"}
+                             for item in (theirs, mine))
+            if type(mine) is not type(theirs) or wanted != found:
+                raise ValueError(f"fit: {path} was trained with the {kind} {type(theirs).__name__}"
+                                 f"({wanted}), this model is compiled with {type(mine).__name__}"
+                                 f"({found}); compile it as the saved run was")
+        settings = {"seed": seed, "batch_size": batch_size, "shuffle": bool(shuffle)}
+        for name, value in settings.items():
+            if value is not None and value != training[name]:
+                raise ValueError(f"fit: {path} was written by a run with {name}={training[name]}, "
+                                 f"this call has {name}={value}; a resumed run must use the same "
+                                 "settings (load_model and initial_epoch train on with new ones)")
+        if training["next_epoch"] > epochs:
+            raise ValueError(f"fit: {path} has already trained {training['next_epoch']} epochs, "
+                             f"more than epochs={epochs}")
+        return saved, training
+
+    def _restore(self, saved):
+        """Take over the weights, optimizer state, history and input description of ``saved``."""
+        self.load_state_dict(saved.state_dict())
+        self.optimizer.load_state_dict(saved.optimizer.state_dict())
+        self.history = saved.history
+        self.input_shape, self.class_names = saved.input_shape, saved.class_names
+
+    # Divergence.
+    def _diverged(self, run, epoch, batch, loss, what):
+        """The TrainingDivergedError for ``what`` went wrong in ``epoch``/``batch`` (from 0)."""
+        lr = self.optimizer.lr
+        last = (f"the last finite loss was {run.last_finite_loss:.6g}" if run.last_finite_loss is not None
+                else "no batch had a finite loss")
+        if run.checkpoint is None:
+            kept = "No checkpoint was kept (pass checkpoint_dir=... to keep one)"
+        elif run.saved_epochs:
+            kept = f"{run.checkpoint} still holds the model after epoch {run.saved_epochs}"
+        else:
+            kept = f"{run.checkpoint} still holds the model before training"
+        message = (f"fit: training diverged in epoch {epoch + 1}/{run.epochs}, batch {batch + 1}/"
+                   f"{run.steps}: {what} ({last}). Lower the learning rate (now {lr:g}), e.g. to "
+                   f"{lr / 10:g}, and check that the inputs are scaled (e.g. to [0, 1]) and hold no "
+                   f"NaN or huge values. {kept}; the weights in memory are not usable.")
+        return TrainingDivergedError(message, epoch, batch, loss, run.last_finite_loss, lr, run.checkpoint)
+
+    def _check_weights_are_finite(self, epoch, run):
+        """The last step of an epoch can overflow the weights even after a finite loss."""
+        arrays = [p.data for p in self.parameters()] + [buffer for _, buffer in self.named_buffers()]
+        if not all(np.isfinite(array).all() for array in arrays):
+            raise self._diverged(run, epoch, run.steps - 1, None,
+                                 "the weights became NaN or infinite in the last step")
 
     @staticmethod
     def _split_validation(x, y, validation_data, validation_split):
@@ -309,9 +479,12 @@ class Model:
                              f"{split_at} for training and {len(x) - split_at} for validation")
         return x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
 
-    def _train_epoch(self, x, y, convert, num_classes, batch_size, shuffle, augmenter, epoch_rng,
-                     callback_list):
-        """One pass over the training data; returns the epoch's logs (sample-weighted means)."""
+    def _train_epoch(self, prepared, batch_size, shuffle, augmenter, epoch, epoch_rng, callback_list, run):
+        """One pass over the training data; returns the epoch's logs (sample-weighted means).
+
+        A NaN or infinite batch loss raises :class:`TrainingDivergedError` before its
+        gradients reach the weights."""
+        x, y, convert, num_classes = prepared
         total_loss, seen = 0.0, 0
         confusion = np.zeros((num_classes, num_classes), np.int64)
         logs = {}
@@ -323,6 +496,9 @@ class Model:
                 inputs = augmenter(inputs, rng=epoch_rng)
             outputs = self.forward(inputs)
             loss = self.loss(outputs, self._loss_targets(y_batch, num_classes, outputs.dtype))
+            if not math.isfinite(loss):
+                raise self._diverged(run, epoch, batch, loss, f"the loss is {loss}")
+            run.last_finite_loss = loss
             self.backward(self.loss.backward())
             self.optimizer.step()       # backward overwrote every .grad: no zero_grad needed
             total_loss += loss * len(y_batch)
@@ -397,8 +573,9 @@ class Model:
         return self.predict(x, batch_size).argmax(axis=1)
 
     # Files.
-    def save(self, path, include_optimizer=True, include_history=True):
-        """Write the model to one ``.npz`` file (see ``npconvnet.serialization``); returns the path."""
+    def save(self, path, include_optimizer=True, include_history=True, allow_nonfinite=False):
+        """Write the model to one ``.npz`` file (see ``npconvnet.serialization.save_model``);
+        returns the path. NaN or infinite weights raise ``ValueError`` unless ``allow_nonfinite``."""
         from .serialization import save_model   # serialization imports the layers
         return save_model(self, path, include_optimizer=include_optimizer,
-                          include_history=include_history)
+                          include_history=include_history, allow_nonfinite=allow_nonfinite)

@@ -47,32 +47,38 @@ class _BatchNorm(Layer):
             if count < 2:
                 raise ValueError(f"{self!r}: training needs more than one value per channel, got "
                                  f"input shape {x.shape} (use eval() for single samples)")
-            mean, var = x.mean(axis=axes), x.var(axis=axes)
+            mean = x.mean(axis=axes)
+            x_hat = x - mean.reshape(channel)
+            var = _channel_dot(x_hat, x_hat) / count
             self.running_mean = ((1 - self.momentum) * self.running_mean
                                  + self.momentum * mean).astype(self.running_mean.dtype)
             self.running_var = ((1 - self.momentum) * self.running_var
                                 + self.momentum * var * count / (count - 1)).astype(self.running_var.dtype)
         else:
-            mean, var = self.running_mean, self.running_var
+            x_hat = x - self.running_mean.reshape(channel).astype(x.dtype)
+            var = self.running_var
         inv_std = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
-        x_hat = (x - mean.reshape(channel).astype(x.dtype)) * inv_std.reshape(channel)
-        out = x_hat * self.weight.data.reshape(channel) + self.bias.data.reshape(channel)
+        x_hat *= inv_std.reshape(channel)
+        out = x_hat * self.weight.data.reshape(channel)
+        out += self.bias.data.reshape(channel)
         self._remember(out, x_hat=x_hat, inv_std=inv_std, axes=axes, channel=channel,
                        batch_statistics=self.training)
         return out
 
     def backward(self, grad_output):
         saved = self._recall(grad_output)
-        axes, channel = saved.axes, saved.channel
-        self.bias.grad = grad_output.sum(axis=axes)
-        self.weight.grad = (grad_output * saved.x_hat).sum(axis=axes)
-        grad_x_hat = grad_output * self.weight.data.reshape(channel)
+        channel, x_hat = saved.channel, saved.x_hat
+        self.bias.grad = grad_output.sum(axis=saved.axes)
+        self.weight.grad = _channel_dot(grad_output, x_hat)
+        # dL/dx = weight / std * (g - mean(g) - x_hat * mean(g * x_hat)), one channel at a time;
+        # the per-channel factors are folded together so that each pass touches x only once.
+        scale = self.weight.data * saved.inv_std
+        grad_input = grad_output * scale.reshape(channel)
         if saved.batch_statistics:
             count = grad_output.size // self.num_features
-            mean_grad = (self.bias.grad * self.weight.data / count).reshape(channel)
-            mean_grad_x_hat = (self.weight.grad * self.weight.data / count).reshape(channel)
-            grad_x_hat = grad_x_hat - mean_grad - saved.x_hat * mean_grad_x_hat
-        return grad_x_hat * saved.inv_std.reshape(channel)
+            grad_input -= x_hat * (scale * self.weight.grad / count).reshape(channel)
+            grad_input -= (scale * self.bias.grad / count).reshape(channel)
+        return grad_input
 
     def get_config(self):
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum}
@@ -90,3 +96,9 @@ class BatchNorm1D(_BatchNorm):
 
     input_ndims = (2, 3)
     layout = "(N, C) or (N, C, L)"
+
+
+def _channel_dot(a, b):
+    """``sum over every axis but 1 of a * b``, one value per channel, without the product array."""
+    axes = "nchw" if a.ndim == 4 else "ncl"[:a.ndim]
+    return np.einsum(f"{axes},{axes}->c", a, b)

@@ -93,15 +93,15 @@ def test_plot_filters_draws_one_normalised_panel_per_filter(tmp_path):
     assert len(images) == 8
     np.testing.assert_allclose(images[2], (weight[2, 0] - weight[2, 0].min()) / np.ptp(weight[2, 0]),
                                rtol=1e-5, atol=1e-6)
-    assert "8 x 1x5x5" in figure.texts[0].get_text()
+    assert "8 filters of 1x5x5" in figure.texts[0].get_text()
 
 
 def test_plot_feature_maps_titles_the_grid_with_the_layer_and_shape(tmp_path):
     maps = np.random.default_rng(0).random((6, 12, 12))
-    figure = plots.plot_feature_maps(maps, tmp_path / "maps.png", title="layer 0: Conv2D")
-    assert_png(tmp_path / "maps.png", min_size=(150, 150))
+    figure = plots.plot_feature_maps(maps, tmp_path / "maps.png", title="Layer 0, Conv2D")
+    assert_png(tmp_path / "maps.png", min_size=(150, 100))
     assert len(figure.axes) == 6
-    assert figure.texts[0].get_text() == "layer 0: Conv2D: 6 x 12x12"
+    assert figure.texts[0].get_text() == "Layer 0, Conv2D: 6 maps of 12x12"
 
 
 def test_plot_feature_maps_draws_at_most_max_maps(tmp_path):

@@ -26,9 +26,10 @@ from .callbacks import Callback
 #: What ``npconvnet train`` does without --model: the zoo's convnet with a recipe (in the
 #: zoo's recipe format) short enough to run in a couple of minutes on two CPU cores.
 DEFAULT_MODEL = "convnet"
-QUICK_RECIPE = {"description": "The quick recipe: Adam at lr 0.01, batch size 128, 3 epochs.",
-                "optimizer": "adam", "optimizer_kwargs": {}, "lr": 0.01, "batch_size": 128,
-                "epochs": 3, "schedule": None, "augment": False, "label_smoothing": 0.0,
+QUICK_RECIPE = {"description": "The quick recipe: Adam at lr 0.005 with cosine annealing, batch "
+                               "size 64, 3 epochs.",
+                "optimizer": "adam", "optimizer_kwargs": {}, "lr": 0.005, "batch_size": 64,
+                "epochs": 3, "schedule": {"name": "cosine"}, "augment": False, "label_smoothing": 0.0,
                 "preprocessing": "scale", "subset": None}
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "rmsprop")
 SETTINGS_FILE = "run.json"
@@ -435,11 +436,11 @@ def cmd_evaluate(args):
     model = _load_model(args.model_file)
     dataset = args.dataset or _default_dataset(args.model_file, model)
     _, (x_test, y_test), dataset_classes = _load_dataset(dataset, args.data_dir)
-    class_names = _class_names(model, len(dataset_classes))
     _check_model_fits_data(model, x_test, len(dataset_classes), dataset, args.model_file)
     preprocessing = _model_preprocessing(args.model_file)
     inputs = x_test if preprocessing == "scale" else _preprocess(x_test, preprocessing)
     probabilities = model.predict(inputs, batch_size=args.batch_size)
+    class_names = _class_names(model, probabilities.shape[1])
     predicted = probabilities.argmax(axis=1)
     labels = y_test.astype(np.int64)
     confusion = confusion_matrix(labels, predicted, num_classes=len(class_names))
@@ -619,7 +620,7 @@ def cmd_features(args):
         x = layer.forward(x)
         if isinstance(layer, kinds) and x.ndim == 4:
             name = f"layer{index:02d}_{type(layer).__name__.lower()}.png"
-            plots.plot_feature_maps(x[0], out / name, title=f"layer {index}: {type(layer).__name__}",
+            plots.plot_feature_maps(x[0], out / name, title=f"Layer {index}, {type(layer).__name__}",
                                     max_maps=args.max_maps)
             written.append(name)
     class_names = _class_names(model, len(probabilities))
@@ -690,11 +691,12 @@ def build_parser():
             "Train a model, then write into --out: model.npz, history.csv, history.json, "
             "curves.png, checkpoint.npz (saved after every epoch) and run.json (the "
             "settings). Prints the test accuracy at the end.",
-            f"Without options: the '{DEFAULT_MODEL}' model on MNIST with a quick recipe ({QUICK_RECIPE['epochs']} "
-                    f"epochs of {QUICK_RECIPE['optimizer']}, lr {QUICK_RECIPE['lr']}, batch "
-                    f"{QUICK_RECIPE['batch_size']}). With --model NAME, the zoo's recipe for that "
-                    "model; the options below override either. Ctrl-C stops training and keeps "
-                    "the checkpoint of the last finished epoch; --resume continues from it."))
+            f"Without options: the '{DEFAULT_MODEL}' model on MNIST. "
+            + QUICK_RECIPE["description"] + " With --model NAME, the zoo's recipe for that model "
+            "(npconvnet summary --model NAME shows the network); the options below override "
+            "either recipe.",
+            "Ctrl-C stops training and keeps the checkpoint of the last finished epoch; --resume "
+            "continues from it exactly as if training had not stopped."))
     train.add_argument("--model", type=model_name, metavar="NAME",
                        help=f"a model of the zoo: {', '.join(zoo.names())} (default: {DEFAULT_MODEL} "
                             "with the quick recipe)")

@@ -179,13 +179,14 @@ def plot_filters(weight, path=None, title="Filters of the first convolution", dp
     kernels = weight if weight.shape[1] == 3 else weight.mean(axis=1, keepdims=True)
     shown = [_normalise(kernel) for kernel in kernels]
     return plot_image_grid(shown, titles=[f"{index}" for index in range(len(shown))], path=path,
-                           title=f"{title}: {weight.shape[0]} x {weight.shape[1]}x"
+                           title=f"{title}: {weight.shape[0]} filters of {weight.shape[1]}x"
                                  f"{weight.shape[2]}x{weight.shape[3]}",
-                           cmap="gray", cell=0.8, dpi=dpi)
+                           ncols=min(len(shown), 8), cmap="gray", cell=0.8, dpi=dpi)
 
 
 def plot_feature_maps(maps, path=None, title="Feature maps", max_maps=64, cmap="viridis", dpi=DPI):
-    """One image's feature maps ``(C, H, W)`` as a grid, each normalised to its own range.
+    """One image's feature maps ``(C, H, W)`` as a grid of up to 8 columns, each map normalised
+    to its own range.
 
     At most ``max_maps`` channels are drawn (the first ones), each titled with its index.
     """
@@ -196,8 +197,8 @@ def plot_feature_maps(maps, path=None, title="Feature maps", max_maps=64, cmap="
     more = f", first {len(shown)} shown" if len(maps) > len(shown) else ""
     return plot_image_grid([_normalise(m) for m in shown],
                            titles=[str(index) for index in range(len(shown))], path=path,
-                           title=f"{title}: {maps.shape[0]} x {maps.shape[1]}x{maps.shape[2]}{more}",
-                           cmap=cmap, cell=0.9, dpi=dpi)
+                           title=f"{title}: {maps.shape[0]} maps of {maps.shape[1]}x{maps.shape[2]}{more}",
+                           ncols=min(len(shown), 8), cmap=cmap, cell=0.9, dpi=dpi)
 
 
 def plot_misclassified(images, true_labels, predicted_labels, probabilities, class_names=None,

@@ -407,6 +407,7 @@ def test_main_help_lists_the_subcommands(capsys):
     (["train", "--seed", "-3"], "--seed: must be an integer >= 0"),
     (["train", "--optimizer", "lbfgs"], "--optimizer: invalid choice"),
     (["train", "--model", "alexnet"], "unknown model 'alexnet'"),
+    (["train", "--resume", "checkpoint.npz", "--lr", "0.1"], "--lr cannot be changed when resuming"),
     (["evaluate", "model.npz", "--misclassified", "0"], "--misclassified: must be a positive integer"),
     (["predict", "model.npz", "x.png", "--top", "0"], "--top: must be a positive integer"),
     (["predict", "model.npz"], "the following arguments are required: IMAGE"),
@@ -547,8 +548,9 @@ def test_sigint_during_training_exits_130_and_leaves_a_resumable_checkpoint(data
                                env=_environment())
     history = tmp_path / "history.csv"
     deadline = time.monotonic() + 120
+    # Two epochs logged: the checkpoint of the first one is on disk.
     while time.monotonic() < deadline and process.poll() is None and not (
-            history.is_file() and len(history.read_text().splitlines()) >= 2):
+            history.is_file() and len(history.read_text().splitlines()) >= 3):
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)

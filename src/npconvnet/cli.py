@@ -231,10 +231,12 @@ def _resolve_run(args):
     """
     from . import zoo
     if args.resume is not None:
-        for option in ("model", "optimizer", "weight_decay"):
+        for option in ("model", "optimizer", "weight_decay", "lr", "batch_size", "seed",
+                       "validation_split", "augment"):
             if getattr(args, option) is not None:
-                raise CliError(f"--{option.replace('_', '-')} cannot be changed when resuming: it "
-                               f"comes from the checkpoint {args.resume}")
+                raise CliError(f"--{option.replace('_', '-')} cannot be changed when resuming: the "
+                               f"run goes on exactly as it was started (only --epochs, --dataset, "
+                               "--data-dir, --out and --verbose may be given)")
         if not Path(args.resume).is_file():
             raise CliError(f"{args.resume}: no such checkpoint file")
         stored = _read_settings(Path(args.resume).parent)
@@ -283,29 +285,23 @@ def _training_data(run, data_dir):
     return fit, validation, (x_test, y_test), class_names
 
 
+def _load_checkpoint(path):
+    """``(model, training state)`` of a checkpoint written by ``fit(checkpoint_dir=...)``."""
+    from .serialization import load_checkpoint
+    if not Path(path).is_file():
+        raise CliError(f"{path}: no such checkpoint file")
+    return load_checkpoint(path)
+
+
 def _resume(path, run):
     """The checkpoint's model and the epoch to continue from."""
-    model = _load_model(path)
-    if model.optimizer is None:
-        raise CliError(f"{path}: the model was saved without its optimizer; it cannot be resumed")
-    initial_epoch = model.history.epoch[-1] + 1 if model.history is not None and len(model.history) else 0
+    model, training = _load_checkpoint(path)
+    initial_epoch = training["next_epoch"]
     epochs = run["recipe"]["epochs"]
     if initial_epoch >= epochs:
         raise CliError(f"{path} has already trained {initial_epoch} of {epochs} epochs; pass "
                        f"--epochs N with N > {initial_epoch} to train further")
     return model, initial_epoch
-
-
-def _scheduler(recipe, optimizer, initial_epoch):
-    """The recipe's learning-rate schedule, at the start of epoch ``initial_epoch``."""
-    from . import zoo
-    if not recipe.get("schedule"):
-        return None
-    optimizer.lr = recipe["lr"]
-    scheduler = zoo.build_scheduler(recipe, optimizer)
-    scheduler.last_epoch = initial_epoch
-    optimizer.lr = scheduler.get_lr()
-    return scheduler
 
 
 def _describe_run(run, model, initial_epoch, x_fit, validation, x_test, shape, class_names):
@@ -324,7 +320,6 @@ def _describe_run(run, model, initial_epoch, x_fit, validation, x_test, shape, c
 
 def cmd_train(args):
     from . import plots, zoo
-    from .callbacks import ModelCheckpoint
     from .rng import manual_seed
 
     run = _resolve_run(args)
@@ -343,9 +338,8 @@ def cmd_train(args):
         model.compile(optimizer=zoo.build_optimizer(recipe), loss=zoo.build_loss(recipe),
                       metrics=["accuracy"])
         initial_epoch = 0
-    if args.lr is not None:
-        model.optimizer.lr = args.lr
-    scheduler = _scheduler(recipe, model.optimizer, initial_epoch)
+    # A resumed run gets its schedule's state (and the learning rate) back from the checkpoint.
+    scheduler = zoo.build_scheduler(recipe, model.optimizer)
     augmenter = zoo.build_augmenter(recipe, seed=run["seed"])
 
     out = Path(args.out if args.out is not None else
@@ -354,24 +348,23 @@ def cmd_train(args):
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / SETTINGS_FILE, {**run, "version": __version__})
     checkpoint = out / CHECKPOINT_FILE
-    if args.resume is None or Path(args.resume).resolve() != checkpoint.resolve():
-        model.save(checkpoint)            # Ctrl-C in the first epoch still leaves a checkpoint
     history_files = HistoryFiles(out)
     _describe_run(run, model, initial_epoch, x_fit, validation, x_test, shape, class_names)
 
-    callbacks = ([scheduler] if scheduler is not None else []) + [
-        ModelCheckpoint(checkpoint), history_files]
+    # fit writes the checkpoint (weights, optimizer, schedule, generator state) when training
+    # starts and after every epoch, atomically; resume_from restores all of it.
+    callbacks = ([scheduler] if scheduler is not None else []) + [history_files]
     started = time.perf_counter()
     try:
         model.fit(x_fit, y_fit, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
                   validation_data=validation, augment=augmenter, seed=run["seed"],
-                  verbose=args.verbose, initial_epoch=initial_epoch, callbacks=callbacks)
+                  verbose=args.verbose, callbacks=callbacks, checkpoint_dir=out,
+                  resume_from=args.resume)
     except KeyboardInterrupt:
+        _, saved = _load_checkpoint(checkpoint)     # the file, in case Ctrl-C hit its writing
         history_files.write(model.history)
-        saved = _load_model(checkpoint).history      # the file, in case Ctrl-C hit its writing
-        print(f"\nInterrupted. {checkpoint} holds the model after epoch "
-              f"{len(saved) if saved is not None else 0}; continue with:\n"
-              f"  npconvnet train --resume {checkpoint}", file=sys.stderr)
+        print(f"\nInterrupted. {checkpoint} holds the run after epoch {saved['next_epoch']}; "
+              f"continue with:\n  npconvnet train --resume {checkpoint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     seconds = time.perf_counter() - started
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import __version__
 from .callbacks import Callback
+from .training import CHECKPOINT_FILE     # what fit(checkpoint_dir=...) writes
 
 #: What ``npconvnet train`` does without --model: the zoo's convnet with a recipe (in the
 #: zoo's recipe format) short enough to run in a couple of minutes on two CPU cores.
@@ -33,7 +34,6 @@ QUICK_RECIPE = {"description": "The quick recipe: Adam at lr 0.005 with cosine a
                 "preprocessing": "scale", "subset": None}
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "rmsprop")
 SETTINGS_FILE = "run.json"
-CHECKPOINT_FILE = "checkpoint.npz"
 MODEL_FILE = "model.npz"
 EXIT_OK, EXIT_INTERNAL_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

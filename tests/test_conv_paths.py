@@ -1,0 +1,66 @@
+"""Conv2D computes dL/dx in two ways: col2im of the column gradient, and, at stride 1 with
+no more output than input channels, a convolution of dL/dy with the flipped kernel. Both must
+agree with PyTorch; the columns array reused between calls must never leak stale values."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from npconvnet.layers import Conv2D
+
+PADDINGS = [0, 1, 2, "same", "full", ((1, 0), (2, 1)), ((0, 2), (1, 0))]
+
+
+def torch_gradients(torch, layer, x, upstream):
+    from npconvnet.windows import resolve_padding
+    top, bottom, left, right = resolve_padding(layer.padding, layer.kernel_size, layer.stride, x.shape[2:])
+    x_torch = torch.tensor(x, requires_grad=True)
+    weight = torch.tensor(layer.weight.data, requires_grad=True)
+    padded = torch.nn.functional.pad(x_torch, (left, right, top, bottom))
+    torch.nn.functional.conv2d(padded, weight, stride=layer.stride).backward(torch.tensor(upstream))
+    return x_torch.grad.numpy(), weight.grad.numpy()
+
+
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+@pytest.mark.parametrize("channels,kernel_size,padding",
+                         itertools.product([(5, 3), (4, 4), (2, 6)], [1, 2, 3, (2, 3), (3, 1)], PADDINGS))
+def test_input_gradient_matches_pytorch_for_both_methods(channels, kernel_size, padding, rng, torch):
+    in_channels, out_channels = channels      # (5, 3) and (4, 4) take the convolution path
+    layer = Conv2D(in_channels, out_channels, kernel_size, padding=padding, bias=False).astype(np.float64)
+    x = rng.standard_normal((3, in_channels, 7, 6))
+    out = layer.forward(x)
+    upstream = rng.standard_normal(out.shape)
+    grad_input = layer.backward(upstream)
+    expected_input, expected_weight = torch_gradients(torch, layer, x, upstream)
+    np.testing.assert_allclose(grad_input, expected_input, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, expected_weight, rtol=1e-10, atol=1e-12)
+
+
+def test_float32_gradient_of_float32_layer_stays_float32(rng):
+    layer = Conv2D(4, 2, 3, padding=1)
+    out = layer.forward(rng.standard_normal((2, 4, 5, 5)).astype(np.float32))
+    assert layer.backward(np.ones_like(out)).dtype == np.float32
+
+
+def test_repeated_calls_with_changing_batch_sizes_give_fresh_results(rng, torch):
+    # the columns array is reused when the shape repeats and replaced when it changes
+    layer = Conv2D(3, 3, 3, padding=1).astype(np.float64)
+    for batch in (4, 4, 2, 5, 4):
+        x = rng.standard_normal((batch, 3, 6, 6))
+        out = layer.forward(x)
+        upstream = rng.standard_normal(out.shape)
+        grad_input = layer.backward(upstream)
+        expected_input, expected_weight = torch_gradients(torch, layer, x, upstream)
+        np.testing.assert_allclose(grad_input, expected_input, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(layer.weight.grad, expected_weight, rtol=1e-10, atol=1e-12)
+
+
+def test_an_earlier_output_is_not_changed_by_later_calls(rng):
+    layer = Conv2D(2, 3, 3, padding=1)
+    first_input = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    first = layer.forward(first_input)
+    kept = first.copy()
+    layer.backward(np.ones_like(first))
+    layer.forward(rng.standard_normal((2, 2, 5, 5)).astype(np.float32))
+    np.testing.assert_array_equal(first, kept)

@@ -4,6 +4,8 @@ Each optimizer updates ``Parameter.data`` in place from ``Parameter.grad``. It m
 without parameters (``Adam(lr=1e-3)``) and bound to a model's later, as ``compile`` does.
 """
 
+import math
+
 import numpy as np
 
 
@@ -142,8 +144,14 @@ class Adam(Optimizer):
         exp_avg_sq *= beta2
         exp_avg_sq += (1 - beta2) * grad * grad
         step_size = self.lr / (1 - beta1 ** state["step"])
-        denominator = np.sqrt(exp_avg_sq) / np.sqrt(1 - beta2 ** state["step"]) + self.eps
-        p.data -= (step_size * exp_avg / denominator).astype(p.data.dtype, copy=False)
+        # In place, and with Python floats only: a NumPy float64 scalar such as
+        # np.sqrt(1 - beta2 ** t) would widen float32 arrays to float64.
+        denominator = np.sqrt(exp_avg_sq)
+        denominator /= math.sqrt(1 - beta2 ** state["step"])
+        denominator += self.eps
+        update = step_size * exp_avg
+        update /= denominator
+        p.data -= update
 
     def get_config(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,

@@ -41,6 +41,9 @@ class _Pool2D(Layer):
                              f"the pooling window {self.kernel_size}")
         return (pad(x, padding, pad_value) if any(padding) else x), padding, out_size
 
+    def _windows_overlap(self):
+        return any(step < size for step, size in zip(self.stride, self.kernel_size))
+
     def _unpad(self, grad_padded, input_shape, padding):
         top, _, left, _ = padding
         return grad_padded[:, :, top:top + input_shape[2], left:left + input_shape[3]]
@@ -80,7 +83,11 @@ class MaxPool2D(_Pool2D):
         saved = self._recall(grad_output)
         grad = channel_major(saved.padded_shape, grad_output.dtype)
         for k, offset in enumerate(kernel_offsets(self.kernel_size)):
-            window(grad, offset, self.stride, grad_output.shape[2:])[...] += grad_output * (saved.argmax == k)
+            target = window(grad, offset, self.stride, grad_output.shape[2:])
+            if self._windows_overlap():
+                target += grad_output * (saved.argmax == k)
+            else:                     # each pixel is in one window: write, no need to read
+                np.multiply(grad_output, saved.argmax == k, out=target)
         return self._unpad(grad, saved.input_shape, saved.padding)
 
 

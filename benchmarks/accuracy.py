@@ -14,7 +14,9 @@ on Fashion-MNIST as well.
 The training time is the wall-clock time of ``fit``, minus the time spent measuring the
 test accuracy after each epoch (a learning curve for the record only: nothing is selected on
 it; ``--no-curve`` skips it). The machine (CPU model, core count) and its load average at the
-start and the end are recorded, since the machine may be shared.
+start and the end are recorded, since the machine may be shared; so is the CPU time of the
+training (all threads of the process), which a busy machine does not inflate as it does the
+wall-clock time.
 
 Results accumulate: the JSON file (``--out``) keeps one entry per (model, dataset), and
 re-running a model replaces its entry; the Markdown table next to it (same name, ``.md``) is
@@ -47,6 +49,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, shuffling, augmentation")
     parser.add_argument("--epochs", type=int, default=None,
                         help="override the recipe's epoch count (for quick trials; such rows say so)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS threads (default 1: on a shared machine a second thread mostly spins)")
     parser.add_argument("--no-curve", action="store_true",
                         help="skip the test accuracy after every epoch")
     parser.add_argument("--data-dir", default=None,
@@ -112,12 +116,13 @@ def run(model_name, dataset, args):
 
     class TestCurve(Callback):
         """Test accuracy after every epoch, timed apart from training."""
-        seconds = 0.0
+        seconds = cpu_seconds = 0.0
 
         def on_epoch_end(self, epoch, logs=None):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             accuracy = model.evaluate(x_test, y_test, batch_size=500)["accuracy"]
             TestCurve.seconds += time.perf_counter() - start
+            TestCurve.cpu_seconds += time.process_time() - cpu_start
             curve.append(round(accuracy, 4))
             print(f"  {model_name} / {dataset}: epoch {epoch + 1}/{recipe['epochs']} - train loss "
                   f"{logs['loss']:.4f} - test accuracy {100 * accuracy:.2f}% - lr {logs['lr']:.3g} - "
@@ -128,28 +133,32 @@ def run(model_name, dataset, args):
     print(f"{model_name} on {dataset}: {len(x_train):,} training images, {recipe['epochs']} epochs; "
           f"{recipe['description']}", flush=True)
     load_start = os.getloadavg()
-    fit_start = time.perf_counter()
+    fit_start, fit_cpu_start = time.perf_counter(), time.process_time()
     model.fit(x_train, y_train, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
               augment=zoo.build_augmenter(recipe, seed=args.seed), callbacks=callbacks,
               seed=args.seed, verbose=0 if not args.no_curve else 2)
     train_seconds = time.perf_counter() - fit_start - TestCurve.seconds
+    train_cpu_seconds = time.process_time() - fit_cpu_start - TestCurve.cpu_seconds
     scores = model.evaluate(x_test, y_test, batch_size=500)
     errors = int(round((1 - scores["accuracy"]) * len(x_test)))
     print(f"{model_name} on {dataset}: test accuracy {100 * scores['accuracy']:.2f}% ({errors} errors "
-          f"in {len(x_test):,}), trained in {train_seconds / 60:.1f} min", flush=True)
+          f"in {len(x_test):,}), trained in {train_seconds / 60:.1f} min ({train_cpu_seconds / 60:.1f} min "
+          f"of CPU time)", flush=True)
     return {"model": model_name, "dataset": dataset, "epochs": recipe["epochs"],
             "train_images": len(x_train), "test_images": len(x_test),
             "test_accuracy": round(float(scores["accuracy"]), 4), "test_errors": errors,
             "test_loss": round(float(scores["loss"]), 4), "train_seconds": round(train_seconds, 1),
+            "train_cpu_seconds": round(train_cpu_seconds, 1),
             "test_accuracy_per_epoch": curve, "parameters": model.num_parameters(),
             "recipe": recipe, "recipe_overridden": args.epochs is not None, "seed": args.seed,
-            "machine": machine(), "load_average_start": [round(v, 2) for v in load_start],
+            "machine": machine(), "threads": args.threads, "load_average_start": [round(v, 2) for v in load_start],
             "load_average_end": [round(v, 2) for v in os.getloadavg()],
             "numpy": np.__version__, "python": platform.python_version(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/accuracy.py --models " + model_name + " --datasets " + dataset
                        + (f" --seed {args.seed}" if args.seed else "")
-                       + (f" --epochs {args.epochs}" if args.epochs is not None else "")}
+                       + (f" --epochs {args.epochs}" if args.epochs is not None else "")
+                       + (f" --threads {args.threads}" if args.threads != 1 else "")}
 
 
 def minutes(seconds):
@@ -173,7 +182,17 @@ def markdown(entries):
     return "\n".join(lines) + "\n"
 
 
+def set_threads(argv):
+    """Fix the BLAS thread count from --threads before NumPy is first imported."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--threads", type=int, default=1)
+    threads = early.parse_known_args(argv)[0].threads
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+
+
 def main(argv=None):
+    set_threads(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     pairs = [(model, dataset) for dataset in (args.datasets or DATASETS) for model in args.models
              if args.datasets or dataset == "mnist" or model in FASHION_MODELS]

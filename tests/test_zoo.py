@@ -174,9 +174,10 @@ def test_a_few_training_steps_reduce_the_loss_on_a_small_batch(name):
 
 # ---------------------------------------------------------------------------- recipes
 
+@pytest.mark.parametrize("dataset", [None, "mnist", "fashion-mnist"])
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_recipe_is_json_serialisable_and_complete(name):
-    recipe = zoo.recipe(name)
+def test_recipe_is_json_serialisable_and_complete(name, dataset):
+    recipe = zoo.recipe(name, dataset)
     assert json.loads(json.dumps(recipe)) == recipe
     assert set(recipe) == {"description", "optimizer", "optimizer_kwargs", "lr", "batch_size",
                            "epochs", "schedule", "augment", "label_smoothing", "preprocessing",
@@ -222,8 +223,10 @@ def test_cosine_schedule_anneals_over_the_recipes_epochs():
 
 def test_fashion_recipe_mirrors_garments_but_digits_are_never_flipped():
     assert not zoo.build_augmenter(zoo.recipe("vgg-mini")).horizontal_flip
-    fashion = zoo.build_augmenter(zoo.recipe("vgg-mini", dataset="fashion-mnist"))
-    assert isinstance(fashion, Augmenter) and fashion.horizontal_flip
+    fashion = zoo.recipe("vgg-mini", dataset="fashion-mnist")
+    assert isinstance(zoo.build_augmenter(fashion), Augmenter)
+    assert zoo.build_augmenter(fashion).horizontal_flip
+    assert "flips" in fashion["description"]
 
 
 def test_describe_names_the_model_its_size_and_its_recipe():

@@ -198,13 +198,19 @@ _MODELS = {
         "rotations and zooms, label smoothing 0.1.",
         "adam", 0.003, batch_size=128, epochs=12, schedule={"name": "cosine"},
         augment=DIGIT_AUGMENTATION, label_smoothing=0.1,
-        datasets={"fashion-mnist": {"augment": FASHION_AUGMENTATION}})),
+        datasets={"fashion-mnist": {
+            "augment": FASHION_AUGMENTATION,
+            "description": "Adam at lr 0.003 with cosine annealing, batch size 128, 12 epochs, random "
+                           "shifts and horizontal flips, label smoothing 0.1."}})),
     "resnet-mini": (_resnet_mini, 2, _recipe(
         "SGD with Nesterov momentum 0.9 at lr 0.1, weight decay 5e-4, cosine annealing, batch size "
         "128, 12 epochs, random shifts, rotations and zooms.",
         "nesterov", 0.1, batch_size=128, epochs=12, optimizer_kwargs={"weight_decay": 5e-4},
         schedule={"name": "cosine"}, augment=DIGIT_AUGMENTATION,
-        datasets={"fashion-mnist": {"augment": FASHION_AUGMENTATION}})),
+        datasets={"fashion-mnist": {
+            "augment": FASHION_AUGMENTATION,
+            "description": "SGD with Nesterov momentum 0.9 at lr 0.1, weight decay 5e-4, cosine "
+                           "annealing, batch size 128, 12 epochs, random shifts and horizontal flips."}})),
 }
 
 

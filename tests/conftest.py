@@ -33,10 +33,14 @@ def _data_dir():
     return next((path for path in candidates if (path / "mnist").is_dir()), None)
 
 
+# Found once, before any test's fixtures change the environment.
+DATA_DIR = _data_dir()
+
+
 @pytest.fixture
 def mnist_dir():
     """The folder holding ``mnist/`` and ``fashion-mnist/``; the test is skipped without it."""
-    path = _data_dir()
+    path = DATA_DIR
     if path is None:
         pytest.skip("real MNIST not found: set NPCONVNET_DATA_DIR to the folder holding mnist/")
     return path

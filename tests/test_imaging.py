@@ -1,5 +1,10 @@
 """Image files as arrays, and the MNIST-style preparation of a photographed digit."""
 
+import io
+import struct
+import warnings
+import zlib
+
 import numpy as np
 import pytest
 
@@ -125,6 +130,42 @@ def test_load_image_names_a_file_that_is_not_an_image(tmp_path):
     (tmp_path / "notes.png").write_text("not a picture")
     with pytest.raises(ImageError, match="notes.png: cannot read this as an image"):
         load_image(tmp_path / "notes.png")
+
+
+def png_declaring(width, height):
+    """A 1x1 PNG whose header (with a correct checksum) declares ``width`` x ``height`` pixels."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("pixels", [2 * Image.MAX_IMAGE_PIXELS + 1, Image.MAX_IMAGE_PIXELS + 1])
+def test_load_image_refuses_a_decompression_bomb_before_allocating_its_pixels(pixels, tmp_path):
+    """Above twice MAX_IMAGE_PIXELS Pillow raises; above MAX_IMAGE_PIXELS it only warns."""
+    (tmp_path / "bomb.png").write_bytes(png_declaring(pixels, 1))
+    with pytest.raises(ImageError, match=rf"bomb.png: the image is too large to read safely "
+                                         rf"\(Image size \({pixels} pixels\) exceeds limit"):
+        load_image(tmp_path / "bomb.png")
+
+
+def test_load_image_keeps_quiet_about_damaged_metadata_that_pillow_skips(tmp_path):
+    """Pillow warns, naming no file, about a TIFF tag holding more values than it should."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(buffer, "TIFF")
+    data = bytearray(buffer.getvalue())
+    directory = struct.unpack("<I", data[4:8])[0]
+    count = struct.unpack("<H", data[directory:directory + 2])[0]
+    for entry in range(directory + 2, directory + 2 + 12 * count, 12):
+        if struct.unpack("<H", data[entry:entry + 2])[0] == 257:         # ImageLength
+            data[entry + 4:entry + 8] = struct.pack("<I", 2)             # two values, not one
+    (tmp_path / "odd-tag.tif").write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = load_image(tmp_path / "odd-tag.tif")
+    assert image.dtype == np.float32 and image.ndim == 2
 
 
 def test_to_grayscale_uses_the_itu_r_601_luma_weights():

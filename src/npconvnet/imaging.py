@@ -27,6 +27,7 @@ keeping their aspect ratio (with anti-aliasing), and centred by their centre of 
    nearest pixel (MNIST's own centres of mass lie within half a pixel of (14, 14)).
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def load_image(path):
     16-bit images are divided by 65535, 32-bit integer ones by 65535 when their values fit in
     16 bits and by their maximum otherwise; float images are used as they are when they lie in
     [0, 1], else divided by their maximum. Raises ``ImageError`` naming the file when it is
-    missing or not an image.
+    missing, not an image, or larger than Pillow's ``Image.MAX_IMAGE_PIXELS``.
     """
     Image, ImageOps = _pillow()
     path = Path(path)
@@ -71,9 +72,19 @@ def load_image(path):
         raise ImageError(f"{path}: no such image file" if not path.exists()
                          else f"{path}: not a file")
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.load()
+        with warnings.catch_warnings():
+            # Pillow refuses a header declaring more than 2 * Image.MAX_IMAGE_PIXELS pixels
+            # (DecompressionBombError) but only warns above MAX_IMAGE_PIXELS: refuse those too,
+            # before their pixels are allocated. Its warnings about damaged metadata it skips
+            # (EXIF, TIFF tags) name no file and change nothing here: a file whose pixels cannot
+            # be read raises ImageError.
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = ImageOps.exif_transpose(image)
+                image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{path}: the image is too large to read safely ({err})") from None
     except (OSError, ValueError, SyntaxError) as err:   # UnidentifiedImageError is an OSError
         raise ImageError(f"{path}: cannot read this as an image ({err})") from None
     if image.width == 0 or image.height == 0:

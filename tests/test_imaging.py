@@ -168,6 +168,23 @@ def test_load_image_keeps_quiet_about_damaged_metadata_that_pillow_skips(tmp_pat
     assert image.dtype == np.float32 and image.ndim == 2
 
 
+def test_load_image_with_max_size_shrinks_the_longer_side_by_averaging(tmp_path):
+    pixels = np.zeros((40, 100), np.uint8)
+    pixels[:, 1::2] = 200                                    # columns alternately 0 and 200
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    loaded = load_image(tmp_path / "wide.png", max_size=50)
+    assert loaded.shape == (20, 50)
+    np.testing.assert_allclose(loaded, 100 / 255, atol=1 / 255)   # each 2x2 box averaged
+    assert load_image(tmp_path / "wide.png", max_size=100).shape == (40, 100)
+
+
+def test_load_image_with_max_size_keeps_at_least_one_pixel_of_a_thin_image(tmp_path):
+    Image.new("RGB", (5000, 2), (255, 0, 0)).save(tmp_path / "thin.png")
+    loaded = load_image(tmp_path / "thin.png", max_size=100)
+    assert loaded.shape == (1, 100, 3)
+    np.testing.assert_allclose(loaded[0, 0], [1, 0, 0], atol=1e-6)
+
+
 def test_to_grayscale_uses_the_itu_r_601_luma_weights():
     np.testing.assert_allclose(to_grayscale(np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])),
                                [[0.299, 0.587]], atol=1e-6)

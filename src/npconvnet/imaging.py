@@ -55,7 +55,7 @@ def _pillow():
     return Image, ImageOps
 
 
-def load_image(path):
+def load_image(path, max_size=None):
     """Read an image file into float32 values in [0, 1].
 
     Returns ``(H, W)`` for grayscale files (modes 1, L, LA, I;16, I, F) and ``(H, W, 3)`` RGB
@@ -65,6 +65,10 @@ def load_image(path):
     16 bits and by their maximum otherwise; float images are used as they are when they lie in
     [0, 1], else divided by their maximum. Raises ``ImageError`` naming the file when it is
     missing, not an image, or larger than Pillow's ``Image.MAX_IMAGE_PIXELS``.
+
+    ``max_size``: an image whose longer side is larger is shrunk to that many pixels (box
+    filter, same aspect ratio) before its pixels become floats, so that a 24-megapixel photo
+    (or a tiny file declaring one) costs no more than a small image; None keeps every pixel.
     """
     Image, ImageOps = _pillow()
     path = Path(path)
@@ -89,6 +93,10 @@ def load_image(path):
         raise ImageError(f"{path}: cannot read this as an image ({err})") from None
     if image.width == 0 or image.height == 0:
         raise ImageError(f"{path}: the image is empty ({image.width}x{image.height} pixels)")
+    if max_size is not None and max(image.size) > max_size:
+        scale = max_size / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BOX)
     return _to_float(image)
 
 

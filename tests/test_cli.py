@@ -407,7 +407,6 @@ def test_main_help_lists_the_subcommands(capsys):
     (["train", "--seed", "-3"], "--seed: must be an integer >= 0"),
     (["train", "--optimizer", "lbfgs"], "--optimizer: invalid choice"),
     (["train", "--model", "alexnet"], "unknown model 'alexnet'"),
-    (["train", "--resume", "checkpoint.npz", "--lr", "0.1"], "--lr cannot be changed when resuming"),
     (["evaluate", "model.npz", "--misclassified", "0"], "--misclassified: must be a positive integer"),
     (["predict", "model.npz", "x.png", "--top", "0"], "--top: must be a positive integer"),
     (["predict", "model.npz"], "the following arguments are required: IMAGE"),

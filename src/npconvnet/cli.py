@@ -227,36 +227,92 @@ def _resolve_run(args):
     """The run's settings: ``{"model", "dataset", "seed", "validation_split", "recipe"}``.
 
     A new run takes the quick recipe (no --model) or the zoo's recipe of --model, then the
-    command-line options; a resumed run takes run.json beside the checkpoint, then the options.
+    command-line options; a resumed run takes run.json beside the checkpoint, and only --epochs
+    from the command line (the other options must say what run.json says).
     """
     from . import zoo
     if args.resume is not None:
-        for option in ("model", "optimizer", "weight_decay", "lr", "batch_size", "seed",
-                       "validation_split", "augment"):
-            if getattr(args, option) is not None:
-                raise CliError(f"--{option.replace('_', '-')} cannot be changed when resuming: the "
-                               f"run goes on exactly as it was started (only --epochs, --dataset, "
-                               "--data-dir, --out and --verbose may be given)")
-        if not Path(args.resume).is_file():
-            raise CliError(f"{args.resume}: no such checkpoint file")
-        stored = _read_settings(Path(args.resume).parent)
-        if stored is None or not isinstance(stored.get("recipe"), dict):
-            raise CliError(f"cannot resume: {Path(args.resume).parent / SETTINGS_FILE} (the run's "
-                           "settings, written by npconvnet train) is missing or incomplete")
-        run = stored
-    else:
-        dataset = args.dataset or "mnist"
-        model = args.model or DEFAULT_MODEL
-        recipe = QUICK_RECIPE if args.model is None else zoo.recipe(model, _dataset_label(dataset))
-        run = {"model": model, "dataset": dataset, "seed": 0, "validation_split": 0.1,
-               "recipe": recipe}
-    for option in ("dataset", "seed", "validation_split"):
+        return _recorded_run(args)
+    dataset = args.dataset or "mnist"
+    model = args.model or DEFAULT_MODEL
+    recipe = QUICK_RECIPE if args.model is None else zoo.recipe(model, _dataset_label(dataset))
+    run = {"model": model, "dataset": _dataset_key(dataset), "seed": 0, "validation_split": 0.1,
+           "recipe": recipe}
+    for option in ("seed", "validation_split"):
         if getattr(args, option) is not None:
             run[option] = getattr(args, option)
-    if run["dataset"].lower() not in ("mnist", "fashion-mnist", "fashion_mnist") \
-            and Path(run["dataset"]).is_dir():
-        run["dataset"] = str(Path(run["dataset"]).resolve())     # so that --resume works anywhere
     run["recipe"] = _apply_overrides(run["recipe"], args)
+    return run
+
+
+def _dataset_key(dataset):
+    """A dataset as run.json records it: a known name, or a folder's absolute path (so that
+    --resume works from anywhere)."""
+    name = str(dataset).lower().replace("_", "-")
+    if name in ("mnist", "fashion-mnist"):
+        return name
+    return str(Path(dataset).resolve()) if Path(dataset).is_dir() else str(dataset)
+
+
+def _recorded_options(run):
+    """What each train option was in the recorded ``run``, as argparse would give it."""
+    recipe = run["recipe"]
+    return {"model": run["model"], "seed": run["seed"], "validation_split": run["validation_split"],
+            "batch_size": recipe["batch_size"], "optimizer": recipe["optimizer"], "lr": recipe["lr"],
+            "weight_decay": (recipe.get("optimizer_kwargs") or {}).get("weight_decay", 0),
+            "augment": bool(recipe.get("augment"))}
+
+
+def _option_text(option, value):
+    """``--lr 0.005``, ``--no-augment``: an option as it is typed."""
+    flag = "--" + option.replace("_", "-")
+    if option == "augment":
+        return flag if value else "--no-augment"
+    return f"{flag} {value:.12g}" if isinstance(value, float) else f"{flag} {value}"
+
+
+def _recorded_run(args):
+    """The settings of the run that wrote the checkpoint --resume names (run.json beside it).
+
+    The options of the first run may be given again: each must have the recorded value,
+    as a different one would change the training. --epochs may be raised to train longer;
+    --data-dir, --out and --verbose change nothing in the training.
+    """
+    checkpoint = Path(args.resume)
+    folder = checkpoint.parent
+    if not checkpoint.is_file():
+        if (folder / SETTINGS_FILE).is_file():
+            # run.json is written just before training starts, the first checkpoint as it starts.
+            raise CliError(f"{checkpoint}: no such checkpoint file; the run in {folder} was stopped "
+                           "before training started, so there is nothing to resume: start it "
+                           "again without --resume")
+        raise CliError(f"{checkpoint}: no such checkpoint file")
+    run = _read_settings(folder) or {}
+    recipe = run.get("recipe")
+    if not ({"model", "dataset", "seed", "validation_split"} <= set(run) and isinstance(recipe, dict)
+            and {"optimizer", "lr", "batch_size", "epochs"} <= set(recipe)):
+        raise CliError(f"cannot resume: {folder / SETTINGS_FILE} (the run's settings, written by "
+                       "npconvnet train) is missing or incomplete")
+    for option, recorded in _recorded_options(run).items():
+        given = getattr(args, option)
+        if given is not None and given != recorded:
+            raise CliError(f"cannot resume with {_option_text(option, given)}: the run in {folder} "
+                           f"was trained with {_option_text(option, recorded)} ({SETTINGS_FILE}); "
+                           "give the options of the first run, or leave them out")
+    if args.dataset is not None and _dataset_key(args.dataset) != run["dataset"]:
+        # A dataset folder that has been moved may be named at its new place.
+        moved = (run["dataset"] not in ("mnist", "fashion-mnist") and not Path(run["dataset"]).exists()
+                 and Path(args.dataset).is_dir())
+        if not moved:
+            raise CliError(f"cannot resume with --dataset {args.dataset}: the run in {folder} was "
+                           f"trained on {run['dataset']} ({SETTINGS_FILE})")
+        run["dataset"] = _dataset_key(args.dataset)
+    if args.epochs is not None:
+        if args.epochs < run["recipe"]["epochs"]:
+            raise CliError(f"cannot resume with --epochs {args.epochs}: the run in {folder} trains "
+                           f"for {run['recipe']['epochs']} epochs ({SETTINGS_FILE}); --epochs may "
+                           "only be raised, to train longer")
+        run["recipe"]["epochs"] = args.epochs
     return run
 
 
@@ -688,8 +744,11 @@ def build_parser():
             + QUICK_RECIPE["description"] + " With --model NAME, the zoo's recipe for that model "
             "(npconvnet summary --model NAME shows the network); the options below override "
             "either recipe.",
-            "Ctrl-C stops training and keeps the checkpoint of the last finished epoch; --resume "
-            "continues from it exactly as if training had not stopped."))
+            "Training may be stopped at any moment, with Ctrl-C or even killed: checkpoint.npz "
+            "holds the run as training started and after every finished epoch, and 'npconvnet "
+            "train --resume DIR/checkpoint.npz' continues from it to the same model and history "
+            "as a run never stopped. The other options may be left out (run.json has them) or "
+            "given as in the first run; only --epochs may differ, raised to train longer."))
     train.add_argument("--model", type=model_name, metavar="NAME",
                        help=f"a model of the zoo: {', '.join(zoo.names())} (default: {DEFAULT_MODEL} "
                             "with the quick recipe)")
@@ -718,9 +777,10 @@ def build_parser():
     train.add_argument("--out", metavar="DIR",
                        help="folder for the files (default: runs/MODEL-DATASET; with --resume the "
                             "checkpoint's folder)")
-    train.add_argument("--resume", metavar="MODEL_FILE",
-                       help="continue an interrupted run from its checkpoint.npz, with the settings "
-                            "in run.json beside it (default: start afresh)")
+    train.add_argument("--resume", metavar="CHECKPOINT",
+                       help="continue a stopped run from its checkpoint.npz, with the settings in "
+                            "run.json beside it; options given too must be those of the first run, "
+                            "but --epochs may be raised (default: start afresh)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                        help="0 quiet, 1 a progress bar per epoch, 2 one line per epoch (default: 1)")
     _add_common(train)

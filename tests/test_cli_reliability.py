@@ -1,24 +1,26 @@
 """The command line when things go wrong: a training run stopped and resumed with the options
-of the first run.
+of the first run, and training that diverges.
 
-Every failure ends with one line on stderr and exit status 2, never a traceback; a resumed run
-ends bit for bit as a run never stopped.
+Every failure ends with one line on stderr and a documented exit status (2 bad input, 3 training
+diverged), never a traceback; a resumed run ends bit for bit as a run never stopped.
 """
 
 import contextlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from npconvnet import cli
-from npconvnet.serialization import load_model
+from npconvnet import callbacks, cli, zoo
+from npconvnet.serialization import load_checkpoint, load_model
 
 pytest.importorskip("matplotlib", reason="npconvnet train draws its curves with matplotlib")
 
-from test_cli import assert_one_line_error, run, write_dataset  # noqa: E402
+from test_cli import _environment, assert_one_line_error, run, write_dataset  # noqa: E402
 
 # A small model and short training, in-process: each run takes well under a second.
 FIRST_RUN = ["--model", "conv5", "--epochs", "3", "--batch-size", "16", "--optimizer", "adam",
@@ -164,3 +166,45 @@ def test_resume_without_the_run_settings_is_refused(stopped, capsys):
     (folder / "run.json").write_text(json.dumps({"model": "conv5"}))
     status, _, err = run(capsys, "train", "--resume", checkpoint)
     assert_one_line_error(status, err, "cannot resume", "run.json", "missing or incomplete")
+
+
+# --------------------------------------------------------------------------------------- divergence
+
+def test_a_diverging_run_exits_3_with_one_line_and_writes_no_model_file(dataset, tmp_path):
+    command = [sys.executable, "-m", "npconvnet", "train", "--dataset", str(dataset), "--out",
+               str(tmp_path), "--model", "conv5", "--epochs", "3", "--batch-size", "16",
+               "--lr", "1e30", "--verbose", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**_environment(), "OPENBLAS_NUM_THREADS": "1"})
+    assert result.returncode == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("npconvnet: error: training diverged in epoch 1/3, batch ")
+    checkpoint = tmp_path / "checkpoint.npz"
+    for fragment in ("/17: the loss became nan (the last finite loss was ",
+                     f"{checkpoint} keeps the model before training and model.npz was not written",
+                     "Train again with a lower learning rate, e.g. --lr 1e+29 (this run had --lr 1e+30)"):
+        assert fragment in lines[0]
+    assert not (tmp_path / "model.npz").exists()
+    saved, training = load_checkpoint(checkpoint)
+    assert training["next_epoch"] == 0
+    assert all(np.isfinite(value).all() for value in saved.state_dict().values())
+
+
+def test_divergence_in_a_later_epoch_keeps_its_checkpoint_and_the_model_file_already_there(
+        dataset, tmp_path, capsys, monkeypatch):
+    options = ["--dataset", dataset, *FIRST_RUN]
+    assert run(capsys, "train", "--out", tmp_path / "one-epoch", *options, "--epochs", "1")[0] == 0
+    assert run(capsys, "train", "--out", tmp_path, *options)[0] == 0
+    good_model = (tmp_path / "model.npz").read_bytes()
+    # The same run again, its learning rate exploding from the second epoch on.
+    monkeypatch.setattr(zoo, "build_scheduler", lambda recipe, optimizer: callbacks.LearningRateScheduler(
+        lambda epoch, lr: 1e30 if epoch >= 1 else lr))
+    status, _, err = run(capsys, "train", "--out", tmp_path, *options)
+    assert status == 3 and len(err.strip().splitlines()) == 1
+    assert "training diverged in epoch 2/3" in err and "keeps the model after epoch 1" in err
+    assert (tmp_path / "model.npz").read_bytes() == good_model
+    saved = load_checkpoint(tmp_path / "checkpoint.npz")[0].state_dict()
+    for name, value in load_model(tmp_path / "one-epoch" / "model.npz").state_dict().items():
+        np.testing.assert_array_equal(saved[name], value, err_msg=name)
+    assert json.loads((tmp_path / "history.json").read_text())["epoch"] == [0]

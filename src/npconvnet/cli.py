@@ -2,9 +2,14 @@
 
 ``main(argv)`` is the console script's entry point (``python -m npconvnet`` runs it too); it
 returns the exit status: 0 on success, 2 for bad input (a missing or unreadable file, an
-unknown name, an impossible number), 130 when interrupted with Ctrl-C, 1 for an unexpected
-internal error. Errors print one line, ``npconvnet: error: ...``, on stderr; ``--debug`` shows
-the Python traceback instead.
+unknown name, an impossible number), 3 when training diverged (the loss became NaN or
+infinite), 130 when interrupted with Ctrl-C, 1 for an unexpected internal error. Errors print
+one line, ``npconvnet: error: ...``, on stderr; ``--debug`` shows the Python traceback instead.
+
+``npconvnet train`` survives being stopped at any moment, by Ctrl-C or a kill: the checkpoint
+written when training starts and after every epoch goes on with ``--resume``, to the same
+weights and history as a run never stopped. A diverged run writes no model file: the
+checkpoint keeps the last good epoch.
 """
 
 import argparse
@@ -22,7 +27,7 @@ import numpy as np
 
 from . import __version__
 from .callbacks import Callback
-from .training import CHECKPOINT_FILE     # what fit(checkpoint_dir=...) writes
+from .training import CHECKPOINT_FILE, TrainingDivergedError  # fit(checkpoint_dir=) writes the file
 
 #: What ``npconvnet train`` does without --model: the zoo's convnet with a recipe (in the
 #: zoo's recipe format) short enough to run in a couple of minutes on two CPU cores.
@@ -35,11 +40,19 @@ QUICK_RECIPE = {"description": "The quick recipe: Adam at lr 0.005 with cosine a
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "rmsprop")
 SETTINGS_FILE = "run.json"
 MODEL_FILE = "model.npz"
-EXIT_OK, EXIT_INTERNAL_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INTERNAL_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class CliError(Exception):
     """A problem with what the user asked for, reported as one line (exit status 2)."""
+
+    exit_status = EXIT_USAGE
+
+
+class TrainingDiverged(CliError):
+    """The loss became NaN or infinite during npconvnet train (exit status 3)."""
+
+    exit_status = EXIT_DIVERGED
 
 
 # ---------------------------------------------------------------------------- argument types
@@ -349,6 +362,21 @@ def _load_checkpoint(path):
     return load_checkpoint(path)
 
 
+def _divergence_message(error, run, steps, checkpoint):
+    """One line for a TrainingDivergedError of npconvnet train: where, what was kept, what to try."""
+    recipe = run["recipe"]
+    what = (f"the loss became {error.loss}" if error.loss is not None
+            else "the weights became NaN or infinite")
+    last = ("no batch had a finite loss" if error.last_finite_loss is None
+            else f"the last finite loss was {error.last_finite_loss:.6g}")
+    _, saved = _load_checkpoint(checkpoint)
+    kept = f"after epoch {saved['next_epoch']}" if saved["next_epoch"] else "before training"
+    return (f"training diverged in epoch {error.epoch + 1}/{recipe['epochs']}, batch {error.batch + 1}/"
+            f"{steps}: {what} ({last}); {checkpoint} keeps the model {kept} and {MODEL_FILE} was not "
+            f"written. Train again with a lower learning rate, e.g. --lr {recipe['lr'] / 10:g} "
+            f"(this run had --lr {recipe['lr']:g})")
+
+
 def _resume(path, run):
     """The checkpoint's model and the epoch to continue from."""
     model, training = _load_checkpoint(path)
@@ -412,10 +440,16 @@ def cmd_train(args):
     callbacks = ([scheduler] if scheduler is not None else []) + [history_files]
     started = time.perf_counter()
     try:
-        model.fit(x_fit, y_fit, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
-                  validation_data=validation, augment=augmenter, seed=run["seed"],
-                  verbose=args.verbose, callbacks=callbacks, checkpoint_dir=out,
-                  resume_from=args.resume)
+        # fit stops on a NaN or infinite loss and says where; NumPy's overflow warnings on the
+        # way there would only be noise before that message.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            model.fit(x_fit, y_fit, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
+                      validation_data=validation, augment=augmenter, seed=run["seed"],
+                      verbose=args.verbose, callbacks=callbacks, checkpoint_dir=out,
+                      resume_from=args.resume)
+    except TrainingDivergedError as error:
+        steps = math.ceil(len(x_fit) / recipe["batch_size"])
+        raise TrainingDiverged(_divergence_message(error, run, steps, checkpoint)) from error
     except KeyboardInterrupt:
         _, saved = _load_checkpoint(checkpoint)     # the file, in case Ctrl-C hit its writing
         history_files.write(model.history)
@@ -726,7 +760,11 @@ def build_parser():
     parser = _Parser(prog="npconvnet", formatter_class=_HelpFormatter,
                      description="Train, evaluate and look inside convolutional networks written "
                                  "in NumPy.",
-                     epilog="Run 'npconvnet COMMAND --help' for the options of each command.")
+                     epilog=_paragraphs(
+                         "Run 'npconvnet COMMAND --help' for the options of each command.",
+                         "Exit status: 0 success, 1 internal error, 2 bad input (one line on "
+                         "stderr says what and where), 3 training diverged (the loss became NaN "
+                         "or infinite), 130 interrupted with Ctrl-C."))
     parser.add_argument("--version", action="version", version=f"npconvnet {__version__}")
     parser.add_argument("--debug", action="store_true", default=False,
                         help="show the full Python traceback of an error (default: one line)")
@@ -748,7 +786,10 @@ def build_parser():
             "holds the run as training started and after every finished epoch, and 'npconvnet "
             "train --resume DIR/checkpoint.npz' continues from it to the same model and history "
             "as a run never stopped. The other options may be left out (run.json has them) or "
-            "given as in the first run; only --epochs may differ, raised to train longer."))
+            "given as in the first run; only --epochs may differ, raised to train longer.",
+            "A loss that becomes NaN or infinite stops training with exit status 3: model.npz is "
+            "not written (one already there is left as it was) and checkpoint.npz keeps the last "
+            "good epoch."))
     train.add_argument("--model", type=model_name, metavar="NAME",
                        help=f"a model of the zoo: {', '.join(zoo.names())} (default: {DEFAULT_MODEL} "
                             "with the quick recipe)")
@@ -901,7 +942,7 @@ def main(argv=None):
         if debug:
             raise
         print(f"npconvnet: error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_USAGE
+        return error.exit_status if isinstance(error, CliError) else EXIT_USAGE
     except Exception as error:      # a bug: say so in one line; --debug shows where
         if debug:
             raise

@@ -1,16 +1,20 @@
-"""The command line when things go wrong: a training run stopped and resumed with the options
-of the first run, and training that diverges.
+"""The command line when things go wrong: training processes killed at any moment and resumed
+with the options of the first run, and training that diverges.
 
 Every failure ends with one line on stderr and a documented exit status (2 bad input, 3 training
 diverged), never a traceback; a resumed run ends bit for bit as a run never stopped.
 """
 
 import contextlib
+import functools
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -166,6 +170,119 @@ def test_resume_without_the_run_settings_is_refused(stopped, capsys):
     (folder / "run.json").write_text(json.dumps({"model": "conv5"}))
     status, _, err = run(capsys, "train", "--resume", checkpoint)
     assert_one_line_error(status, err, "cannot resume", "run.json", "missing or incomplete")
+
+
+# ---------------------------------------------------------------------------- stopped at any moment
+
+# The quick recipe (convnet, Adam with a cosine schedule) with augmentation: the schedule, the
+# optimizer's moments and the generators must all come back from the checkpoint.
+KILLED_RUN = ["--epochs", "4", "--seed", "3", "--batch-size", "32", "--augment", "--verbose", "0"]
+
+
+@pytest.fixture(scope="module")
+def large_dataset(tmp_path_factory):
+    """2,400 training images: an epoch takes about a second on one core."""
+    return write_dataset(tmp_path_factory.mktemp("strokes-large"), train=2400)
+
+
+def start_training(dataset, out, *extra):
+    """``npconvnet train`` in a process of its own (BLAS on one thread, as two share the machine)."""
+    command = [sys.executable, "-m", "npconvnet", "train", "--dataset", str(dataset),
+               "--out", str(out), *KILLED_RUN, *extra]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**_environment(), "OPENBLAS_NUM_THREADS": "1"})
+
+
+def finish(process):
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+
+
+def kill(process):
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
+def next_epoch(checkpoint):
+    """The epoch (from 0) the checkpoint goes on from; None while there is no checkpoint."""
+    return load_checkpoint(checkpoint)[1]["next_epoch"] if checkpoint.is_file() else None
+
+
+def wait_for_checkpoint(checkpoint, epoch, process):
+    """Wait until ``checkpoint`` goes on from ``epoch``; returns the time it was seen."""
+    deadline = time.monotonic() + 120
+    while True:
+        saved = next_epoch(checkpoint)
+        if saved is not None and saved >= epoch:
+            return time.monotonic()
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, f"no checkpoint of epoch {epoch} after two minutes"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(large_dataset, tmp_path_factory):
+    """The reference run, never stopped. It trains in the background, beside the first killed
+    run; calling the fixture's value waits for it and returns its folder."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    process = start_training(large_dataset, out)
+
+    @functools.cache
+    def folder():
+        finish(process)
+        return out
+
+    yield folder
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+@pytest.mark.parametrize("killed_in_epoch", [1, 2])
+def test_a_training_process_killed_mid_epoch_resumes_to_the_same_model_and_history(
+        killed_in_epoch, uninterrupted, large_dataset, tmp_path):
+    """Killed during the first epoch, the run goes on from the checkpoint written as training
+    started; killed in the second, from the checkpoint of the first."""
+    checkpoint = tmp_path / "checkpoint.npz"
+    killed = start_training(large_dataset, tmp_path)
+    started = wait_for_checkpoint(checkpoint, 0, killed)
+    if killed_in_epoch == 2:
+        epoch_time = wait_for_checkpoint(checkpoint, 1, killed) - started
+        time.sleep(epoch_time / 3)
+    else:
+        time.sleep(0.1)
+    kill(killed)
+    assert next_epoch(checkpoint) == killed_in_epoch - 1     # it died before the epoch's end
+    assert not (tmp_path / "model.npz").exists()
+
+    finish(start_training(large_dataset, tmp_path, "--resume", str(checkpoint)))
+    reference = uninterrupted()
+    assert_same_files(reference / "model.npz", tmp_path / "model.npz")
+    history = [json.loads((folder / "history.json").read_text()) for folder in (reference, tmp_path)]
+    assert history[1] == history[0] and history[0]["epoch"] == [0, 1, 2, 3]
+
+
+def test_a_training_process_killed_before_training_started_cannot_be_resumed(large_dataset, tmp_path):
+    kill(start_training(large_dataset, tmp_path))       # still starting Python
+    assert list(tmp_path.iterdir()) == []
+    resumed = start_training(large_dataset, tmp_path, "--resume", str(tmp_path / "checkpoint.npz"))
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 2
+    assert err.strip() == f"npconvnet: error: {tmp_path / 'checkpoint.npz'}: no such checkpoint file"
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(dataset, tmp_path, capsys,
+                                                                            monkeypatch):
+    from npconvnet.training import Model
+
+    def interrupted_as_it_starts(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Model, "fit", interrupted_as_it_starts)
+    status, _, err = run(capsys, "train", "--dataset", dataset, "--out", tmp_path, *FIRST_RUN)
+    assert status == 130
+    assert err.strip() == "Interrupted before training started: no checkpoint was written."
 
 
 # --------------------------------------------------------------------------------------- divergence

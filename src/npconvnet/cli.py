@@ -451,8 +451,11 @@ def cmd_train(args):
         steps = math.ceil(len(x_fit) / recipe["batch_size"])
         raise TrainingDiverged(_divergence_message(error, run, steps, checkpoint)) from error
     except KeyboardInterrupt:
-        _, saved = _load_checkpoint(checkpoint)     # the file, in case Ctrl-C hit its writing
         history_files.write(model.history)
+        if not checkpoint.is_file():
+            print("\nInterrupted before training started: no checkpoint was written.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        _, saved = _load_checkpoint(checkpoint)     # the file, in case Ctrl-C hit its writing
         print(f"\nInterrupted. {checkpoint} holds the run after epoch {saved['next_epoch']}; "
               f"continue with:\n  npconvnet train --resume {checkpoint}", file=sys.stderr)
         return EXIT_INTERRUPTED

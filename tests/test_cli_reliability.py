@@ -1,5 +1,6 @@
 """The command line when things go wrong: training processes killed at any moment and resumed
-with the options of the first run, and training that diverges.
+with the options of the first run, training that diverges, and random, damaged and odd files
+given to predict and the other commands.
 
 Every failure ends with one line on stderr and a documented exit status (2 bad input, 3 training
 diverged), never a traceback; a resumed run ends bit for bit as a run never stopped.
@@ -10,6 +11,7 @@ import functools
 import io
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -18,13 +20,17 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from npconvnet import callbacks, cli, zoo
 from npconvnet.serialization import load_checkpoint, load_model
 
+Image = pytest.importorskip("PIL.Image", reason="the command line reads images with Pillow")
 pytest.importorskip("matplotlib", reason="npconvnet train draws its curves with matplotlib")
 
 from test_cli import _environment, assert_one_line_error, run, write_dataset  # noqa: E402
+from test_imaging import png_declaring  # noqa: E402
 
 # A small model and short training, in-process: each run takes well under a second.
 FIRST_RUN = ["--model", "conv5", "--epochs", "3", "--batch-size", "16", "--optimizer", "adam",
@@ -325,3 +331,190 @@ def test_divergence_in_a_later_epoch_keeps_its_checkpoint_and_the_model_file_alr
     for name, value in load_model(tmp_path / "one-epoch" / "model.npz").state_dict().items():
         np.testing.assert_array_equal(saved[name], value, err_msg=name)
     assert json.loads((tmp_path / "history.json").read_text())["epoch"] == [0]
+
+
+# ------------------------------------------------------------------------ files that are not models
+
+def npy_bytes(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+NOT_MODELS = {
+    "text.npz": b"shopping list: eggs, flour\n",
+    "random.npz": np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes(),
+    "empty.npz": b"",
+    "zip-of-junk.npz": b"PK\x03\x04" + bytes(200),
+    "array.npy": npy_bytes(np.arange(3.0)),
+}
+
+
+@pytest.mark.parametrize("name", NOT_MODELS)
+@pytest.mark.parametrize("command", ["evaluate", "predict", "summary", "features"])
+def test_a_file_that_is_no_model_is_one_line_and_exit_2_for_every_command(command, name, tmp_path, capsys):
+    (tmp_path / name).write_bytes(NOT_MODELS[name])
+    Image.new("L", (28, 28)).save(tmp_path / "image.png")
+    extra = [tmp_path / "image.png"] if command in ("predict", "features") else []
+    status, _, err = run(capsys, command, tmp_path / name, *extra)
+    assert_one_line_error(status, err, str(tmp_path / name))
+
+
+@settings(max_examples=40, deadline=2000, derandomize=True, database=None)
+@given(content=st.binary(max_size=2000))
+def test_random_bytes_as_a_model_file_are_one_line_and_exit_2(content, tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "random-model.npz"
+    path.write_bytes(content)
+    status, _, err = call("summary", path)
+    assert_one_line_error(status, err, str(path))
+
+
+# ---------------------------------------------------------------- predict on odd and damaged images
+
+def call(*argv):
+    """``main(argv)`` in-process, its output captured: ``(status, stdout, stderr)``. (capsys
+    cannot serve the many examples of one hypothesis test.)"""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main([str(arg) for arg in argv])
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, dataset):
+    """A 1x28x28 model trained for one epoch on the strokes, and an untrained 3x16x16 one."""
+    out = tmp_path_factory.mktemp("model")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["train", "--dataset", str(dataset), "--out", str(out), *FIRST_RUN,
+                         "--epochs", "1"]) == 0
+    colour = zoo.get("conv5", (3, 16, 16), 2)
+    colour.compile()
+    colour.input_shape, colour.class_names = (3, 16, 16), ["blue", "red"]
+    colour.save(out / "colour.npz")
+    return {"gray": out / "model.npz", "colour": out / "colour.npz"}
+
+
+def assert_predicts_or_refuses(model, image, prepare):
+    """predict ends with a prediction and nothing on stderr (exit 0), or with one line on stderr
+    naming the image (exit 2); returns the prediction or the line."""
+    status, out, err = call("predict", model, image, "--prepare", prepare, "--json")
+    if status == 0:
+        assert err == ""
+        (result,) = json.loads(out)
+        probabilities = [entry["probability"] for entry in result["top"]]
+        assert np.all(np.isfinite(probabilities)) and result["prediction"] == result["top"][0]["class"]
+        return result
+    assert_one_line_error(status, err, str(image))
+    return err.strip()
+
+
+def encoded(image, format, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def stroke_image(mode="L", size=(28, 28)):
+    """A white stroke on black, converted to ``mode``."""
+    pixels = np.zeros(size[::-1], np.uint8)
+    pixels[size[1] // 4:3 * size[1] // 4, size[0] // 2] = 255
+    return Image.fromarray(pixels).convert(mode)
+
+
+def odd_images():
+    """Files that are valid images, but odd ones: ``{name: bytes}``."""
+    thin = np.full((1, 10000), 255, np.uint8)
+    thin[0, 4000:4100] = 0
+    deep = np.zeros((28, 28), np.uint16)
+    deep[10:18, 13:15] = 65535
+    wide_range = np.zeros((28, 28), np.int32)
+    wide_range[10:18, 13:15] = 10 ** 7
+    floats = np.zeros((28, 28), np.float32)
+    floats[10:18, 13:15] = [np.nan, np.inf]
+    palette = stroke_image("RGB").convert("P")
+    exif = Image.Exif()
+    exif[0x0112] = 6                    # orientation: rotated 90 degrees
+    return {
+        "1x1.png": encoded(Image.new("L", (1, 1), 0), "PNG"),
+        "1x1-white.png": encoded(Image.new("L", (1, 1), 255), "PNG"),
+        "thin-10000x1.png": encoded(Image.fromarray(thin), "PNG"),
+        "thin-1x10000.png": encoded(Image.fromarray(thin.T.copy()), "PNG"),
+        "16-bit.png": encoded(Image.fromarray(deep), "PNG"),
+        "32-bit.tiff": encoded(Image.fromarray(wide_range), "TIFF"),
+        "float-nan-inf.tiff": encoded(Image.fromarray(floats), "TIFF"),
+        "palette.png": encoded(palette, "PNG"),
+        "palette-transparent.gif": encoded(palette, "GIF", transparency=0),
+        "transparent.png": encoded(Image.new("RGBA", (28, 28), (0, 0, 0, 0)), "PNG"),
+        "gray-alpha.png": encoded(stroke_image("LA"), "PNG"),
+        "white.png": encoded(Image.new("L", (40, 40), 255), "PNG"),
+        "black.jpg": encoded(Image.new("RGB", (40, 40)), "JPEG"),
+        "cmyk.jpg": encoded(stroke_image("CMYK"), "JPEG"),
+        "one-bit.bmp": encoded(stroke_image("1"), "BMP"),
+        "rotated.jpg": encoded(stroke_image("RGB", (30, 20)), "JPEG", exif=exif.tobytes()),
+        "large.png": encoded(stroke_image("L", (3000, 2000)), "PNG"),
+    }
+
+
+ODD_IMAGES = odd_images()
+
+
+@pytest.mark.parametrize("prepare", ["digit", "resize"])
+@pytest.mark.parametrize("name", ODD_IMAGES)
+def test_predict_on_an_odd_image_predicts_or_refuses_in_one_line(name, prepare, models, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(ODD_IMAGES[name])
+    for model in models.values():
+        if prepare == "digit" and model == models["colour"]:
+            continue                    # digits are 28x28: the colour model takes 16x16
+        assert_predicts_or_refuses(model, path, prepare)
+
+
+@pytest.mark.parametrize("name", ["white.png", "transparent.png", "1x1-white.png", "black.jpg"])
+def test_an_image_without_ink_is_no_digit_but_can_be_resized(name, models, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(ODD_IMAGES[name])
+    assert "no digit found" in assert_predicts_or_refuses(models["gray"], path, "digit")
+    assert isinstance(assert_predicts_or_refuses(models["gray"], path, "resize"), dict)
+
+
+VALID_IMAGES = [encoded(stroke_image("L"), "PNG"), encoded(stroke_image("RGBA"), "PNG"),
+                encoded(stroke_image("RGB"), "JPEG"), encoded(stroke_image("RGB"), "BMP"),
+                encoded(stroke_image("P"), "GIF"), ODD_IMAGES["16-bit.png"]]
+
+
+@st.composite
+def damaged(draw, images):
+    """A valid image file cut short, or with a few bytes changed (mostly in the header)."""
+    data = bytearray(draw(st.sampled_from(images)))
+    if draw(st.booleans()):
+        return bytes(data[:draw(st.integers(0, len(data) - 1))])
+    for _ in range(draw(st.integers(1, 4))):
+        position = draw(st.one_of(st.integers(0, min(64, len(data) - 1)), st.integers(0, len(data) - 1)))
+        data[position] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+@settings(max_examples=80, deadline=2000, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(content=st.one_of(st.binary(max_size=500), damaged(VALID_IMAGES)),
+       prepare=st.sampled_from(["digit", "resize"]))
+def test_predict_on_random_and_damaged_files_predicts_or_refuses_in_one_line(content, prepare, models,
+                                                                             tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "fuzzed-image"
+    path.write_bytes(content)
+    assert_predicts_or_refuses(models["gray"], path, prepare)
+
+
+@pytest.mark.parametrize("width, height", [(100_000, 100_000), (10_000, 10_000)])
+def test_a_decompression_bomb_is_refused_quickly_without_allocating_its_pixels(width, height, models,
+                                                                               tmp_path):
+    """100000x100000 is beyond twice Pillow's MAX_IMAGE_PIXELS (an error there), 10000x10000
+    beyond it (only a warning there): both refused before any pixel is allocated."""
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(width, height))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    message = assert_predicts_or_refuses(models["gray"], path, "digit")
+    assert time.perf_counter() - started < 2
+    assert "too large to read safely" in message and f"{width * height} pixels" in message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 50_000   # KiB

@@ -10,11 +10,17 @@ class ReLU(Layer):
 
     def forward(self, x):
         out = np.maximum(x, 0)
-        self._remember(out, positive=x > 0)
+        # Evaluation skips the mask, which a rare backward pass then reads off the output.
+        if self.training:
+            self._remember(out, positive=x > 0, out=None)
+        else:
+            self._remember(out, positive=None, out=out)
         return out
 
     def backward(self, grad_output):
-        return grad_output * self._recall(grad_output).positive
+        saved = self._recall(grad_output)
+        positive = saved.out > 0 if saved.positive is None else saved.positive
+        return grad_output * positive
 
 
 class LeakyReLU(Layer):

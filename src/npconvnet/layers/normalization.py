@@ -42,32 +42,48 @@ class _BatchNorm(Layer):
         self._check_input(x, self.input_ndims, self.num_features, self.layout)
         axes = (0,) + tuple(range(2, x.ndim))
         channel = (1, -1) + (1,) * (x.ndim - 2)             # broadcasts a (C,) vector over x
-        if self.training:
-            count = x.size // self.num_features
-            if count < 2:
-                raise ValueError(f"{self!r}: training needs more than one value per channel, got "
-                                 f"input shape {x.shape} (use eval() for single samples)")
-            mean = x.mean(axis=axes)
-            x_hat = x - mean.reshape(channel)
-            var = _channel_dot(x_hat, x_hat) / count
-            self.running_mean = ((1 - self.momentum) * self.running_mean
-                                 + self.momentum * mean).astype(self.running_mean.dtype)
-            self.running_var = ((1 - self.momentum) * self.running_var
-                                + self.momentum * var * count / (count - 1)).astype(self.running_var.dtype)
-        else:
-            x_hat = x - self.running_mean.reshape(channel).astype(x.dtype)
-            var = self.running_var
+        if not self.training:
+            return self._evaluate(x, axes, channel)
+        count = x.size // self.num_features
+        if count < 2:
+            raise ValueError(f"{self!r}: training needs more than one value per channel, got "
+                             f"input shape {x.shape} (use eval() for single samples)")
+        mean = x.mean(axis=axes)
+        x_hat = x - mean.reshape(channel)
+        var = _channel_dot(x_hat, x_hat) / count
+        self.running_mean = ((1 - self.momentum) * self.running_mean
+                             + self.momentum * mean).astype(self.running_mean.dtype)
+        self.running_var = ((1 - self.momentum) * self.running_var
+                            + self.momentum * var * count / (count - 1)).astype(self.running_var.dtype)
         inv_std = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
         x_hat *= inv_std.reshape(channel)
         out = x_hat * self.weight.data.reshape(channel)
         out += self.bias.data.reshape(channel)
         self._remember(out, x_hat=x_hat, inv_std=inv_std, axes=axes, channel=channel,
-                       batch_statistics=self.training)
+                       batch_statistics=True)
+        return out
+
+    def _evaluate(self, x, axes, channel):
+        """With the running statistics the layer is one affine map per channel,
+        ``y = x * scale + shift`` (two passes over x). Only x is kept: a backward pass, rare in
+        evaluation, recomputes x_hat from it."""
+        inv_std = (1 / np.sqrt(self.running_var + self.eps)).astype(x.dtype)
+        scale = self.weight.data * inv_std
+        shift = self.bias.data - self.running_mean * scale
+        out = x * scale.reshape(channel).astype(x.dtype)
+        out += shift.reshape(channel).astype(x.dtype)
+        self._remember(out, x=x, mean=self.running_mean, inv_std=inv_std, axes=axes,
+                       channel=channel, batch_statistics=False)
         return out
 
     def backward(self, grad_output):
         saved = self._recall(grad_output)
-        channel, x_hat = saved.channel, saved.x_hat
+        channel = saved.channel
+        if saved.batch_statistics:
+            x_hat = saved.x_hat
+        else:
+            mean = saved.mean.reshape(channel).astype(saved.x.dtype)
+            x_hat = (saved.x - mean) * saved.inv_std.reshape(channel)
         self.bias.grad = grad_output.sum(axis=saved.axes)
         self.weight.grad = _channel_dot(grad_output, x_hat)
         # dL/dx = weight / std * (g - mean(g) - x_hat * mean(g * x_hat)), one channel at a time;

@@ -64,6 +64,23 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, x):
         x_pad, padding, out_size = self._padded(x, pad_value=-np.inf)
+        if self.training:
+            out, argmax = self._max_and_argmax(x_pad, out_size)
+        else:
+            # Evaluation: the maximum only; a backward pass, rare here, finds the argmax again.
+            out, argmax = self._max(x_pad, out_size), None
+        self._remember(out, input_shape=x.shape, padded_shape=x_pad.shape, padding=padding,
+                       argmax=argmax, x_pad=None if self.training else x_pad)
+        return out
+
+    def _max(self, x_pad, out_size):
+        offsets = kernel_offsets(self.kernel_size)
+        out = window(x_pad, offsets[0], self.stride, out_size).copy(order="K")
+        for offset in offsets[1:]:
+            np.maximum(out, window(x_pad, offset, self.stride, out_size), out=out)
+        return out
+
+    def _max_and_argmax(self, x_pad, out_size):
         offsets = kernel_offsets(self.kernel_size)
         out = window(x_pad, offsets[0], self.stride, out_size).copy(order="K")
         argmax = np.zeros_like(out, dtype=np.min_scalar_type(len(offsets) - 1))
@@ -75,19 +92,20 @@ class MaxPool2D(_Pool2D):
             candidate = window(x_pad, offset, self.stride, out_size)
             np.maximum(argmax, np.multiply(candidate > out, k, dtype=argmax.dtype), out=argmax)
             np.maximum(out, candidate, out=out)
-        self._remember(out, input_shape=x.shape, padded_shape=x_pad.shape, padding=padding,
-                       argmax=argmax)
-        return out
+        return out, argmax
 
     def backward(self, grad_output):
         saved = self._recall(grad_output)
+        argmax = saved.argmax
+        if argmax is None:
+            argmax = self._max_and_argmax(saved.x_pad, grad_output.shape[2:])[1]
         grad = channel_major(saved.padded_shape, grad_output.dtype)
         for k, offset in enumerate(kernel_offsets(self.kernel_size)):
             target = window(grad, offset, self.stride, grad_output.shape[2:])
             if self._windows_overlap():
-                target += grad_output * (saved.argmax == k)
+                target += grad_output * (argmax == k)
             else:                     # each pixel is in one window: write, no need to read
-                np.multiply(grad_output, saved.argmax == k, out=target)
+                np.multiply(grad_output, argmax == k, out=target)
         return self._unpad(grad, saved.input_shape, saved.padding)
 
 

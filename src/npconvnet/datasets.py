@@ -502,7 +502,10 @@ def _read_image(Image, path, color_mode, image_size):
             gray = color_mode == "grayscale" or (color_mode == "auto"
                                                  and image.mode in _GRAYSCALE_MODES)
             image = image.convert("L" if gray else "RGB")
-    except OSError as err:  # includes PIL.UnidentifiedImageError and truncated files
+    # OSError includes PIL.UnidentifiedImageError and truncated files; Pillow reports some
+    # broken files with SyntaxError or ValueError, and a header declaring an absurd number of
+    # pixels with DecompressionBombError, before anything is allocated.
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{path}: cannot read this image ({err})") from err
     if image_size is not None:
         width_height = (image_size[1], image_size[0])  # PIL's order

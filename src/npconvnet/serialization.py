@@ -46,9 +46,11 @@ Any problem raises :class:`ModelFileError` naming the file.
 import contextlib
 import inspect
 import json
+import lzma
 import math
 import os
 import tempfile
+import tokenize
 import zipfile
 import zlib
 
@@ -390,8 +392,13 @@ def _open(path, compile, read_training):
             return _load(archive, path, compile, read_training)
         except ModelFileError:
             raise
+        # What the zip and .npy readers raise for damaged data: NumPy lets tokenize.TokenError
+        # through from some malformed .npy headers; zipfile raises NotImplementedError for an
+        # unknown compression method, RuntimeError for an encrypted member, and the LZMA error
+        # of a member that claims LZMA compression.
         except (ValueError, TypeError, KeyError, EOFError, OSError, OverflowError, RecursionError,
-                zipfile.BadZipFile, zlib.error) as error:
+                NotImplementedError, RuntimeError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
+                tokenize.TokenError) as error:
             raise ModelFileError(f"{path}: damaged or invalid model file ({type(error).__name__}: "
                                  f"{error})") from None
 
@@ -416,6 +423,9 @@ def _load(archive, path, compile, read_training):
     expected.update((f"weights/{name}", (np.shape(b), np.asarray(b).dtype)) for name, b in model.named_buffers())
     optimizer_keys = _optimizer_keys(header, model, fail)
     training = _training_header(header, fail)
+    if training is not None and training["arrays"] > len(sizes):
+        raise fail(f"the training state lists {training['arrays']:,} arrays, but the file holds "
+                   f"{len(sizes)} members")
     training_keys = [f"training/{index}" for index in range(training["arrays"] if training else 0)]
     expected_keys = set(expected) | {f"optimizer/{key}" for key in optimizer_keys} | set(training_keys)
     present = set(sizes) - {HEADER}

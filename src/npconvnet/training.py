@@ -44,6 +44,7 @@ import json
 import math
 import numbers
 import os
+import tokenize
 from types import SimpleNamespace
 
 import numpy as np
@@ -88,7 +89,8 @@ def _open_npy(path, where, name):
         raise FileNotFoundError(f"{where}: {name}: no such file: {path!r}")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
+    # NumPy lets tokenize.TokenError through from some malformed .npy headers.
+    except (ValueError, OSError, EOFError, tokenize.TokenError) as error:
         raise ValueError(f"{where}: {name}: {path} is not a readable .npy array ({error})") from None
     if not isinstance(array, np.ndarray):
         array.close()

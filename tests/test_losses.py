@@ -105,3 +105,12 @@ def test_losses_by_name():
     assert isinstance(get("mse"), MSELoss)
     with pytest.raises(ValueError, match="unknown loss"):
         get("hinge")
+
+
+@pytest.mark.parametrize("dtype,huge", [(np.float32, 3e38), (np.float64, 1e308)])
+def test_cross_entropy_is_exact_when_logit_differences_overflow(dtype, huge):
+    logits = np.array([[huge, -huge, 0]], dtype)
+    loss_fn = CrossEntropyLoss()
+    assert loss_fn(logits, np.array([0])) == 0.0
+    assert loss_fn(logits, np.array([1])) == np.inf
+    np.testing.assert_array_equal(loss_fn.backward(), [[1, -1, 0]])

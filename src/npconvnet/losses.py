@@ -58,7 +58,11 @@ class CrossEntropyLoss(Loss):
         log_probabilities = log_softmax(logits, axis=1)
         count = logits.shape[0]
         self._grad = ((np.exp(log_probabilities) - target) / count).astype(logits.dtype)
-        return float(-(target * log_probabilities).sum(dtype=np.float64) / count)
+        # Classes with zero target weight are skipped, so a log-probability of -inf (a logit
+        # far below the others) cannot turn the loss into 0 * -inf = nan.
+        picked = np.multiply(target, log_probabilities, out=np.zeros_like(log_probabilities),
+                             where=target > 0)
+        return float(-picked.sum(dtype=np.float64) / count)
 
     @staticmethod
     def _target_distribution(target, logits):

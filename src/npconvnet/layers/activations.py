@@ -77,7 +77,8 @@ class Tanh(Layer):
 
 def log_softmax(x, axis=1):
     """``x - logsumexp(x)``, shifted by the maximum so that no exponential overflows."""
-    shifted = x - x.max(axis=axis, keepdims=True)
+    with np.errstate(over="ignore"):      # a logit ~1e38 below the maximum: -inf is exact
+        shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 

@@ -532,3 +532,11 @@ def test_an_architecture_that_cannot_run_is_refused_before_any_weight_is_read(co
     write_members(path, members)
     with pytest.raises(ModelFileError, match=message):
         load_model(path)
+
+
+def test_a_text_file_is_refused_without_talk_of_pickles(tmp_path):
+    path = tmp_path / "notes.npz"
+    path.write_text("my notes\n")
+    with pytest.raises(ModelFileError, match="not an .npz archive") as error:
+        load_model(path)
+    assert "pickle" not in str(error.value)

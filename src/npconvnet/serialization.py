@@ -380,13 +380,18 @@ def _open(path, compile, read_training):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_model: no such file: {path!r}")
+    # Checked first: for any other bytes np.load's own message speaks of pickles.
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            single_array = file.read(6) == b"\x93NUMPY"
+        what = ("a single .npy array, not an .npz archive" if single_array else
+                "not an .npz archive: model files are written by model.save or npconvnet train")
+        raise ModelFileError(f"{path}: not an npconvnet model file ({what})")
     try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
         raise ModelFileError(f"{path}: not an npconvnet model file (not a readable .npz archive: "
                              f"{error})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ModelFileError(f"{path}: not an npconvnet model file (a single .npy array, not an .npz archive)")
     with archive:
         try:
             return _load(archive, path, compile, read_training)

@@ -169,6 +169,46 @@ def test_the_file_stores_the_documented_members(tmp_path):
     assert header["architecture"]["class"] == "Sequential" and header["dtype"] == "float32"
 
 
+def test_preprocessing_is_saved_and_restored(tmp_path):
+    model = trained(plain_net, epochs=1)
+    model.preprocessing = "center"
+    model.save(tmp_path / "model.npz")
+    loaded = load_model(tmp_path / "model.npz")
+    assert loaded.preprocessing == "center"
+    x, _ = bar_images(5)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_a_centered_model_is_format_version_2_so_that_older_readers_refuse_it(tmp_path):
+    model = trained(plain_net, epochs=1)
+    model.save(tmp_path / "plain.npz")
+    model.preprocessing = "center"
+    model.save(tmp_path / "centered.npz")
+    headers = {}
+    for name in ("plain", "centered"):
+        with np.load(tmp_path / f"{name}.npz") as archive:
+            headers[name] = json.loads(archive["model.json"].tobytes())
+    assert (headers["plain"]["format_version"], headers["plain"]["preprocessing"]) == (1, None)
+    assert (headers["centered"]["format_version"], headers["centered"]["preprocessing"]) == (2, "center")
+
+
+def test_a_file_written_before_preprocessing_was_recorded_loads_with_the_default(tmp_path):
+    path = tmp_path / "model.npz"
+    trained(plain_net, epochs=1).save(path)
+    members = read_members(path)
+    edit_header(members, lambda h: h.pop("preprocessing"))
+    write_members(path, members)
+    assert load_model(path).preprocessing is None
+
+
+def test_saving_an_unknown_preprocessing_is_refused(tmp_path):
+    model = trained(plain_net, epochs=1)
+    model.preprocessing = "standardize"
+    with pytest.raises(ValueError, match="save: model.preprocessing: preprocessing must be None"):
+        model.save(tmp_path / "model.npz")
+    assert not (tmp_path / "model.npz").exists()
+
+
 # Resuming
 
 def test_resuming_from_a_saved_epoch_gives_the_weights_of_uninterrupted_training(tmp_path):
@@ -305,6 +345,10 @@ def newer_format(members):
     edit_header(members, lambda h: h.update(format_version=99))
 
 
+def unknown_preprocessing(members):
+    edit_header(members, lambda h: h.update(preprocessing="standardize"))
+
+
 def bad_layer_arguments(members):
     edit_header(members, lambda h: h["architecture"]["config"]["layers"][0]["config"].update(kernel_size="big"))
 
@@ -351,6 +395,7 @@ def bad_history(members):
     (unknown_optimizer, "unknown optimizer 'Lion'"),
     (bad_optimizer_buffer, r"optimizer/0.exp_avg has shape \(7,\)"),
     (bad_history, "History"),
+    (unknown_preprocessing, "preprocessing must be null or 'center', got 'standardize'"),
 ])
 def test_a_damaged_model_file_raises_model_file_error_naming_the_file(corrupt, message, tmp_path):
     path = tmp_path / "model.npz"

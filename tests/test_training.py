@@ -146,6 +146,60 @@ def test_uint8_images_in_any_layout_train_like_scaled_float_nchw():
     assert_same_weights(results[0], results[2])
 
 
+def test_centered_preprocessing_trains_like_pixels_shifted_by_hand():
+    x, y = bar_images(64)
+    centered = compiled_convnet()
+    centered.preprocessing = "center"
+    centered.fit(x, y, epochs=1, batch_size=16, seed=0, verbose=0)
+    by_hand = compiled_convnet()
+    by_hand.fit(x.astype(np.float32) / np.float32(255) - np.float32(0.5), y, epochs=1, batch_size=16,
+                seed=0, verbose=0)
+    assert_same_weights(weights_of(centered), weights_of(by_hand))
+
+
+def test_centered_preprocessing_shifts_uint8_and_unit_float_pixels_for_predict_and_evaluate():
+    x, y = bar_images(20)
+    model = compiled_convnet()
+    shifted = model.predict(x / 255.0 - 0.5)
+    scores = model.evaluate(x / 255.0 - 0.5, y)
+    model.preprocessing = "center"
+    np.testing.assert_allclose(model.predict(x), shifted, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.predict(x / np.float32(255)), shifted, rtol=1e-5, atol=1e-7)
+    assert model.evaluate(x, y) == pytest.approx(scores, rel=1e-5)
+
+
+def test_preprocess_input_is_what_the_first_layer_gets():
+    x, _ = bar_images(3)
+    model = small_convnet()
+    model.preprocessing = "center"
+    inputs = model.preprocess_input(x)
+    assert inputs.shape == (3, 1, 10, 10) and inputs.dtype == np.float32
+    np.testing.assert_array_equal(inputs[:, 0], x / np.float32(255) - np.float32(0.5))
+
+
+@pytest.mark.parametrize("value", ["scale", "centre", 0.5])
+def test_an_unknown_preprocessing_is_rejected_with_the_values_it_may_take(value):
+    x, y = bar_images(8)
+    model = compiled_convnet()
+    model.preprocessing = value
+    with pytest.raises(ValueError, match=r"predict: model.preprocessing: preprocessing must be "
+                                         r"None .* or 'center'"):
+        model.predict(x)
+    with pytest.raises(ValueError, match="fit: model.preprocessing"):
+        model.fit(x, y, verbose=0)
+
+
+def test_resuming_with_another_preprocessing_is_refused(tmp_path):
+    x, y = bar_images(32)
+    model = compiled_convnet()
+    model.preprocessing = "center"
+    model.fit(x, y, epochs=1, batch_size=16, seed=0, verbose=0, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="trained with preprocessing='center', this model has "
+                                         "preprocessing=None"):
+        compiled_convnet().fit(x, y, epochs=2, batch_size=16, seed=0, verbose=0,
+                               resume_from=tmp_path / "checkpoint.npz")
+
+
 def test_one_hot_targets_train_like_integer_labels():
     x, y = bar_images(64)
     labels_model, one_hot_model = compiled_convnet(), compiled_convnet()

@@ -11,9 +11,10 @@ A model file (``model.save(path)``, ``load_model(path)``) is an uncompressed Num
 
 The header::
 
-    {"format": "npconvnet-model", "format_version": 1, "npconvnet_version": "0.1.0",
+    {"format": "npconvnet-model", "format_version": 1 or 2, "npconvnet_version": "0.1.0",
      "architecture": {"class": "Sequential", "config": {"layers": [...]}},
      "dtype": "float32", "input_shape": [1, 28, 28] or null, "class_names": [...] or null,
+     "preprocessing": null or "center",        (how the model wants its pixels; see training.py)
      "compile": {"loss": {"class", "config"}, "optimizer": {"class", "config"},
                  "metrics": ["accuracy"]} or null,
      "optimizer_state": ["0.exp_avg", ...] or null,     (the optimizer/ arrays it holds)
@@ -59,9 +60,13 @@ import numpy as np
 from . import rng
 from .callbacks import History
 from .layers.base import LAYER_CLASSES
+from .training import PREPROCESSING, check_preprocessing
 
 FORMAT = "npconvnet-model"
-FORMAT_VERSION = 1
+#: The newest format this module reads. Version 2 added "preprocessing"; a file whose model
+#: needs none is still written as version 1, readable by older npconvnet, while one that does
+#: is version 2, which older npconvnet refuses rather than feeding the model unshifted pixels.
+FORMAT_VERSION = 2
 HEADER = "model.json"
 _MAX_HEADER_BYTES = 16 * 2**20
 # An .npy member is its header (numpy reads at most 10,000 bytes of it) and then the data.
@@ -219,6 +224,7 @@ def _object_config(value):
 
 def _header(model, include_history):
     from . import __version__      # the package imports this module
+    preprocessing = check_preprocessing(model.preprocessing, "save: model.preprocessing")
     class_names = model.class_names
     if class_names is not None:
         if not all(isinstance(name, str) for name in class_names):
@@ -226,11 +232,13 @@ def _header(model, include_history):
         class_names = list(class_names)
     compiled = model.optimizer is not None and model.loss is not None
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "npconvnet_version": __version__,
+        "format": FORMAT, "format_version": 1 if preprocessing is None else 2,
+        "npconvnet_version": __version__,
         "architecture": layer_to_config(model),
         "dtype": np.dtype(model._dtype()).name,
         "input_shape": None if model.input_shape is None else [int(n) for n in model.input_shape],
         "class_names": class_names,
+        "preprocessing": preprocessing,
         "compile": {"loss": _object_config(model.loss), "optimizer": _object_config(model.optimizer),
                     "metrics": list(model.metric_names)} if compiled else None,
         "optimizer_state": None,
@@ -347,9 +355,9 @@ def _write_atomically(path, arrays):
 
 def load_model(path, compile=True):
     """Rebuild the model saved in ``path``: same architecture and weights (predictions match
-    to the bit), ``input_shape``, ``class_names`` and ``history``; compiled with the saved loss,
-    optimizer (with its state, when saved) and metrics unless ``compile=False``. A training
-    checkpoint loads as the model it holds.
+    to the bit), ``input_shape``, ``class_names``, ``preprocessing`` and ``history``; compiled
+    with the saved loss, optimizer (with its state, when saved) and metrics unless
+    ``compile=False``. A training checkpoint loads as the model it holds.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
     is not a valid model.
@@ -457,6 +465,7 @@ def _load(archive, path, compile, read_training):
     model.load_state_dict({key[len("weights/"):]: archive[key] for key in expected})
     model.input_shape = None if header["input_shape"] is None else tuple(header["input_shape"])
     model.class_names = header["class_names"]
+    model.preprocessing = header.get("preprocessing")
     if header["history"] is not None:
         model.history = History.from_dict(header["history"])
     if compile and header["compile"] is not None:
@@ -519,6 +528,10 @@ def _read_header(archive, sizes, fail):
     names = header["class_names"]
     if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
         raise fail(f"class_names must be a list of strings or null, got {names!r:.100}")
+    # Files written before the model recorded its preprocessing lack the entry: the default.
+    preprocessing = header.get("preprocessing")
+    if preprocessing not in PREPROCESSING:
+        raise fail(f"preprocessing must be null or 'center', got {preprocessing!r:.100}")
     compiled = header["compile"]
     if compiled is not None and not (isinstance(compiled, dict)
                                      and set(compiled) == {"loss", "optimizer", "metrics"}):

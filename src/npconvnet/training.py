@@ -9,7 +9,13 @@ Inputs: images as uint8 pixels or floats, shaped ``(N, H, W)``, ``(N, H, W, C)``
 ``(N, C, H, W)``, or feature rows ``(N, D)``; arrays, or the paths of ``.npy`` files, which
 are memory-mapped (``np.load(path, mmap_mode="r")``). Each batch is read and converted on its
 own (uint8 scaled to [0, 1], then NCHW in the model's dtype), so a dataset larger than memory
-works. Targets: integer class labels ``(N,)`` or one-hot rows ``(N, classes)``.
+works. Floats are taken as pixels already scaled to [0, 1]. Targets: integer class labels
+``(N,)`` or one-hot rows ``(N, classes)``.
+
+Preprocessing: ``model.preprocessing`` says how the model wants its pixels, and is saved with
+it: None takes them in [0, 1]; ``"center"`` takes ``pixels / 255 - 0.5`` in [-0.5, 0.5] (the
+classic NumPy-CNN tutorial's inputs), and the shift is applied batch by batch, to uint8
+pixels and [0, 1] floats alike, by ``fit``, ``evaluate``, ``predict`` and ``preprocess_input``.
 
 Randomness: ``fit(seed=s)`` derives one generator per epoch from ``(s, epoch)``; it shuffles,
 augments and (through ``npconvnet.rng.manual_seed``) draws the dropout masks of that epoch.
@@ -55,6 +61,23 @@ from .callbacks import CallbackList, History, ProgressBar
 
 #: The file ``fit(checkpoint_dir=...)`` writes in that folder.
 CHECKPOINT_FILE = "checkpoint.npz"
+#: The values of ``Model.preprocessing``: None (pixels in [0, 1]) or "center" ([-0.5, 0.5]).
+PREPROCESSING = (None, "center")
+
+
+def check_preprocessing(value, where):
+    """``value`` if it is one of :data:`PREPROCESSING`, else a ValueError naming ``where``."""
+    if not (value is None or (isinstance(value, str) and value in PREPROCESSING)):
+        raise ValueError(f"{where}: preprocessing must be None (pixels / 255, in [0, 1]) or 'center' "
+                         f"(pixels / 255 - 0.5, in [-0.5, 0.5]), got {value!r:.100}")
+    return value
+
+
+def scaled_pixels(x, preprocessing):
+    """Pixels as model input: uint8 ``x`` / 255 (floats are taken as scaled to [0, 1]
+    already), minus 0.5 when ``preprocessing`` is "center". Any shape; the layout is kept."""
+    scaled = data.scale(x)
+    return scaled - np.float32(0.5) if preprocessing == "center" else scaled
 
 
 class TrainingDivergedError(RuntimeError):
@@ -120,8 +143,9 @@ class Model:
 
     After ``compile``: ``optimizer``, ``loss`` (objects) and ``metric_names``. ``history`` is a
     :class:`~npconvnet.callbacks.History` of every epoch trained so far, kept across ``fit``
-    calls and model files. ``input_shape`` (one sample's shape, set by the first ``fit``) and
-    ``class_names`` (set it yourself) are saved with the model.
+    calls and model files. ``input_shape`` (one sample's shape, set by the first ``fit``),
+    ``class_names`` and ``preprocessing`` (set them yourself; see the module docstring) are
+    saved with the model.
     """
 
     optimizer = None
@@ -130,6 +154,7 @@ class Model:
     history = None
     input_shape = None
     class_names = None
+    preprocessing = None
     stop_training = False
 
     # Setup.
@@ -204,13 +229,21 @@ class Model:
         if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
             raise TypeError(f"{where}: x must hold pixel values (uint8) or floats, got dtype {x.dtype}")
         dtype = self._dtype()
+        preprocessing = check_preprocessing(self.preprocessing, f"{where}: model.preprocessing")
         if x.ndim == 2:
-            return lambda batch: data.scale(batch).astype(dtype, copy=False)
+            return lambda batch: scaled_pixels(batch, preprocessing).astype(dtype, copy=False)
         if x.ndim not in (3, 4):
             raise ValueError(f"{where}: x must be images (N, H, W), (N, H, W, C) or (N, C, H, W), "
                              f"or features (N, D); got shape {x.shape}")
         channels_last = x.ndim == 4 and self._channels_last(x, where)
-        return lambda batch: data.to_nchw(data.scale(batch), channels_last).astype(dtype, copy=False)
+        return lambda batch: data.to_nchw(scaled_pixels(batch, preprocessing),
+                                          channels_last).astype(dtype, copy=False)
+
+    def preprocess_input(self, x):
+        """``x`` (images or feature rows, as ``predict`` takes them) as the model's first layer
+        gets it: NCHW in the model's dtype, scaled and preprocessed (see the module docstring)."""
+        x = _as_array(x, "preprocess_input", "x")
+        return self._input_converter(x, "preprocess_input")(x)
 
     def _check_fits(self, x, convert, where):
         """Run one sample through the model in evaluation mode (nothing changes) to check that
@@ -408,6 +441,10 @@ class Model:
                              f"the model of the saved run (npconvnet.load_model({str(path)!r}))")
         if saved._dtype() != self._dtype():
             raise ValueError(f"fit: {path} holds {saved._dtype()} weights, this model has {self._dtype()}")
+        if saved.preprocessing != self.preprocessing:
+            raise ValueError(f"fit: {path} was trained with preprocessing={saved.preprocessing!r}, "
+                             f"this model has preprocessing={self.preprocessing!r}; set it as the "
+                             "saved run had it")
         for kind, mine, theirs in (("optimizer", self.optimizer, saved.optimizer),
                                    ("loss", self.loss, saved.loss)):
             # The learning rate is part of the saved state (schedules change it); the rest is not.

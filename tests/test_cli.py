@@ -193,6 +193,37 @@ def test_train_applies_the_recipe_preprocessing_and_evaluate_uses_it_too(tmp_pat
     assert status == 0 and f"Accuracy: {trained_accuracy}%" in out
 
 
+def test_a_tiny_model_file_copied_alone_predicts_evaluates_and_draws_as_beside_its_run(
+        tmp_path, dataset, test_images, capsys):
+    # The model file itself records that 'tiny' takes centred inputs; run.json is not needed.
+    run_dir, alone = tmp_path / "run", tmp_path / "alone"
+    assert run(capsys, "train", "--model", "tiny", "--dataset", dataset, "--out", run_dir,
+               "--epochs", "1", "--verbose", "0")[0] == 0
+    alone.mkdir()
+    shutil.copy(run_dir / "model.npz", alone / "model.npz")
+    images, _ = test_images
+    Image.fromarray(images[0]).save(tmp_path / "stroke.png")
+
+    outputs = {}
+    for folder in (run_dir, alone):
+        model_file = folder / "model.npz"
+        predicted = run(capsys, "predict", model_file, tmp_path / "stroke.png", "--json")
+        evaluated = run(capsys, "evaluate", model_file, "--dataset", dataset, "--out", tmp_path / "plots")
+        drawn = run(capsys, "features", model_file, tmp_path / "stroke.png", "--out", tmp_path / "maps")
+        assert predicted[0] == evaluated[0] == drawn[0] == 0
+        outputs[folder] = (json.loads(predicted[1]), evaluated[1].split("\n", 1)[1],
+                           drawn[1].splitlines()[0])
+    assert outputs[run_dir] == outputs[alone]
+
+    # The probabilities are those of the weights on pixels / 255 - 0.5, shifted by hand.
+    model = load_model(alone / "model.npz")
+    assert model.preprocessing == "center"
+    model.preprocessing = None
+    expected = model.predict(images[:1] / np.float32(255) - np.float32(0.5))[0]
+    top = [entry["probability"] for entry in outputs[alone][0][0]["top"]]
+    np.testing.assert_allclose(top, np.sort(expected)[::-1][:3], rtol=1e-4, atol=1e-6)
+
+
 def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_the_run_as_if_never_stopped(
         tmp_path, dataset, capsys, monkeypatch):
     from npconvnet.training import Model
@@ -226,6 +257,16 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_the_run_as_if_never_stopp
 def test_resume_of_a_finished_run_asks_for_more_epochs(trained, capsys):
     status, _, err = run(capsys, "train", "--resume", trained / "checkpoint.npz")
     assert_one_line_error(status, err, "already trained 3 of 3 epochs", "--epochs")
+
+
+def test_resume_refuses_a_checkpoint_whose_preprocessing_is_not_the_runs(tmp_path, dataset, capsys):
+    assert run(capsys, "train", "--model", "tiny", "--dataset", dataset, "--out", tmp_path,
+               "--epochs", "1", "--verbose", "0")[0] == 0
+    settings = json.loads((tmp_path / "run.json").read_text())
+    settings["recipe"]["preprocessing"] = "scale"
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    status, _, err = run(capsys, "train", "--resume", tmp_path / "checkpoint.npz", "--epochs", "2")
+    assert_one_line_error(status, err, "records preprocessing 'center'", "has 'scale'")
 
 
 def test_resume_with_more_epochs_trains_further(tmp_path, dataset, capsys):

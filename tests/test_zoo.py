@@ -205,7 +205,18 @@ def test_tiny_recipe_is_the_classic_tutorial():
     recipe = zoo.recipe("tiny")
     assert (recipe["optimizer"], recipe["lr"], recipe["batch_size"], recipe["epochs"]) == ("sgd", 0.005, 1, 3)
     assert recipe["subset"] == {"train": 1000, "test": 1000}
+    assert zoo.build_preprocessing(recipe) == "center"
     assert zoo.preprocess(recipe, np.array([0, 255], np.uint8)).tolist() == [-0.5, 0.5]
+
+
+@pytest.mark.parametrize("name", [name for name in zoo.names() if name != "tiny"])
+def test_the_other_recipes_leave_the_model_default_preprocessing(name):
+    assert zoo.build_preprocessing(zoo.recipe(name)) is None
+
+
+def test_unknown_preprocessing_in_a_recipe_is_rejected():
+    with pytest.raises(ValueError, match="preprocessing must be 'scale' or 'center', got 'whiten'"):
+        zoo.build_preprocessing({"preprocessing": "whiten"})
 
 
 def test_convnet_recipe_is_the_pytorch_original():

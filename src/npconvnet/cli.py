@@ -332,24 +332,14 @@ def _recorded_run(args):
     return run
 
 
-def _preprocess(images, preprocessing):
-    """Float32 model inputs from pixels: ``"scale"`` -> [0, 1], ``"center"`` -> [-0.5, 0.5]."""
-    from .data import scale
-    images = scale(images)
-    return images - np.float32(0.5) if preprocessing == "center" else images
-
-
 def _training_data(run, data_dir):
-    """``(x_fit, y_fit), validation, (x_test, y_test), class_names`` as the recipe wants them."""
+    """``(x_fit, y_fit), validation, (x_test, y_test), class_names``: uint8 pixels (the model
+    scales and preprocesses them batch by batch), cut to the recipe's subset."""
     from .data import train_val_split
     (x_train, y_train), (x_test, y_test), class_names = _load_dataset(run["dataset"], data_dir)
     subset = run["recipe"].get("subset") or {}
     x_train, y_train = x_train[:subset.get("train")], y_train[:subset.get("train")]
     x_test, y_test = x_test[:subset.get("test")], y_test[:subset.get("test")]
-    if run["recipe"].get("preprocessing", "scale") != "scale":
-        # Pixels go to fit as uint8 (scaled batch by batch); other inputs are computed up front.
-        x_train = _preprocess(x_train, run["recipe"]["preprocessing"])
-        x_test = _preprocess(x_test, run["recipe"]["preprocessing"])
     if not run["validation_split"]:
         return (x_train, y_train), None, (x_test, y_test), class_names
     fit, validation = train_val_split(x_train, y_train, val_fraction=run["validation_split"],
@@ -413,15 +403,21 @@ def cmd_train(args):
     recipe = run["recipe"]
     (x_fit, y_fit), validation, (x_test, y_test), class_names = _training_data(run, args.data_dir)
     shape = _sample_shape(x_fit)
+    preprocessing = zoo.build_preprocessing(recipe)
     if args.resume is not None:
         model, initial_epoch = _resume(args.resume, run)
         if tuple(model.input_shape or shape) != shape:
             raise CliError(f"{args.resume} takes images of shape {'x'.join(map(str, model.input_shape))} "
                            f"but {run['dataset']} has images of shape {'x'.join(map(str, shape))}")
+        if model.preprocessing != preprocessing:
+            raise CliError(f"{args.resume} records preprocessing {model.preprocessing!r} but the run's "
+                           f"recipe ({SETTINGS_FILE}) has {recipe.get('preprocessing')!r}: the checkpoint "
+                           "belongs to another run, or was written by an older npconvnet; start again")
     else:
         manual_seed(run["seed"])
         model = zoo.get(run["model"], shape, len(class_names))
         model.class_names = list(class_names)
+        model.preprocessing = preprocessing
         model.compile(optimizer=zoo.build_optimizer(recipe), loss=zoo.build_loss(recipe),
                       metrics=["accuracy"])
         initial_epoch = 0
@@ -477,13 +473,6 @@ def cmd_train(args):
 
 # ---------------------------------------------------------------------------- evaluate
 
-def _model_preprocessing(model_path):
-    """How the run that made the model turned pixels into inputs (run.json beside it), else "scale"."""
-    settings = _read_settings(Path(model_path).parent) or {}
-    recipe = settings.get("recipe") if isinstance(settings.get("recipe"), dict) else {}
-    return recipe.get("preprocessing", "scale")
-
-
 def _default_dataset(model_path, model):
     from .datasets import FASHION_MNIST_CLASSES
     settings = _read_settings(Path(model_path).parent)
@@ -526,9 +515,7 @@ def cmd_evaluate(args):
     dataset = args.dataset or _default_dataset(args.model_file, model)
     _, (x_test, y_test), dataset_classes = _load_dataset(dataset, args.data_dir)
     _check_model_fits_data(model, x_test, len(dataset_classes), dataset, args.model_file)
-    preprocessing = _model_preprocessing(args.model_file)
-    inputs = x_test if preprocessing == "scale" else _preprocess(x_test, preprocessing)
-    probabilities = model.predict(inputs, batch_size=args.batch_size)
+    probabilities = model.predict(x_test, batch_size=args.batch_size)
     class_names = _class_names(model, probabilities.shape[1])
     predicted = probabilities.argmax(axis=1)
     labels = y_test.astype(np.int64)
@@ -599,7 +586,7 @@ def _prepared_images(model, paths, how):
 def cmd_predict(args):
     model = _load_model(args.model_file)
     images = _prepared_images(model, args.images, args.prepare)
-    probabilities = model.predict(_preprocess(images, _model_preprocessing(args.model_file)))
+    probabilities = model.predict(images)
     class_names = _class_names(model, probabilities.shape[1])
     top = min(args.top, probabilities.shape[1])
     results = []
@@ -700,8 +687,8 @@ def cmd_features(args):
     model_path, image_path = args.paths
     model = _load_model(model_path)
     image = _prepared_images(model, [image_path], args.prepare)
-    x = _preprocess(image, _model_preprocessing(model_path))
-    probabilities = model.predict(x)[0]
+    x = model.preprocess_input(image)
+    probabilities = model.predict(image)[0]
     out.mkdir(parents=True, exist_ok=True)
     written = ["input.png"]
     plots.plot_image_grid([image[0]], ["model input"], out / "input.png",

@@ -24,12 +24,16 @@ A recipe is a plain JSON-serialisable dict::
                      to the number of epochs)
     augment          False, or the config of an npconvnet.data.Augmenter (Augmenter.get_config())
     label_smoothing  for CrossEntropyLoss
-    preprocessing    "scale" (pixels / 255, in [0, 1]) or "center" (pixels / 255 - 0.5)
+    preprocessing    "scale" (pixels / 255, in [0, 1]) or "center" (pixels / 255 - 0.5): what
+                     model.preprocessing is set to (None for "scale"; build_preprocessing)
     subset           None (all data), or {"train": n, "test": m}: train on the first n training
                      images and test on the first m test images
 
 :func:`build_optimizer`, :func:`build_scheduler`, :func:`build_augmenter`, :func:`build_loss` and
-:func:`preprocess` turn a recipe into the objects ``compile`` and ``fit`` take.
+:func:`build_preprocessing` turn a recipe into the objects ``compile`` and ``fit`` take and the
+model's ``preprocessing``, which the model applies itself and keeps in its file::
+
+    model.preprocessing = zoo.build_preprocessing(recipe)      # "center" for tiny
 """
 
 import copy
@@ -40,6 +44,7 @@ from . import data, losses, optim, schedulers
 from .layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
                      ReLU, Residual, Sequential)
 from .rng import default_rng
+from .training import scaled_pixels
 
 #: The digit augmentation of the strong recipes: shifts up to 10%, rotations up to 10 degrees,
 #: zoom 0.9-1.1 (``data.default_augmenter()``); no flips, a mirrored digit is another symbol.
@@ -324,13 +329,16 @@ def build_loss(recipe):
     return losses.CrossEntropyLoss(label_smoothing=recipe.get("label_smoothing", 0.0))
 
 
-def preprocess(recipe, x):
-    """Images as the recipe's model expects them: ``"scale"`` -> float32 pixels / 255,
-    ``"center"`` -> pixels / 255 - 0.5 (the classic tutorial's inputs). Layout is kept."""
-    scaled = data.scale(x)
+def build_preprocessing(recipe):
+    """The recipe's ``model.preprocessing``: None for ``"scale"``, ``"center"`` for ``"center"``."""
     mode = recipe.get("preprocessing", "scale")
-    if mode == "scale":
-        return scaled
-    if mode == "center":
-        return scaled - np.float32(0.5)
-    raise ValueError(f"zoo recipe: preprocessing must be 'scale' or 'center', got {mode!r}")
+    if mode not in ("scale", "center"):
+        raise ValueError(f"zoo recipe: preprocessing must be 'scale' or 'center', got {mode!r}")
+    return None if mode == "scale" else mode
+
+
+def preprocess(recipe, x):
+    """Images as the recipe's model takes them, computed up front: float32 pixels / 255, minus
+    0.5 for ``"center"``; layout is kept. Only for a model whose ``preprocessing`` is None: one
+    given :func:`build_preprocessing`'s value shifts its inputs itself, batch by batch."""
+    return scaled_pixels(x, build_preprocessing(recipe))

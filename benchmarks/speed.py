@@ -1,25 +1,27 @@
 """Training and inference speed of npconvnet against PyTorch on the CPU, side by side.
 
-    NPCONVNET_DATA_DIR=/work/shared/datasets python benchmarks/speed.py [--threads 1]
+    NPCONVNET_DATA_DIR=/work/shared/datasets python benchmarks/speed.py [--threads 1] [--clock cpu]
 
 For the zoo models ``convnet``, ``lenet5`` and ``vgg-mini`` (1x28x28 inputs, 10 classes) the same
 network is built in both libraries (the PyTorch twin is converted layer by layer from the
-npconvnet model, weights copied), in float32, with the same number of BLAS / OpenMP threads, and
-measured in the same process, interleaving the two libraries so that both see the same background
-load. Reported, as medians over repeated runs after a warm-up:
+npconvnet model, weights copied, outputs checked equal), in float32, with the same number of
+BLAS / OpenMP threads, on MNIST training images (random noise if MNIST is not found), in the
+same process. The libraries take turns in short blocks, so that both see the same background
+load. Reported, as medians after a warm-up:
 
 - training step (forward, cross-entropy, backward, Adam update) at batch 128, images per second;
 - inference (evaluation mode) at batch 1000 in images per second, and at batch 1 in milliseconds;
-- peak memory of training: each library trains the model for a few steps in a fresh subprocess,
-  and the increase of its peak resident set size over the resident size just before the first
-  step is reported (the kernel's high-water mark VmHWM, reset at that point);
+- peak memory of training: each library trains the model for three steps in a fresh subprocess;
+  the increase of the peak resident set size (VmHWM, reset just before the first step) over the
+  resident size at that point; for npconvnet also the peak that tracemalloc sees;
 - the GFLOP/s of npconvnet's convolutions (forward, weight gradient and input gradient of each
   Conv2D at batch 128), next to the float32 matrix-product peak measured with ``np.matmul``;
 - one epoch of ``convnet`` on the 60,000 MNIST training images (batch 128, Adam), both libraries
-  on the same shuffled batches, as seconds and as a ratio.
+  on the same shuffled batches from the same weights, as seconds and as a ratio.
 
-Ratios are npconvnet / PyTorch: above 1 means npconvnet is faster for throughput, slower for
-latency, hungrier for memory. The table is printed and written as JSON (``--out``).
+Both wall-clock and CPU time are recorded in the JSON file; the table shows ``--clock``. On a
+shared machine CPU time is the steadier measure of the work done (with one thread only: with
+more it adds the threads up). Ratios are npconvnet / PyTorch.
 """
 
 import argparse
@@ -38,10 +40,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="threads for both libraries (default 1)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement")
+    parser.add_argument("--repeats", type=int, default=8,
+                        help="turns per measurement, each of 3 calls per library (halved for vgg-mini)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall-clock time, or the process's CPU time (steadier on a busy machine; "
-                             "meaningful with --threads 1 only)")
+                        help="the time the table shows: wall-clock, or the process's CPU time "
+                             "(steadier on a busy machine; meaningful with --threads 1 only)")
     parser.add_argument("--no-epoch", action="store_true", help="skip the full MNIST epoch")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--out", default=None,
@@ -191,69 +194,74 @@ def torch_training_step(twin, x, y):
 # --------------------------------------------------------------------------- timing
 
 
-CLOCK = time.perf_counter
+def timed(function):
+    """(wall-clock seconds, CPU seconds of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def interleaved_medians(ours, theirs, repeats, warmup=2):
-    """Median seconds of ``ours()`` and ``theirs()``, run alternately after ``warmup`` runs each."""
+def median_times(samples):
+    """``{"wall": median, "cpu": median}`` of a list of ``timed`` results."""
+    return {clock: sorted(sample[i] for sample in samples)[len(samples) // 2]
+            for i, clock in enumerate(("wall", "cpu"))}
+
+
+def compare(ours, theirs, repeats, block=3, warmup=2):
+    """Median times per call of ``ours()`` and ``theirs()``.
+
+    The libraries take turns in blocks of ``block`` calls (the one going first alternates), so
+    that both see the same background load on a shared machine while each runs several calls
+    in a row with its own data in the caches, as in a training loop.
+    """
     for _ in range(warmup):
         ours(), theirs()
-    times = ([], [])
+    samples = ([], [])
     for index in range(repeats):
-        order = (0, 1) if index % 2 == 0 else (1, 0)
-        for which in order:
-            function = (ours, theirs)[which]
-            start = CLOCK()
-            function()
-            times[which].append(CLOCK() - start)
-    return tuple(sorted(t)[len(t) // 2] for t in times)
+        for which in ((0, 1) if index % 2 == 0 else (1, 0)):
+            samples[which].extend(timed((ours, theirs)[which]) for _ in range(block))
+    return median_times(samples[0]), median_times(samples[1])
 
 
-def median_seconds(function, repeats, warmup=2):
+def median_time(function, repeats, warmup=2):
     for _ in range(warmup):
         function()
-    times = []
-    for _ in range(repeats):
-        start = CLOCK()
-        function()
-        times.append(CLOCK() - start)
-    return sorted(times)[len(times) // 2]
+    return median_times([timed(function) for _ in range(repeats)])
 
 
-def matmul_peak_gflops(repeats):
+def matmul_peak_gflops(clock, repeats=5):
     """The machine's float32 matrix-product speed through NumPy's BLAS, best of a few sizes."""
     import numpy as np
     rng = np.random.default_rng(0)
     best = 0.0
     for size in (512, 1024, 2048):
         a, b = (rng.standard_normal((size, size), dtype=np.float32) for _ in range(2))
-        seconds = median_seconds(lambda: a @ b, max(3, repeats // 3))
+        seconds = median_time(lambda: a @ b, repeats)[clock]
         best = max(best, 2 * size ** 3 / seconds / 1e9)
     return best
 
 
-def conv_gflops(model, repeats):
-    """Achieved GFLOP/s of the model's Conv2D layers at batch 128: forward, weight gradient and
-    input gradient (three products of ``2 N F C kh kw H' W'`` flops each), im2col included."""
+def conv_gflops(model, x, clock, repeats):
+    """Achieved GFLOP/s of the model's Conv2D layers on the batch ``x``: forward, weight gradient
+    and input gradient (three products of ``2 N F C kh kw H' W'`` flops each), all the data
+    movement (im2col, col2im) included."""
     import numpy as np
     from npconvnet.layers import Conv2D
-    rng = np.random.default_rng(0)
-    shape, flops, seconds = (1, 28, 28), 0, 0.0
+    flops, seconds = 0, 0.0
+    model.train()
     for layer in _leaves(model):
         if isinstance(layer, Conv2D):
-            x = rng.standard_normal((TRAIN_BATCH,) + shape, dtype=np.float32)
-            out_shape = layer.output_shape(shape)
-            upstream = rng.standard_normal((TRAIN_BATCH,) + out_shape, dtype=np.float32)
+            out = layer.forward(x)
+            upstream = np.ones_like(out) / out.size
             kh, kw = layer.kernel_size
-            flops += 3 * 2 * TRAIN_BATCH * layer.in_channels * kh * kw * int(np.prod(out_shape))
+            flops += 3 * 2 * out.size * layer.in_channels * kh * kw
 
             def step(layer=layer, x=x, upstream=upstream):
                 layer.forward(x)
                 layer.backward(upstream)
-            seconds += median_seconds(step, repeats)
-        if hasattr(layer, "output_shape"):
-            shape = layer.output_shape(shape)
-    return flops / seconds / 1e9, flops
+            seconds += median_time(step, repeats)[clock]
+        x = layer.forward(x)
+    return flops / seconds / 1e9
 
 
 def _leaves(layer):
@@ -263,15 +271,34 @@ def _leaves(layer):
     return [leaf for _, child in children for leaf in _leaves(child)]
 
 
+# --------------------------------------------------------------------------- data
+
+
+def mnist_or_noise():
+    """MNIST training images (float32 in [0, 1], (N, 1, 28, 28)) and labels, or, when the data
+    set is not found, standard-normal noise with random labels; and the name of the source."""
+    import numpy as np
+    from npconvnet.datasets import DatasetError, load_mnist
+    try:
+        (images, labels), _ = load_mnist()
+        return (images.astype(np.float32) / np.float32(255))[:, None], labels.astype(np.int64), "MNIST"
+    except DatasetError:
+        rng = np.random.default_rng(0)
+        return (rng.standard_normal((2000, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 2000),
+                "random noise (MNIST not found: set NPCONVNET_DATA_DIR)")
+
+
 # --------------------------------------------------------------------------- memory
 
 
 def memory_probe(library, name):
-    """Run in a fresh process: peak resident memory added by a few training steps, in MiB."""
-    import numpy as np
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((TRAIN_BATCH, 1, 28, 28), dtype=np.float32)
-    y = rng.integers(0, 10, TRAIN_BATCH)
+    """Run in a fresh process: memory added by three training steps, in MiB. The peak resident
+    set size (VmHWM, reset just before the first step) minus the resident size at that point;
+    for NumPy also the peak of the allocations that tracemalloc sees (NumPy reports its arrays
+    to it), which is immune to the allocator's caching."""
+    import tracemalloc
+    x, y, _ = mnist_or_noise()
+    x, y = x[:TRAIN_BATCH], y[:TRAIN_BATCH]
     model = build_model(name)
     if library == "torch":
         import torch
@@ -279,18 +306,15 @@ def memory_probe(library, name):
         step = torch_training_step(to_torch(model), x, y)
     else:
         step = numpy_training_step(model, x, y)
+        tracemalloc.start()
     baseline = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:     # "5" resets the peak RSS (VmHWM) to now
         f.write("5")
     for _ in range(3):
         step()
     result = {"rss_peak_mib": (_status_kib("VmHWM") - baseline) / 1024}
-    if library == "numpy":
-        import tracemalloc
-        tracemalloc.start()
-        step()
+    if tracemalloc.is_tracing():
         result["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2 ** 20
-        tracemalloc.stop()
     print(json.dumps(result))
 
 
@@ -312,36 +336,25 @@ def peak_memory(library, name, threads):
 # --------------------------------------------------------------------------- epoch
 
 
-def mnist_epoch(threads, batch_size=TRAIN_BATCH):
-    """Seconds for one epoch of convnet on the 60,000 MNIST training images, in both libraries,
-    on the same shuffled batches; also each library's mean training loss as a sanity check."""
+def mnist_epoch(x_all, y_all, batch_size=TRAIN_BATCH):
+    """One epoch of convnet over all of ``x_all`` in each library (PyTorch first), on the same
+    shuffled batches: wall and CPU seconds, and the mean training loss as a sanity check (the
+    two runs start from the same weights and should agree)."""
     import numpy as np
-    from npconvnet.datasets import load_mnist
-    (images, labels), _ = load_mnist()
-    x_all = (images.astype(np.float32) / np.float32(255))[:, None]
-    y_all = labels.astype(np.int64)
+    import torch
     order = np.random.default_rng(0).permutation(len(x_all))
     batches = [(x_all[order[i:i + batch_size]], y_all[order[i:i + batch_size]])
                for i in range(0, len(x_all), batch_size)]
     model = build_model("convnet")
     twin = to_torch(model)
-    results = {}
-    for library in ("pytorch", "npconvnet"):
-        step = (torch_training_step(twin, *batches[0]) if library == "pytorch"
-                else numpy_training_step(model, *batches[0]))
+    runs = {"pytorch": (torch_training_step(twin, *batches[0]),
+                        [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]),
+            "npconvnet": (numpy_training_step(model, *batches[0]), batches)}
+    results = {"images": len(x_all)}
+    for library, (step, library_batches) in runs.items():
         losses = []
-        if library == "pytorch":
-            import torch
-            batches_for = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
-        else:
-            batches_for = batches
-        start = CLOCK()
-        for x, y in batches_for:
-            losses.append(step(x, y))
-        seconds = CLOCK() - start
-        results[library] = {"seconds": seconds, "mean_loss": float(np.mean(losses))}
-    results["ratio"] = results["pytorch"]["seconds"] / results["npconvnet"]["seconds"]
-    results["images"] = len(x_all)
+        wall, cpu = timed(lambda: losses.extend(step(x, y) for x, y in library_batches))
+        results[library] = {"wall": wall, "cpu": cpu, "mean_loss": float(np.mean(losses))}
     return results
 
 
@@ -361,40 +374,36 @@ def main(argv=None):
     import npconvnet
 
     torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    clock = args.clock
     started = time.perf_counter()
-    rng = np.random.default_rng(0)
-    report = {"command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "threads": args.threads, "clock": args.clock, "numpy": np.__version__, "torch": torch.__version__,
-              "npconvnet": npconvnet.__version__, "blas": _blas_name(np),
-              "cpu": _cpu_name(), "python": platform.python_version(),
-              "os_threads_after_import": len(os.listdir("/proc/self/task")),
-              "matmul_peak_gflops": matmul_peak_gflops(args.repeats), "models": {}}
+    x_all, y_all, source = mnist_or_noise()
+    report = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "threads": args.threads, "clock": clock, "data": source,
+              "numpy": np.__version__, "torch": torch.__version__, "npconvnet": npconvnet.__version__,
+              "blas": _blas_name(np), "cpu": _cpu_name(), "python": platform.python_version(),
+              "matmul_peak_gflops": matmul_peak_gflops(clock),
+              "os_threads": len(os.listdir("/proc/self/task")), "models": {}}
     for name in args.models:
         model = build_model(name)
         twin = to_torch(model)
-        check_twins(model, twin, rng.standard_normal((4, 1, 28, 28), dtype=np.float32))
-        repeats = args.repeats if name != "vgg-mini" else max(5, args.repeats // 2)
-        x = rng.standard_normal((TRAIN_BATCH, 1, 28, 28), dtype=np.float32)
-        y = rng.integers(0, 10, TRAIN_BATCH)
-        train = interleaved_medians(numpy_training_step(model, x, y),
-                                    torch_training_step(twin, x, y), repeats)
-
+        check_twins(model, twin, x_all[:4])
+        repeats = args.repeats if name != "vgg-mini" else max(3, args.repeats // 2)
+        x, y = x_all[:TRAIN_BATCH], y_all[:TRAIN_BATCH]
+        times = {"train": compare(numpy_training_step(model, x, y), torch_training_step(twin, x, y), repeats)}
         model.eval(), twin.eval()
-        results = {"train_images_per_s": [TRAIN_BATCH / t for t in train]}
-        for batch, key in ((INFER_BATCH, "infer_1000_images_per_s"), (1, "infer_1_ms")):
-            x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
+        for batch, key in ((INFER_BATCH, "infer_1000"), (1, "infer_1")):
+            x = x_all[:batch]
             x_torch = torch.from_numpy(x)
 
-            def theirs_infer():
+            def theirs(x_torch=x_torch):
                 with torch.inference_mode():
                     twin(x_torch)
-            seconds = interleaved_medians(lambda: model.forward(x), theirs_infer,
-                                          repeats if batch > 1 else 200)
-            results[key] = [batch / t for t in seconds] if batch > 1 else [t * 1e3 for t in seconds]
-        model.train()
-        results["conv_gflops"], results["conv_flops_per_step"] = conv_gflops(model, repeats)
+            times[key] = compare(lambda x=x: model.forward(x), theirs, repeats if batch > 1 else 60)
+        results = {"seconds": times,
+                   "train_images_per_s": [TRAIN_BATCH / t[clock] for t in times["train"]],
+                   "infer_1000_images_per_s": [INFER_BATCH / t[clock] for t in times["infer_1000"]],
+                   "infer_1_ms": [t[clock] * 1e3 for t in times["infer_1"]],
+                   "conv_gflops": conv_gflops(model, x_all[:TRAIN_BATCH], clock, repeats)}
         if not args.no_memory:
             memory = [peak_memory(library, name, args.threads) for library in ("numpy", "torch")]
             results["train_peak_mib"] = [memory[0]["rss_peak_mib"], memory[1]["rss_peak_mib"]]
@@ -402,7 +411,10 @@ def main(argv=None):
         report["models"][name] = results
         print(f"  {name} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     if not args.no_epoch:
-        report["mnist_epoch"] = mnist_epoch(args.threads)
+        if source == "MNIST":
+            report["mnist_epoch"] = mnist_epoch(x_all, y_all)
+        else:
+            report["mnist_epoch"] = {"skipped": source}
     report["total_seconds"] = time.perf_counter() - started
 
     print(format_table(report))
@@ -415,6 +427,7 @@ def main(argv=None):
 
 
 def format_table(report):
+    clock = report["clock"]
     rows = [("model", "metric", "npconvnet", "PyTorch", "ratio")]
     metrics = [("train_images_per_s", "train img/s (batch 128)", "{:,.0f}"),
                ("infer_1000_images_per_s", "infer img/s (batch 1000)", "{:,.0f}"),
@@ -427,30 +440,31 @@ def format_table(report):
                 rows.append((name, label, form.format(ours), form.format(theirs), f"{ours / theirs:.2f}x"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = [f"npconvnet {report['npconvnet']} (NumPy {report['numpy']}, {report['blas']}) vs "
-             f"PyTorch {report['torch']}, CPU {report['cpu']}, float32, {report['threads']} thread(s), "
-             f"{report['clock']}-clock medians",
-             ""]
+             f"PyTorch {report['torch']}; {report['cpu']}; float32, {report['threads']} thread(s) each; "
+             f"data: {report['data']}; medians of {'CPU' if clock == 'cpu' else 'wall-clock'} time", ""]
     for index, row in enumerate(rows):
         lines.append(" | ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
                                 for i, (cell, w) in enumerate(zip(row, widths))))
         if index == 0:
             lines.append("-+-".join("-" * w for w in widths))
-    lines.append("")
-    lines.append(f"float32 matmul peak (np.matmul, best of 512/1024/2048): "
-                 f"{report['matmul_peak_gflops']:.1f} GFLOP/s")
+    lines += ["", "ratio = npconvnet / PyTorch (throughput: above 1 is faster; latency and memory: "
+              "below 1 is better)",
+              f"float32 matmul peak (np.matmul, best of 512/1024/2048): {report['matmul_peak_gflops']:.1f} GFLOP/s"]
     for name, results in report["models"].items():
-        extra = (f", NumPy tracemalloc peak {results['numpy_tracemalloc_peak_mib']:.1f} MiB"
+        extra = (f"; NumPy tracemalloc peak of training {results['numpy_tracemalloc_peak_mib']:.1f} MiB"
                  if "numpy_tracemalloc_peak_mib" in results else "")
         lines.append(f"  {name}: Conv2D forward+backward {results['conv_gflops']:.1f} GFLOP/s "
                      f"({results['conv_gflops'] / report['matmul_peak_gflops']:.0%} of peak){extra}")
-    if "mnist_epoch" in report:
-        epoch = report["mnist_epoch"]
+    epoch = report.get("mnist_epoch")
+    if epoch and "skipped" in epoch:
+        lines.append(f"MNIST epoch skipped: {epoch['skipped']}")
+    elif epoch:
+        ours, theirs = epoch["npconvnet"][clock], epoch["pytorch"][clock]
         lines.append(f"MNIST epoch of convnet ({epoch['images']:,} images, batch 128, Adam): "
-                     f"npconvnet {epoch['npconvnet']['seconds']:.1f} s, PyTorch "
-                     f"{epoch['pytorch']['seconds']:.1f} s, speed ratio {epoch['ratio']:.2f}x "
-                     f"(mean loss {epoch['npconvnet']['mean_loss']:.3f} vs "
-                     f"{epoch['pytorch']['mean_loss']:.3f})")
-    lines.append(f"ratio = npconvnet / PyTorch; total benchmark time {report['total_seconds']:.0f} s")
+                     f"npconvnet {ours:.1f} s, PyTorch {theirs:.1f} s, speed ratio {theirs / ours:.2f}x "
+                     f"(mean training loss {epoch['npconvnet']['mean_loss']:.4f} vs "
+                     f"{epoch['pytorch']['mean_loss']:.4f})")
+    lines.append(f"total benchmark time {report['total_seconds']:.0f} s")
     return "\n".join(lines)
 
 

@@ -6,8 +6,9 @@ import itertools
 import numpy as np
 import pytest
 
-from npconvnet.layers import AvgPool2D, BatchNorm2D, Conv2D, MaxPool2D, ReLU, Sequential
-from npconvnet.windows import channel_major, col2im, im2col, kernel_offsets, output_size, pad, window
+from npconvnet.layers import AvgPool2D, BatchNorm2D, Conv2D, Flatten, MaxPool2D, ReLU, Sequential
+from npconvnet.windows import (channel_major, col2im, im2col, is_channel_major, kernel_offsets, output_size, pad,
+                               to_channel_major, window)
 
 GEOMETRIES = [((3, 3), (1, 1), (1, 1, 1, 1)), ((2, 3), (2, 1), (0, 1, 2, 0)), ((3, 2), (3, 2), (0, 0, 0, 0))]
 
@@ -105,3 +106,21 @@ def test_max_pool_with_more_than_256_window_entries_keeps_the_right_argmax(rng):
     expected = np.zeros_like(x).reshape(2, -1)
     expected[np.arange(2), x.reshape(2, -1).argmax(axis=1)] = 1
     np.testing.assert_array_equal(grad.reshape(2, -1), expected)
+
+
+def test_to_channel_major_copies_only_when_needed(rng):
+    x = rng.standard_normal((3, 2, 4, 5))
+    converted = to_channel_major(x)
+    np.testing.assert_array_equal(converted, x)
+    assert is_channel_major(converted) and not is_channel_major(x)
+    assert np.shares_memory(to_channel_major(converted), converted)
+
+
+def test_flatten_hands_the_gradient_back_in_the_input_layout(rng):
+    x = to_channel_major(rng.standard_normal((3, 2, 4, 5)))
+    layer = Flatten()
+    out = layer.forward(x)
+    np.testing.assert_array_equal(out, x.reshape(3, -1))
+    grad = layer.backward(np.arange(out.size, dtype=np.float64).reshape(out.shape))
+    assert is_channel_major(grad)
+    np.testing.assert_array_equal(grad, np.arange(out.size, dtype=np.float64).reshape(x.shape))

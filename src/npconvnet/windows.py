@@ -110,6 +110,16 @@ def channel_major(shape, dtype, fill=0.0):
     return np.full((c, n, h, w), fill, dtype=dtype).transpose(1, 0, 2, 3)
 
 
+def is_channel_major(x):
+    """Whether a 4-D array is stored as ``(C, N, H, W)`` (and not also C-contiguous)."""
+    return x.ndim == 4 and x.transpose(1, 0, 2, 3).flags.c_contiguous and not x.flags.c_contiguous
+
+
+def to_channel_major(x):
+    """A channel-major copy of an ``(N, C, H, W)`` array (``x`` itself if it is one already)."""
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
 def pad(x, padding, pad_value=0.0):
     """``(N, C, H, W) -> (N, C, H + top + bottom, W + left + right)``, channel-major.
 

@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..parameter import Parameter
+from ..windows import is_channel_major, to_channel_major
 from .base import Layer, init_weight
 
 
@@ -62,8 +63,12 @@ class Flatten(Layer):
         if np.ndim(x) < 2:
             raise ValueError(f"{self!r}: expected an input with a batch axis, got shape {np.shape(x)}")
         out = x.reshape(x.shape[0], -1)
-        self._remember(out, input_shape=x.shape)
+        self._remember(out, input_shape=x.shape, channel_major=is_channel_major(x))
         return out
 
     def backward(self, grad_output):
-        return grad_output.reshape(self._recall(grad_output).input_shape)
+        saved = self._recall(grad_output)
+        grad_input = grad_output.reshape(saved.input_shape)
+        # Handed back in the memory order the input had (channel-major after a convolution or
+        # a pooling): a layer whose arrays all share one order runs several times faster.
+        return to_channel_major(grad_input) if saved.channel_major else grad_input

@@ -1,6 +1,7 @@
-"""Conv2D computes dL/dx in two ways: col2im of the column gradient, and, at stride 1 with
-no more output than input channels, a convolution of dL/dy with the flipped kernel. Both must
-agree with PyTorch; the columns array reused between calls must never leak stale values."""
+"""Conv2D computes dL/dx in two ways: col2im of the column gradient (computed one kernel offset
+at a time), and, at stride 1 with no more output than input channels, a convolution of dL/dy
+with the flipped kernel. Both must agree with PyTorch; the columns array reused between calls
+must never leak stale values."""
 
 import itertools
 

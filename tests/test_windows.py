@@ -31,9 +31,16 @@ def test_col2im_is_the_adjoint_of_im2col(kernel_size, stride, padding, rng):
     # <im2col(x), cols> == <x, col2im(cols)> for every x and cols: col2im is im2col's transpose
     x = rng.standard_normal((2, 3, 7, 6))
     cols = rng.standard_normal(im2col(x, kernel_size, stride, padding).shape)
-    back = col2im(cols, x.shape, stride, padding)
+    back = col2im(cols, x.shape, kernel_size, stride, padding)
     assert back.shape == x.shape
     np.testing.assert_allclose(np.sum(im2col(x, kernel_size, stride, padding) * cols), np.sum(x * back))
+
+
+def test_col2im_takes_the_rows_of_each_kernel_offset_from_a_function(rng):
+    x = rng.standard_normal((2, 3, 7, 6))
+    cols = rng.standard_normal(im2col(x, (3, 2), (2, 1), (1, 0, 1, 1)).shape)
+    np.testing.assert_array_equal(col2im(lambda u, v: cols[:, u, v], x.shape, (3, 2), (2, 1), (1, 0, 1, 1)),
+                                  col2im(cols, x.shape, (3, 2), (2, 1), (1, 0, 1, 1)))
 
 
 def test_window_picks_one_kernel_entry_of_every_window():

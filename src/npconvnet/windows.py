@@ -152,16 +152,24 @@ def im2col(x, kernel_size, stride, padding, out=None):
     return cols
 
 
-def col2im(cols, input_shape, stride, padding):
+def col2im(cols, input_shape, kernel_size, stride, padding):
     """Adjoint of :func:`im2col`: ``(C, kh, kw, N, H', W') -> (N, C, H, W)``, channel-major.
 
     ``x[n, c, i * sh + u, j * sw + v] += cols[c, u, v, n, i, j]`` for every window (overlapping
     windows accumulate their gradients), then the padding is cut away (its gradient goes nowhere).
+
+    ``cols`` is the array, or a function ``cols(u, v)`` returning its ``(C, N, H', W')`` rows of
+    kernel offset ``(u, v)``: a caller that computes the rows offset by offset never holds all
+    of them at once.
     """
-    c, kh, kw, n, out_h, out_w = cols.shape
+    rows = cols if callable(cols) else (lambda u, v: cols[:, u, v])
+    n, c, height, width = input_shape
     top, bottom, left, right = padding
-    height, width = input_shape[2], input_shape[3]
-    grad = np.zeros((c, n, height + top + bottom, width + left + right), dtype=cols.dtype)
-    for u, v in kernel_offsets((kh, kw)):
-        window(grad, (u, v), stride, (out_h, out_w))[...] += cols[:, u, v]
+    out_size = output_size((height, width), kernel_size, stride, padding)
+    grad = None
+    for u, v in kernel_offsets(kernel_size):
+        block = rows(u, v)
+        if grad is None:
+            grad = np.zeros((c, n, height + top + bottom, width + left + right), dtype=block.dtype)
+        window(grad, (u, v), stride, out_size)[...] += block
     return grad[:, :, top:top + height, left:left + width].transpose(1, 0, 2, 3)

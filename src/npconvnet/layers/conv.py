@@ -19,7 +19,8 @@ class Conv2D(Layer):
     With the windows of the whole batch laid out as the columns of one matrix (``im2col``),
     this is a single matrix product ``y = W @ cols``, ``W`` of shape ``(F, C*kh*kw)`` and
     ``cols`` of shape ``(C*kh*kw, N*H'*W')``; the backward pass is two more:
-    ``dL/dW = dL/dy @ cols^T`` and ``dL/dcols = W^T @ dL/dy``, then ``col2im``.
+    ``dL/dW = dL/dy @ cols^T`` and ``dL/dcols = W^T @ dL/dy``, then ``col2im`` (at stride 1,
+    when F <= C, dL/dx is computed as a convolution of dL/dy instead).
 
     ``padding``: an int, a pair, ``((top, bottom), (left, right))``, ``"valid"`` (none),
     ``"same"`` (output size ``ceil(input / stride)``) or ``"full"`` (``kernel - 1`` each side).
@@ -98,19 +99,20 @@ class Conv2D(Layer):
             self.bias.grad = grad_matrix.sum(axis=1)
         if self._input_gradient_is_a_convolution(saved.padding):
             return self._input_gradient_by_convolution(grad_output, saved)
-        # dL/dcols = W^T @ dL/dy, written over the columns, which are not needed any more (a
-        # fresh array this size costs as much again in page faults); each column then flows
-        # back onto the window it came from.
-        weight = self.weight.data.reshape(self.out_channels, -1)                # (F, C*kh*kw)
-        grad_cols = np.matmul(weight.T, grad_matrix, out=saved.cols)
-        grad_cols = grad_cols.reshape(self.in_channels, *self.kernel_size, n, out_h, out_w)
-        return col2im(grad_cols, saved.input_shape, self.stride, saved.padding)
+        # dL/dcols = W^T @ dL/dy, and each column flows back onto the window it came from
+        # (col2im). The rows of kernel offset (u, v) are W[:, :, u, v]^T @ dL/dy: computed one
+        # offset at a time, each is added while it is still in the cache, and the whole
+        # (C*kh*kw, N*H'*W') column gradient never exists.
+        def grad_cols(u, v):
+            rows = self.weight.data[:, :, u, v].T @ grad_matrix                 # (C, N*H'*W')
+            return rows.reshape(self.in_channels, n, out_h, out_w)
+        return col2im(grad_cols, saved.input_shape, self.kernel_size, self.stride, saved.padding)
 
     def _input_gradient_is_a_convolution(self, padding):
         """At stride 1, with no more than ``kernel - 1`` padding on a side, dL/dx can also be
         computed as a convolution of dL/dy. That is faster when F <= C: its columns are no
-        larger than the forward's, and one im2col and one product replace the column gradient
-        (C*kh*kw rows) and the kh*kw read-modify-write passes of col2im."""
+        larger than the forward's, and one im2col and one product replace the kh*kw products
+        and read-modify-write passes of col2im."""
         kh, kw = self.kernel_size
         return (self.stride == (1, 1) and self.out_channels <= self.in_channels
                 and max(padding[:2]) < kh and max(padding[2:]) < kw)

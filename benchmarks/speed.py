@@ -6,8 +6,9 @@ For the zoo models ``convnet``, ``lenet5`` and ``vgg-mini`` (1x28x28 inputs, 10 
 network is built in both libraries (the PyTorch twin is converted layer by layer from the
 npconvnet model, weights copied, outputs checked equal), in float32, with the same number of
 BLAS / OpenMP threads, on MNIST training images (random noise if MNIST is not found), in the
-same process. The libraries take turns in short blocks, so that both see the same background
-load. Reported, as medians after a warm-up:
+same process. The libraries take turns of five calls, so that both see the same background load
+and each runs several calls in a row, as in a training loop. Reported, as medians after a
+warm-up:
 
 - training step (forward, cross-entropy, backward, Adam update) at batch 128, images per second;
 - inference (evaluation mode) at batch 1000 in images per second, and at batch 1 in milliseconds;
@@ -20,8 +21,11 @@ load. Reported, as medians after a warm-up:
   on the same shuffled batches from the same weights, as seconds and as a ratio.
 
 Both wall-clock and CPU time are recorded in the JSON file; the table shows ``--clock``. On a
-shared machine CPU time is the steadier measure of the work done (with one thread only: with
-more it adds the threads up). Ratios are npconvnet / PyTorch.
+shared machine the process's CPU time is the steadier measure of the work done (with one
+thread; with more it adds the threads up, so wall-clock time is the default there). Ratios are
+npconvnet / PyTorch. With more than one thread, both libraries' thread pools live in this
+process and spin-wait while the other one runs; on a machine with as many cores as threads
+(and other work) that oversubscribes the cores, and the timings measure mostly contention.
 """
 
 import argparse
@@ -40,11 +44,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="threads for both libraries (default 1)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--repeats", type=int, default=8,
-                        help="turns per measurement, each of 3 calls per library (halved for vgg-mini)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="the time the table shows: wall-clock, or the process's CPU time "
-                             "(steadier on a busy machine; meaningful with --threads 1 only)")
+    parser.add_argument("--repeats", type=int, default=6,
+                        help="turns per measurement, each of 5 calls per library (halved for vgg-mini)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default=None,
+                        help="the time the table shows: the process's CPU time (default with one "
+                             "thread: steadier on a shared machine) or wall-clock time (default "
+                             "with more threads, where CPU time would add the threads up)")
     parser.add_argument("--no-epoch", action="store_true", help="skip the full MNIST epoch")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--out", default=None,
@@ -59,97 +64,42 @@ def parse_args(argv=None):
 def build_model(name):
     """The zoo model ``name`` for 1x28x28 images and 10 classes, float32, seeded."""
     import npconvnet
+    from npconvnet import zoo
     npconvnet.manual_seed(0)
-    try:
-        from npconvnet import zoo
-    except ImportError:
-        return _local_model(name)
     return zoo.get(name, input_shape=(1, 28, 28), num_classes=10)
 
 
-def _local_model(name):
-    """The zoo's architectures, for as long as ``npconvnet.zoo`` is not there."""
-    from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential
-    if name == "convnet":
-        return Sequential(Conv2D(1, 8, 3, padding=1), ReLU(), MaxPool2D(2),
-                          Conv2D(8, 16, 3, padding=1), ReLU(), MaxPool2D(2),
-                          Flatten(), Dense(16 * 7 * 7, 10))
-    if name == "lenet5":
-        return Sequential(Conv2D(1, 6, 5, padding=2), ReLU(), MaxPool2D(2),
-                          Conv2D(6, 16, 5), ReLU(), MaxPool2D(2), Flatten(),
-                          Dense(16 * 5 * 5, 120), ReLU(), Dense(120, 84), ReLU(), Dense(84, 10))
-    if name == "vgg-mini":
-        def block(c_in, c_out):
-            return [Conv2D(c_in, c_out, 3, padding=1), BatchNorm2D(c_out), ReLU(),
-                    Conv2D(c_out, c_out, 3, padding=1), BatchNorm2D(c_out), ReLU(),
-                    MaxPool2D(2), Dropout(0.25)]
-        return Sequential(block(1, 32) + block(32, 64) +
-                          [Flatten(), Dense(64 * 7 * 7, 128), ReLU(), Dropout(0.5), Dense(128, 10)])
-    raise ValueError(f"unknown model {name!r}")
-
-
 def to_torch(layer):
-    """The PyTorch twin of an npconvnet layer (recursively for containers), weights copied."""
+    """The PyTorch twin of an npconvnet layer (a Sequential recursively), weights copied."""
     import torch
     from npconvnet import layers as L
-    from npconvnet.windows import resolve_padding
     nn = torch.nn
     if isinstance(layer, L.Sequential):
         return nn.Sequential(*[to_torch(child) for child in layer])
-    if isinstance(layer, L.Residual):
-        return _TorchResidual(to_torch(layer.block), layer.shortcut and to_torch(layer.shortcut))
     if isinstance(layer, L.Conv2D):
-        twin = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                         bias=layer.bias is not None)
-        if isinstance(layer.padding, str) and layer.padding != "valid" and max(layer.stride) == 1:
-            twin.padding = resolve_padding(layer.padding, layer.kernel_size, layer.stride, (0, 0))[::2]
-        elif not isinstance(layer.padding, str) and not isinstance(layer.padding[0], tuple):
-            twin.padding = layer.padding
-        elif layer.padding != "valid":
+        padding = {"valid": 0, "same": "same"}.get(layer.padding, layer.padding)
+        if padding == "full" or (padding != "same" and isinstance(padding[0], tuple)):
             raise NotImplementedError(f"no PyTorch twin for {layer!r}")
+        twin = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                         padding, bias=layer.bias is not None)
     elif isinstance(layer, L.Dense):
         twin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     elif isinstance(layer, (L.BatchNorm1D, L.BatchNorm2D)):
         kind = nn.BatchNorm2d if isinstance(layer, L.BatchNorm2D) else nn.BatchNorm1d
         twin = kind(layer.num_features, eps=layer.eps, momentum=layer.momentum)
-    elif isinstance(layer, L.MaxPool2D):
-        twin = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
-    elif isinstance(layer, L.AvgPool2D):
-        twin = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding)
-    elif isinstance(layer, L.GlobalAvgPool2D):
-        twin = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    elif isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
+        kind = nn.MaxPool2d if isinstance(layer, L.MaxPool2D) else nn.AvgPool2d
+        twin = kind(layer.kernel_size, layer.stride, layer.padding)
     elif isinstance(layer, L.Dropout):
         twin = nn.Dropout(layer.p)
-    elif isinstance(layer, L.LeakyReLU):
-        twin = nn.LeakyReLU(layer.negative_slope)
+    elif type(layer) in (L.ReLU, L.Tanh, L.Sigmoid, L.Flatten):
+        twin = getattr(nn, type(layer).__name__)()
     else:
-        simple = {L.ReLU: nn.ReLU, L.Tanh: nn.Tanh, L.Sigmoid: nn.Sigmoid, L.Flatten: nn.Flatten}
-        if type(layer) is L.Softmax:
-            return nn.Softmax(dim=1)
-        if type(layer) not in simple:
-            raise NotImplementedError(f"no PyTorch twin for {layer!r}")
-        twin = simple[type(layer)]()
+        raise NotImplementedError(f"no PyTorch twin for {layer!r}")
     with torch.no_grad():
         for name, value in layer.state_dict().items():
             getattr(twin, name).copy_(torch.from_numpy(value))
     return twin
-
-
-def _torch_residual_class():
-    import torch
-
-    class Residual(torch.nn.Module):
-        def __init__(self, block, shortcut=None):
-            super().__init__()
-            self.block, self.shortcut = block, shortcut
-
-        def forward(self, x):
-            return self.block(x) + (x if self.shortcut is None else self.shortcut(x))
-    return Residual
-
-
-def _TorchResidual(block, shortcut):
-    return _torch_residual_class()(block, shortcut)
 
 
 def check_twins(model, twin, x):
@@ -207,7 +157,7 @@ def median_times(samples):
             for i, clock in enumerate(("wall", "cpu"))}
 
 
-def compare(ours, theirs, repeats, block=3, warmup=2):
+def compare(ours, theirs, repeats, block=5, warmup=2):
     """Median times per call of ``ours()`` and ``theirs()``.
 
     The libraries take turns in blocks of ``block`` calls (the one going first alternates), so
@@ -374,7 +324,7 @@ def main(argv=None):
     import npconvnet
 
     torch.set_num_threads(args.threads)
-    clock = args.clock
+    clock = args.clock or ("cpu" if args.threads == 1 else "wall")
     started = time.perf_counter()
     x_all, y_all, source = mnist_or_noise()
     report = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -398,7 +348,7 @@ def main(argv=None):
             def theirs(x_torch=x_torch):
                 with torch.inference_mode():
                     twin(x_torch)
-            times[key] = compare(lambda x=x: model.forward(x), theirs, repeats if batch > 1 else 60)
+            times[key] = compare(lambda x=x: model.forward(x), theirs, repeats if batch > 1 else 40)
         results = {"seconds": times,
                    "train_images_per_s": [TRAIN_BATCH / t[clock] for t in times["train"]],
                    "infer_1000_images_per_s": [INFER_BATCH / t[clock] for t in times["infer_1000"]],
@@ -449,7 +399,8 @@ def format_table(report):
             lines.append("-+-".join("-" * w for w in widths))
     lines += ["", "ratio = npconvnet / PyTorch (throughput: above 1 is faster; latency and memory: "
               "below 1 is better)",
-              f"float32 matmul peak (np.matmul, best of 512/1024/2048): {report['matmul_peak_gflops']:.1f} GFLOP/s"]
+              "float32 matmul peak (np.matmul, best of 512/1024/2048): "
+              f"{report['matmul_peak_gflops']:.1f} GFLOP/s"]
     for name, results in report["models"].items():
         extra = (f"; NumPy tracemalloc peak of training {results['numpy_tracemalloc_peak_mib']:.1f} MiB"
                  if "numpy_tracemalloc_peak_mib" in results else "")

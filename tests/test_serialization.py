@@ -14,18 +14,7 @@ from npconvnet.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Glob
                               ReLU, Residual, Sequential)
 from npconvnet.optim import SGD, Adam
 from npconvnet.serialization import ModelFileError, layer_from_config, layer_to_config, load_model
-
-
-def bar_images(count, seed=0, size=10):
-    """uint8 noise images; class 0 holds a bright horizontal bar, class 1 a vertical one."""
-    generator = np.random.default_rng(seed)
-    images = generator.integers(0, 60, (count, size, size)).astype(np.uint8)
-    labels = generator.integers(0, 2, count)
-    positions = generator.integers(1, size - 1, count)
-    rows = np.arange(count)
-    images[rows[labels == 0], positions[labels == 0], :] = 255
-    images[rows[labels == 1], :, positions[labels == 1]] = 255
-    return images, labels
+from synthetic import bar_images
 
 
 def plain_net():

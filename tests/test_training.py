@@ -15,19 +15,7 @@ from npconvnet.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxP
 from npconvnet.layers.activations import softmax
 from npconvnet.losses import CrossEntropyLoss, MSELoss
 from npconvnet.optim import SGD, Adam
-
-
-def bar_images(count, seed=0, size=10):
-    """uint8 (N, size, size) noise images; class 0 holds a bright horizontal bar, class 1 a
-    vertical one, at a random place: separable by a small convnet."""
-    generator = np.random.default_rng(seed)
-    images = generator.integers(0, 60, (count, size, size)).astype(np.uint8)
-    labels = generator.integers(0, 2, count)
-    positions = generator.integers(1, size - 1, count)
-    rows = np.arange(count)
-    images[rows[labels == 0], positions[labels == 0], :] = 255
-    images[rows[labels == 1], :, positions[labels == 1]] = 255
-    return images, labels
+from synthetic import bar_images
 
 
 def small_convnet(dropout=0.0):

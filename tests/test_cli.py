@@ -444,7 +444,7 @@ def test_main_help_lists_the_subcommands(capsys):
     (["train", "--lr", "-1"], "--lr: must be a positive number"),
     (["train", "--lr", "nan"], "--lr: expected a positive number"),
     (["train", "--weight-decay", "-0.1"], "--weight-decay: must be a number >= 0"),
-    (["train", "--validation-split", "1"], "--validation-split: must be in [0, 1)"),
+    (["train", "--validation-split", "1"], "--validation-split: must be a number in [0, 1)"),
     (["train", "--seed", "-3"], "--seed: must be an integer >= 0"),
     (["train", "--optimizer", "lbfgs"], "--optimizer: invalid choice"),
     (["train", "--model", "alexnet"], "unknown model 'alexnet'"),

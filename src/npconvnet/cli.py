@@ -60,49 +60,27 @@ class TrainingDiverged(CliError):
 
 # ---------------------------------------------------------------------------- argument types
 
-def _number(text, convert, kind):
-    try:
-        value = convert(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
-    return value
+def _number_type(convert, accept, kind):
+    """An argparse ``type=``: the text as a finite number that ``accept`` takes, or a one-line
+    error saying what was expected."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text}")
+        return value
+    return parse
 
 
-def positive_int(text):
-    value = _number(text, int, "a positive integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text):
-    value = _number(text, int, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def positive_float(text):
-    value = _number(text, float, "a positive number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = _number(text, float, "a number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def fraction(text):
-    value = _number(text, float, "a number in [0, 1)")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+positive_int = _number_type(int, lambda value: value >= 1, "a positive integer")
+non_negative_int = _number_type(int, lambda value: value >= 0, "an integer >= 0")
+positive_float = _number_type(float, lambda value: value > 0, "a positive number")
+non_negative_float = _number_type(float, lambda value: value >= 0, "a number >= 0")
+fraction = _number_type(float, lambda value: 0 <= value < 1, "a number in [0, 1)")
 
 
 def input_shape(text):

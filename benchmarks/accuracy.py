@@ -18,8 +18,8 @@ start and the end are recorded, since the machine may be shared; so is the CPU t
 training (all threads of the process), which a busy machine does not inflate as it does the
 wall-clock time.
 
-Results accumulate: the JSON file (``--out``) keeps one entry per (model, dataset), and
-re-running a model replaces its entry; the Markdown table next to it (same name, ``.md``) is
+Results accumulate: the JSON file (``--out``) keeps one entry per (model, dataset, seed), and
+re-running a model with the same seed replaces its entry; the Markdown table next to it (same name, ``.md``) is
 rewritten from all entries.
 """
 
@@ -103,12 +103,12 @@ def run(model_name, dataset, args):
         recipe["epochs"] = args.epochs
     (x_train, y_train), (x_test, y_test), class_names = load(dataset, data_dir(args.data_dir),
                                                              recipe["subset"])
-    x_train, x_test = zoo.preprocess(recipe, x_train), zoo.preprocess(recipe, x_test)
     channels = 1 if x_train.ndim == 3 else x_train.shape[3]
     input_shape = (channels,) + x_train.shape[1:3]
 
     npconvnet.manual_seed(args.seed)
     model = zoo.get(model_name, input_shape=input_shape, num_classes=len(class_names))
+    model.preprocessing = zoo.build_preprocessing(recipe)     # tiny: pixels centred to [-0.5, 0.5]
     model.compile(optimizer=zoo.build_optimizer(recipe), loss=zoo.build_loss(recipe), metrics=["accuracy"])
     callbacks = [scheduler] if (scheduler := zoo.build_scheduler(recipe, model.optimizer)) else []
 
@@ -170,15 +170,18 @@ def markdown(entries):
     from npconvnet import zoo
     order = {name: index for index, name in enumerate(zoo.names())}
     entries = sorted(entries, key=lambda e: (DATASETS.index(e["dataset"]) if e["dataset"] in DATASETS
-                                             else len(DATASETS), order.get(e["model"], len(order))))
-    lines = ["| model | dataset | epochs | test accuracy | training time | machine |",
-             "|---|---|---:|---:|---:|---|"]
+                                             else len(DATASETS), order.get(e["model"], len(order)),
+                                             e["seed"]))
+    lines = ["| model | dataset | epochs | seed | test accuracy | training time | CPU time | machine |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for e in entries:
         images = "" if e["test_images"] == 10000 else f" on {e['test_images']:,} test images"
         trained = "" if e["train_images"] in (60000,) else f" ({e['train_images']:,} training images)"
         epochs = f"{e['epochs']}{trained}" + (" (overridden)" if e.get("recipe_overridden") else "")
-        lines.append(f"| {e['model']} | {e['dataset']} | {epochs} | {100 * e['test_accuracy']:.2f}%{images} "
-                     f"| {minutes(e['train_seconds'])} | {e['machine']} |")
+        lines.append(f"| {e['model']} | {e['dataset']} | {epochs} | {e['seed']} "
+                     f"| {100 * e['test_accuracy']:.2f}%{images} "
+                     f"| {minutes(e['train_seconds'])} | {minutes(e['train_cpu_seconds'])} "
+                     f"| {e['machine']}, {e['threads']} thread{'s' if e['threads'] > 1 else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -197,15 +200,16 @@ def main(argv=None):
     pairs = [(model, dataset) for dataset in (args.datasets or DATASETS) for model in args.models
              if args.datasets or dataset == "mnist" or model in FASHION_MODELS]
     out = args.out
-    results = json.loads(out.read_text()) if out.exists() else {"results": []}
     for model_name, dataset in pairs:
         entry = run(model_name, dataset, args)
-        results["results"] = [e for e in results["results"]
-                              if (e["model"], e["dataset"]) != (model_name, dataset)] + [entry]
+        # Read the file again just before writing: another run may have added rows meanwhile.
+        results = json.loads(out.read_text()) if out.exists() else {"results": []}
+        results["results"] = [e for e in results["results"] if (e["model"], e["dataset"], e["seed"])
+                              != (model_name, dataset, args.seed)] + [entry]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
         out.with_suffix(".md").write_text(markdown(results["results"]))
-    print(markdown(results["results"]))
+        print(markdown(results["results"]))
     return 0
 
 

@@ -53,3 +53,14 @@ def test_sigmoid_and_softmax_stay_finite_for_huge_logits(dtype):
 def test_leaky_relu_hand_computed():
     out = LeakyReLU(0.1).forward(np.array([[-2.0, 0.0, 3.0]]))
     np.testing.assert_allclose(out, [[-0.2, 0.0, 3.0]])
+
+
+@pytest.mark.parametrize("layer", ACTIVATIONS, ids=lambda layer: type(layer).__name__)
+def test_integer_inputs_are_refused_rather_than_truncated(layer):
+    with pytest.raises(TypeError, match="floating-point"):
+        layer.forward(np.array([[1, 2], [3, 4]]))
+
+
+def test_a_list_input_is_refused_with_the_layer_named():
+    with pytest.raises(TypeError, match="Sigmoid.*NumPy array"):
+        Sigmoid().forward([[1.0, 2.0]])

@@ -148,3 +148,14 @@ def test_state_dict_round_trip_and_shape_check():
 def test_global_average_pooling_network_gradients(rng):
     network = Sequential(Conv2D(1, 3, 3), ReLU(), GlobalAvgPool2D(), BatchNorm1D(3), Dense(3, 2))
     check_layer_gradients(network, rng.standard_normal((4, 1, 5, 5)))
+
+
+def test_a_failed_load_state_dict_leaves_every_weight_as_it_was():
+    network = Sequential(Dense(3, 4), ReLU(), Dense(4, 2))
+    before = network.state_dict()
+    state = {name: value + 1 for name, value in before.items()}
+    state["2.weight"] = np.zeros((5, 5), np.float32)
+    with pytest.raises(ValueError, match="2.weight has shape"):
+        network.load_state_dict(state)
+    for name, value in network.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])

@@ -33,3 +33,9 @@ def test_dropout_rejects_probabilities_outside_zero_one():
     import pytest
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         Dropout(1.5)
+
+
+def test_dropout_refuses_integer_inputs():
+    import pytest
+    with pytest.raises(TypeError, match="floating-point"):
+        Dropout(0.5).forward(np.ones((2, 2), np.int64))

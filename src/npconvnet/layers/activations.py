@@ -9,6 +9,7 @@ class ReLU(Layer):
     """``y = max(x, 0)``; ``dy/dx = 1 where x > 0, else 0``."""
 
     def forward(self, x):
+        self._check_input(x, layout="(N, ...)")
         out = np.maximum(x, 0)
         # Evaluation skips the mask, which a rare backward pass then reads off the output.
         if self.training:
@@ -31,6 +32,7 @@ class LeakyReLU(Layer):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x):
+        self._check_input(x, layout="(N, ...)")
         positive = x > 0
         out = np.where(positive, x, x * self.negative_slope)
         self._remember(out, positive=positive)
@@ -53,6 +55,7 @@ class Sigmoid(Layer):
     """``y = 1 / (1 + exp(-x))``; ``dy/dx = y (1 - y)``."""
 
     def forward(self, x):
+        self._check_input(x, layout="(N, ...)")
         out = sigmoid(x)
         self._remember(out, out=out)
         return out
@@ -66,6 +69,7 @@ class Tanh(Layer):
     """``y = tanh(x)``; ``dy/dx = 1 - y^2``."""
 
     def forward(self, x):
+        self._check_input(x, layout="(N, ...)")
         out = np.tanh(x)
         self._remember(out, out=out)
         return out
@@ -95,6 +99,7 @@ class Softmax(Layer):
     """
 
     def forward(self, x):
+        self._check_input(x, layout="(N, ...)")
         if np.ndim(x) < 2:
             raise ValueError(f"{self!r}: expected an input of shape (N, K, ...), got {np.shape(x)}")
         out = softmax(x, axis=1)

@@ -75,14 +75,15 @@ class Layer:
         self._cache = None
         return values
 
-    def _check_input(self, x, ndim, channels=None, layout="(N, C, H, W)"):
+    def _check_input(self, x, ndim=None, channels=None, layout="(N, C, H, W)"):
+        """A floating-point ndarray, with ``ndim`` dimensions and ``channels`` in axis 1 when given."""
         if not isinstance(x, np.ndarray):
             raise TypeError(f"{self!r}: expected a NumPy array {layout}, got {type(x).__name__}")
         if not np.issubdtype(x.dtype, np.floating):
             raise TypeError(f"{self!r}: expected a floating-point array, got dtype {x.dtype} "
                             "(convert images first, e.g. with npconvnet.data.scale)")
         ndims = (ndim,) if isinstance(ndim, int) else ndim
-        if x.ndim not in ndims:
+        if ndims is not None and x.ndim not in ndims:
             expected = " or ".join(f"{d}-D" for d in ndims)
             raise ValueError(f"{self!r}: expected a {expected} input {layout}, got shape {x.shape}")
         if channels is not None and x.shape[1] != channels:
@@ -127,12 +128,14 @@ class Layer:
         if missing or unexpected:
             raise ValueError(f"{self!r}: state does not match the layer: missing {missing}, "
                              f"unexpected {unexpected}")
-        for name in sorted(expected):
-            current = targets[name].data if name in targets else buffers[name]
-            value = np.asarray(state[name])
+        pairs = [(targets[name].data if name in targets else buffers[name], np.asarray(state[name]))
+                 for name in sorted(expected)]
+        # Every shape is checked before anything is copied: a bad state leaves the layer as it was.
+        for name, (current, value) in zip(sorted(expected), pairs):
             if value.shape != current.shape:
                 raise ValueError(f"{self!r}: {name} has shape {value.shape} in the state, "
                                  f"expected {current.shape}")
+        for current, value in pairs:
             current[...] = value
 
     def num_parameters(self):

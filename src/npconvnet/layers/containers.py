@@ -78,7 +78,12 @@ class Sequential(Model, Layer):
         self._use_glorot_where_no_relu_follows()
 
     def add(self, layer):
-        """Append a layer (Keras' ``model.add``)."""
+        """Append a layer (Keras' ``model.add``).
+
+        The He/Glorot choice of ``weight_init="auto"`` is made once, by the constructor, so that
+        adding a layer never redraws weights that may already be trained: a layer appended here
+        keeps its He-normal start. Pass every layer to the constructor to get the choice made.
+        """
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential: expected Layer objects, got {type(layer).__name__} "
                             f"at position {len(self.layers)}")

@@ -24,8 +24,8 @@ class Conv2D(Layer):
 
     ``padding``: an int, a pair, ``((top, bottom), (left, right))``, ``"valid"`` (none),
     ``"same"`` (output size ``ceil(input / stride)``) or ``"full"`` (``kernel - 1`` each side).
-    ``weight_init="auto"`` draws He-normal weights; a ``Sequential`` switches them to
-    Glorot-uniform when no ReLU follows the layer.
+    ``weight_init="auto"`` draws He-normal weights; a ``Sequential`` built with the layer switches
+    them to Glorot-uniform when no ReLU follows it.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,

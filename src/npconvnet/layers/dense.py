@@ -11,8 +11,8 @@ class Dense(Layer):
     """``(N, in_features) -> (N, out_features)``: ``y = x @ weight.T + bias``.
 
     Backward: ``dL/dx = dL/dy @ weight``, ``dL/dweight = dL/dy.T @ x``, ``dL/dbias = sum_n dL/dy``.
-    ``weight_init="auto"`` draws He-normal weights; a ``Sequential`` switches them to
-    Glorot-uniform when no ReLU follows the layer.
+    ``weight_init="auto"`` draws He-normal weights; a ``Sequential`` built with the layer switches
+    them to Glorot-uniform when no ReLU follows it.
     """
 
     def __init__(self, in_features, out_features, bias=True, weight_init="auto"):
@@ -60,8 +60,9 @@ class Flatten(Layer):
         return (int(np.prod(input_shape)),)
 
     def forward(self, x):
-        if np.ndim(x) < 2:
-            raise ValueError(f"{self!r}: expected an input with a batch axis, got shape {np.shape(x)}")
+        self._check_input(x, layout="(N, ...)")
+        if x.ndim < 2:
+            raise ValueError(f"{self!r}: expected an input with a batch axis, got shape {x.shape}")
         out = x.reshape(x.shape[0], -1)
         self._remember(out, input_shape=x.shape, channel_major=is_channel_major(x))
         return out

@@ -17,6 +17,7 @@ class Dropout(Layer):
         self.p = float(p)
 
     def forward(self, x):
+        self._check_input(x, layout="(N, ...)")
         if not self.training or self.p == 0:
             scale = None
         elif self.p == 1:

@@ -216,6 +216,49 @@ def test_a_run_stopped_early_stays_stopped_when_resumed(tmp_path):
     assert resumed.history.epoch == stopped.history.epoch
 
 
+# Starting a new run where a checkpoint already is
+
+def test_a_new_run_refuses_to_replace_the_checkpoint_of_an_unfinished_run(tmp_path):
+    killed = build()
+    kill_at_step(killed, 23)
+    with pytest.raises(Killed):
+        train(killed, tmp_path)
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    with pytest.raises(FileExistsError) as error:
+        train(build(), tmp_path)
+    message = str(error.value)
+    for fragment in (f"{tmp_path / 'checkpoint.npz'} holds an unfinished run (2 of 5 epochs trained)",
+                     "resume_from=", "another checkpoint_dir", "overwrite=True"):
+        assert fragment in message
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+
+
+def test_overwrite_replaces_the_checkpoint_of_an_unfinished_run(uninterrupted, tmp_path):
+    killed = build()
+    kill_at_step(killed, 23)
+    with pytest.raises(Killed):
+        train(killed, tmp_path)
+    model = build()
+    train(model, tmp_path, overwrite=True)
+    assert_same_run(uninterrupted[0], model)
+    assert load_checkpoint(tmp_path / "checkpoint.npz")[1]["next_epoch"] == 5
+
+
+def test_a_finished_run_is_replaced_when_the_same_call_runs_again(uninterrupted, tmp_path):
+    train(build(), tmp_path)
+    again = build()
+    history = train(again, tmp_path)
+    assert history.epoch == [0, 1, 2, 3, 4]
+    assert_same_run(uninterrupted[0], again)
+
+
+def test_a_new_run_refuses_to_replace_a_file_it_cannot_read(tmp_path):
+    (tmp_path / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    with pytest.raises(FileExistsError, match="exists but is not a readable checkpoint"):
+        train(build(), tmp_path)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == b"not a checkpoint"
+
+
 # What a checkpoint holds
 
 def test_a_checkpoint_is_written_when_training_starts_and_after_every_epoch(tmp_path):

@@ -178,6 +178,39 @@ def test_resume_without_the_run_settings_is_refused(stopped, capsys):
     assert_one_line_error(status, err, "cannot resume", "run.json", "missing or incomplete")
 
 
+# ------------------------------------------------------------ a new run where an old one is
+
+def test_a_new_run_into_the_folder_of_an_unfinished_run_is_refused(stopped, dataset, capsys):
+    folder, checkpoint = stopped
+    before = {name: (folder / name).read_bytes() for name in ("checkpoint.npz", "run.json")}
+    status, _, err = run(capsys, "train", "--dataset", dataset, "--out", folder, *FIRST_RUN)
+    assert_one_line_error(status, err, f"npconvnet: error: {folder} holds an unfinished run (1 of 3 "
+                          f"epochs): resume it with --resume {checkpoint}, or choose another --out, "
+                          "or add --overwrite")
+    assert {name: (folder / name).read_bytes() for name in before} == before
+
+
+def test_overwrite_starts_afresh_in_the_folder_of_an_unfinished_run(stopped, dataset, capsys):
+    folder, checkpoint = stopped
+    status, out, err = run(capsys, "train", "--dataset", dataset, "--out", folder, *FIRST_RUN,
+                           "--overwrite")
+    assert status == 0, err
+    assert "epochs 1-3" in out
+    assert load_checkpoint(checkpoint)[1]["next_epoch"] == 3
+
+
+def test_a_finished_run_is_replaced_when_the_same_command_runs_again(dataset, tmp_path, capsys,
+                                                                    monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    command = ["train", "--dataset", dataset, *FIRST_RUN]
+    assert run(capsys, *command)[0] == 0
+    model_file = tmp_path / "runs" / f"conv5-{dataset.name}" / "model.npz"
+    first = model_file.read_bytes()
+    status, _, err = run(capsys, *command)
+    assert status == 0, err
+    assert model_file.read_bytes() == first
+
+
 # ---------------------------------------------------------------------------- stopped at any moment
 
 # The quick recipe (convnet, Adam with a cosine schedule) with augmentation: the schedule, the

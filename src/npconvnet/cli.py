@@ -373,12 +373,39 @@ def _describe_run(run, model, initial_epoch, x_fit, validation, x_test, shape, c
           f"augmentation {'on' if recipe.get('augment') else 'off'}, seed {run['seed']}")
 
 
+def _refuse_unfinished_run(out):
+    """A CliError if ``out`` holds a run that a new one must not replace: a checkpoint that
+    cannot be read, or one with fewer epochs than its run.json plans (and not stopped early)."""
+    from .serialization import load_checkpoint
+    checkpoint = out / CHECKPOINT_FILE
+    if not checkpoint.exists():
+        return
+    try:
+        _, training = load_checkpoint(checkpoint)
+        recipe = (_read_settings(out) or {}).get("recipe")
+    except (OSError, ValueError, CliError) as error:
+        raise CliError(f"{out} holds a run that cannot be read ({error}); it was left as it is: "
+                       "choose another --out, or add --overwrite to replace it") from None
+    planned = recipe.get("epochs") if isinstance(recipe, dict) else None
+    if training["stop_training"] or (isinstance(planned, int) and training["next_epoch"] >= planned):
+        return
+    progress = (f"{training['next_epoch']} of {planned} epochs" if isinstance(planned, int)
+                else f"{training['next_epoch']} epochs trained")
+    raise CliError(f"{out} holds an unfinished run ({progress}): resume it with --resume {checkpoint}, "
+                   "or choose another --out, or add --overwrite")
+
+
 def cmd_train(args):
     from . import plots, zoo
     from .rng import manual_seed
 
     run = _resolve_run(args)
     recipe = run["recipe"]
+    out = Path(args.out if args.out is not None else
+               Path(args.resume).parent if args.resume is not None else
+               Path("runs") / f"{run['model']}-{_dataset_label(run['dataset'])}")
+    if args.resume is None and not args.overwrite:
+        _refuse_unfinished_run(out)
     (x_fit, y_fit), validation, (x_test, y_test), class_names = _training_data(run, args.data_dir)
     shape = _sample_shape(x_fit)
     preprocessing = zoo.build_preprocessing(recipe)
@@ -403,9 +430,6 @@ def cmd_train(args):
     scheduler = zoo.build_scheduler(recipe, model.optimizer)
     augmenter = zoo.build_augmenter(recipe, seed=run["seed"])
 
-    out = Path(args.out if args.out is not None else
-               Path(args.resume).parent if args.resume is not None else
-               Path("runs") / f"{run['model']}-{_dataset_label(run['dataset'])}")
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / SETTINGS_FILE, {**run, "version": __version__})
     checkpoint = out / CHECKPOINT_FILE
@@ -423,7 +447,7 @@ def cmd_train(args):
             model.fit(x_fit, y_fit, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
                       validation_data=validation, augment=augmenter, seed=run["seed"],
                       verbose=args.verbose, callbacks=callbacks, checkpoint_dir=out,
-                      resume_from=args.resume)
+                      resume_from=args.resume, overwrite=True)    # checked above, with run.json
     except TrainingDivergedError as error:
         steps = math.ceil(len(x_fit) / recipe["batch_size"])
         raise TrainingDiverged(_divergence_message(error, run, steps, checkpoint)) from error
@@ -800,6 +824,10 @@ def build_parser():
                        help="continue a stopped run from its checkpoint.npz, with the settings in "
                             "run.json beside it; options given too must be those of the first run, "
                             "but --epochs may be raised (default: start afresh)")
+    train.add_argument("--overwrite", action="store_true", default=False,
+                       help="start afresh even when --out holds an unfinished run, replacing its "
+                            "checkpoint.npz and run.json (default: off; an unfinished run there is "
+                            "refused, a finished one is replaced)")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                        help="0 quiet, 1 a progress bar per epoch, 2 one line per epoch (default: 1)")
     _add_common(train)

@@ -41,6 +41,11 @@ change the result (seed, batch size, number of samples, shuffle) must be those o
 run. To go on with other settings, e.g. a lower learning rate, use ``load_model(path)``, change
 them, and ``fit(..., initial_epoch=k)``.
 
+A checkpoint already in ``checkpoint_dir`` is never lost by accident: without ``resume_from``,
+``fit`` raises ``FileExistsError`` when it holds an unfinished run (fewer epochs than this
+call's ``epochs``, and not stopped early) or cannot be read; ``overwrite=True`` replaces it.
+A finished run's checkpoint is replaced, so that the same call can be run again.
+
 Divergence: a batch loss that is NaN or infinite (or weights that became so) stops ``fit``
 with :class:`TrainingDivergedError` before anything is saved; the checkpoint keeps the last
 good epoch, and ``save_model`` refuses non-finite weights anyway.
@@ -136,6 +141,26 @@ def _augmenter(augment):
     if callable(augment):
         return augment
     raise TypeError(f"fit: augment must be None, True, or an Augmenter, got {type(augment).__name__}")
+
+
+def _refuse_unfinished_checkpoint(path, epochs):
+    """FileExistsError if ``path`` holds a checkpoint that a new run must not replace: one
+    that cannot be read, or one of a run that trained fewer than ``epochs`` epochs and was not
+    stopped early (the checkpoint does not record the epochs its run planned)."""
+    from .serialization import load_checkpoint     # serialization imports the layers
+    if not os.path.exists(path):
+        return
+    ways = (f"pass resume_from={path!r} to go on with it, choose another checkpoint_dir, "
+            "or pass overwrite=True to replace it")
+    try:
+        _, training = load_checkpoint(path)
+    except (OSError, ValueError) as error:
+        raise FileExistsError(f"fit: {path} exists but is not a readable checkpoint ({error}); it "
+                              "was left as it is: move it away, choose another checkpoint_dir, or "
+                              "pass overwrite=True to replace it") from None
+    if not training["stop_training"] and training["next_epoch"] < epochs:
+        raise FileExistsError(f"fit: {path} holds an unfinished run ({training['next_epoch']} of "
+                              f"{epochs} epochs trained): {ways}")
 
 
 class Model:
@@ -315,7 +340,7 @@ class Model:
     # Training.
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
             augment=None, callbacks=None, seed=None, shuffle=True, verbose=1, initial_epoch=0,
-            checkpoint_dir=None, resume_from=None):
+            checkpoint_dir=None, resume_from=None, overwrite=False):
         """Train for ``epochs - initial_epoch`` epochs (``epochs`` is the index of the last
         epoch, as in Keras); returns a History of these epochs.
 
@@ -327,7 +352,8 @@ class Model:
         module docstring. ``verbose``: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
         ``checkpoint_dir``: a folder for ``checkpoint.npz``, written when training starts and
         after every epoch. ``resume_from``: a checkpoint to go on from, at the epoch after the
-        last one it holds (instead of ``initial_epoch``).
+        last one it holds (instead of ``initial_epoch``). ``overwrite``: replace a checkpoint
+        of an unfinished run in ``checkpoint_dir`` (by default ``FileExistsError``).
 
         Raises :class:`TrainingDivergedError` when the loss becomes NaN or infinite.
         """
@@ -347,6 +373,8 @@ class Model:
         elif initial_epoch >= epochs:
             raise ValueError(f"fit: initial_epoch={initial_epoch} leaves no epoch to train with "
                              f"epochs={epochs} (epochs is the index of the last epoch, as in Keras)")
+        if resume_from is None and checkpoint_dir is not None and not overwrite:
+            _refuse_unfinished_checkpoint(os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_FILE), epochs)
         x, y = _as_array(x, "fit", "x"), _as_array(y, "fit", "y")
         x, y, validation = self._split_validation(x, y, validation_data, validation_split)
         if training is not None:

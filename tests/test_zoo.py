@@ -254,6 +254,20 @@ def test_unknown_name_lists_the_known_models(where):
         where("alexnet")
 
 
+def test_a_name_that_is_not_a_string_lists_the_known_models():
+    with pytest.raises(ValueError, match="unknown model \\['lenet5'\\]; known models"):
+        zoo.get(["lenet5"])
+
+
+def test_describe_leaves_the_global_generator_alone():
+    import npconvnet
+    npconvnet.manual_seed(5)
+    expected = npconvnet.rng.default_rng().random()
+    npconvnet.manual_seed(5)
+    zoo.describe("vgg-mini")
+    assert npconvnet.rng.default_rng().random() == expected
+
+
 def test_names_ignore_case_and_accept_underscores():
     assert zoo.get("VGG_Mini").num_parameters() == zoo.get("vgg-mini").num_parameters()
 

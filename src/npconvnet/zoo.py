@@ -5,7 +5,7 @@
     model = zoo.get("lenet5")                                   # 1x28x28 input, 10 classes
     model = zoo.get("vgg-mini", input_shape=(3, 32, 32), num_classes=5)
     zoo.names()                     # ['tiny', 'conv5', 'convnet', 'lenet5', 'vgg-mini', 'resnet-mini']
-    recipe = zoo.recipe("lenet5")   # {"optimizer": "adam", "lr": 0.001, "epochs": ..., ...}
+    recipe = zoo.recipe("lenet5")   # {"optimizer": "adam", "lr": 0.002, "epochs": 12, ...}
     print(zoo.describe("lenet5"))
 
 Every model is a fresh :class:`~npconvnet.layers.Sequential` (new weights on each call) whose
@@ -37,13 +37,13 @@ model's ``preprocessing``, which the model applies itself and keeps in its file:
 """
 
 import copy
+import inspect
 
 import numpy as np
 
-from . import data, losses, optim, schedulers
+from . import data, losses, optim, rng, schedulers
 from .layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
                      ReLU, Residual, Sequential)
-from .rng import default_rng
 from .training import scaled_pixels
 
 #: The digit augmentation of the strong recipes: shifts up to 10%, rotations up to 10 degrees,
@@ -90,10 +90,10 @@ def _convnet(channels, height, width, num_classes):
                 Conv2D(8, 16, 3, padding=1), ReLU(), MaxPool2D(2)]
     flat = _flat_size(Sequential(features), (channels, height, width))
     model = Sequential(*features, Flatten(), Dense(flat, num_classes))
-    rng = default_rng()
+    generator = rng.default_rng()
     for name, parameter in model.named_parameters():
         if name.endswith("weight"):
-            parameter.data[...] = rng.normal(0.0, 0.01, parameter.data.shape)
+            parameter.data[...] = generator.normal(0.0, 0.01, parameter.data.shape)
         else:
             parameter.data[...] = 0
     return model
@@ -227,7 +227,7 @@ def names():
 
 
 def _entry(name, where):
-    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
+    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else None
     if key not in _MODELS:
         raise ValueError(f"zoo.{where}: unknown model {name!r}; known models: {', '.join(_MODELS)}")
     return key, _MODELS[key]
@@ -281,10 +281,15 @@ def recipe(name, dataset=None):
 def describe(name):
     """A few lines on a model: its architecture's docstring summary and its recipe."""
     key, (build, minimum, _) = _entry(name, "describe")
-    model = get(key)
-    lines = [f"{key}: {model.num_parameters():,} parameters for 1x28x28 input and 10 classes "
+    state = rng.get_state()             # counting parameters must not move the global generator
+    try:
+        count = get(key).num_parameters()
+    finally:
+        rng.set_state(state)
+    architecture = inspect.cleandoc(build.__doc__).replace("::", ":").splitlines()
+    lines = [f"{key}: {count:,} parameters for 1x28x28 input and 10 classes "
              f"(inputs of at least {minimum}x{minimum} pixels)",
-             *("  " + line.strip() for line in build.__doc__.strip().splitlines() if line.strip()),
+             *("  " + line for line in architecture if line.strip()),
              "recipe: " + recipe(key)["description"]]
     return "\n".join(lines)
 

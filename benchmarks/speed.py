@@ -121,7 +121,7 @@ def numpy_training_step(model, x, y):
 
     def step(x=x, y=y):
         loss = loss_fn(model.forward(x), y)
-        model.backward(loss_fn.backward())
+        model.backward(loss_fn.backward(), input_grad=False)   # as PyTorch: the data needs no gradient
         optimizer.step()
         return loss
     return step

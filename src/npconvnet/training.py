@@ -566,7 +566,7 @@ class Model:
             if not math.isfinite(loss):
                 raise self._diverged(run, epoch, batch, loss, f"the loss is {loss}")
             run.last_finite_loss = loss
-            self.backward(self.loss.backward())
+            self.backward(self.loss.backward(), input_grad=False)
             self.optimizer.step()       # backward overwrote every .grad: no zero_grad needed
             total_loss += loss * len(y_batch)
             seen += len(y_batch)

@@ -159,3 +159,31 @@ def test_a_failed_load_state_dict_leaves_every_weight_as_it_was():
         network.load_state_dict(state)
     for name, value in network.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
+
+
+@pytest.mark.parametrize("first_layer", [
+    Conv2D(2, 3, 3, padding=1),                       # transposed-convolution input gradient
+    Conv2D(2, 4, 3, stride=2, padding=1),             # col2im input gradient
+    Sequential(Conv2D(2, 3, 3, padding=1), ReLU()),   # a nested Sequential skips it too
+    ReLU(),                                           # cannot skip: computes it and drops it
+])
+def test_backward_without_input_grad_returns_none_and_the_same_parameter_gradients(first_layer, rng):
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    features = int(np.prod(Sequential(first_layer).output_shape((2, 6, 6))))
+    network = Sequential(first_layer, Flatten(), Dense(features, 3))
+    grad_output = rng.standard_normal((2, 3)).astype(np.float32)
+    network.forward(x)
+    network.backward(grad_output)
+    expected = [p.grad.copy() for p in network.parameters()]
+    network.forward(x)
+    assert network.backward(grad_output, input_grad=False) is None
+    for parameter, gradient in zip(network.parameters(), expected):
+        np.testing.assert_array_equal(parameter.grad, gradient)
+
+
+@pytest.mark.parametrize("layer, shape", [(Conv2D(2, 3, 3), (2, 2, 5, 5)), (Dense(4, 3), (2, 4))])
+def test_a_parameter_layer_skips_its_input_gradient_on_request(layer, shape, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    output = layer.forward(x)
+    assert layer.backward(np.ones_like(output), input_grad=False) is None
+    assert np.abs(layer.weight.grad).sum() > 0 and layer.bias.grad.shape == (3,)

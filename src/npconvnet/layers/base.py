@@ -42,6 +42,11 @@ class Layer:
     #: Names of non-trainable arrays saved with the model (BatchNorm's running statistics).
     buffer_names = ()
 
+    #: Whether ``backward`` takes ``input_grad=False``: compute the parameters' gradients only
+    #: and return None. A network's first layer can, when its input is data: PyTorch likewise
+    #: skips dL/dx for an input that does not require grad. (Conv2D, Dense and Sequential.)
+    can_skip_input_grad = False
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if not cls.__name__.startswith("_"):

@@ -119,10 +119,20 @@ class Sequential(Model, Layer):
                 raise type(error)(f"layer {index} of the Sequential: {error}") from None
         return x
 
-    def backward(self, grad_output):
-        for layer in reversed(self.layers):
+    can_skip_input_grad = True
+
+    def backward(self, grad_output, input_grad=True):
+        """dL/dinput, or None with ``input_grad=False`` (training on data, whose gradient nobody
+        reads): the first layer then computes its parameters' gradients only, when it can."""
+        for layer in reversed(self.layers[1:]):
             grad_output = layer.backward(grad_output)
-        return grad_output
+        if not self.layers:
+            return grad_output if input_grad else None
+        first = self.layers[0]
+        if not input_grad and first.can_skip_input_grad:
+            return first.backward(grad_output, input_grad=False)
+        grad_input = first.backward(grad_output)
+        return grad_input if input_grad else None
 
     def output_shape(self, input_shape):
         for layer in self.layers:

@@ -87,7 +87,9 @@ class Conv2D(Layer):
             columns = self._column_buffer = np.empty(shape, dtype)
         return columns
 
-    def backward(self, grad_output):
+    can_skip_input_grad = True
+
+    def backward(self, grad_output, input_grad=True):
         saved = self._recall(grad_output)
         n, _, out_h, out_w = grad_output.shape
         # (F, N*H'*W'), the layout of the forward product (no copy for a channel-major gradient).
@@ -97,6 +99,8 @@ class Conv2D(Layer):
         self.weight.grad = (saved.cols @ grad_matrix.T).T.reshape(self.weight.data.shape)
         if self.bias is not None:
             self.bias.grad = grad_matrix.sum(axis=1)
+        if not input_grad:
+            return None
         if self._input_gradient_is_a_convolution(saved.padding):
             return self._input_gradient_by_convolution(grad_output, saved)
         # dL/dcols = W^T @ dL/dy, and each column flows back onto the window it came from

@@ -41,12 +41,14 @@ class Dense(Layer):
         self._remember(out, x=x)
         return out
 
-    def backward(self, grad_output):
+    can_skip_input_grad = True
+
+    def backward(self, grad_output, input_grad=True):
         x = self._recall(grad_output).x
         self.weight.grad = grad_output.T @ x
         if self.bias is not None:
             self.bias.grad = grad_output.sum(axis=0)
-        return grad_output @ self.weight.data
+        return grad_output @ self.weight.data if input_grad else None
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,

@@ -1,5 +1,5 @@
 """The sliding-window mechanics shared by convolution and pooling, and the memory layout the
-layers hand on (channel-major: (N, C, H, W) arrays stored as (C, N, H, W))."""
+layers hand on (batch-last: (N, C, H, W) arrays stored as (C, H, W, N))."""
 
 import itertools
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from npconvnet.layers import AvgPool2D, BatchNorm2D, Conv2D, Flatten, MaxPool2D, ReLU, Sequential
-from npconvnet.windows import (channel_major, col2im, im2col, is_channel_major, kernel_offsets, output_size, pad,
-                               to_channel_major, window)
+from npconvnet.windows import (as_matrix, batch_last, col2im, from_matrix, im2col, is_batch_last, kernel_offsets,
+                               output_size, pad, to_batch_last, window)
 
 GEOMETRIES = [((3, 3), (1, 1), (1, 1, 1, 1)), ((2, 3), (2, 1), (0, 1, 2, 0)), ((3, 2), (3, 2), (0, 0, 0, 0))]
 
@@ -20,10 +20,10 @@ def test_im2col_entries_follow_the_window_formula(kernel_size, stride, padding, 
     top, bottom, left, right = padding
     x_pad = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     out_h, out_w = output_size(x.shape[2:], kernel_size, stride, padding)
-    assert cols.shape == (3, *kernel_size, 2, out_h, out_w)
+    assert cols.shape == (3, *kernel_size, out_h, out_w, 2)
     for c, u, v, n, i, j in itertools.product(range(3), range(kernel_size[0]), range(kernel_size[1]),
                                               range(2), range(out_h), range(out_w)):
-        assert cols[c, u, v, n, i, j] == x_pad[n, c, i * stride[0] + u, j * stride[1] + v]
+        assert cols[c, u, v, i, j, n] == x_pad[n, c, i * stride[0] + u, j * stride[1] + v]
 
 
 @pytest.mark.parametrize("kernel_size,stride,padding", GEOMETRIES)
@@ -39,7 +39,7 @@ def test_col2im_is_the_adjoint_of_im2col(kernel_size, stride, padding, rng):
 def test_col2im_takes_the_rows_of_each_kernel_offset_from_a_function(rng):
     x = rng.standard_normal((2, 3, 7, 6))
     cols = rng.standard_normal(im2col(x, (3, 2), (2, 1), (1, 0, 1, 1)).shape)
-    np.testing.assert_array_equal(col2im(lambda u, v: cols[:, u, v], x.shape, (3, 2), (2, 1), (1, 0, 1, 1)),
+    np.testing.assert_array_equal(col2im(lambda u, v: cols[:, u, v].transpose(3, 0, 1, 2), x.shape, (3, 2), (2, 1), (1, 0, 1, 1)),
                                   col2im(cols, x.shape, (3, 2), (2, 1), (1, 0, 1, 1)))
 
 
@@ -53,10 +53,18 @@ def test_kernel_offsets_are_row_major():
     assert kernel_offsets((2, 3)) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
 
 
-def test_channel_major_arrays_store_each_channel_of_the_batch_contiguously():
-    array = channel_major((4, 3, 5, 6), np.float32)
+def test_batch_last_arrays_store_each_channel_of_the_batch_contiguously_with_the_batch_innermost():
+    array = batch_last((4, 3, 5, 6), np.float32)
     assert array.shape == (4, 3, 5, 6)
-    assert array.transpose(1, 0, 2, 3).flags.c_contiguous
+    assert array.transpose(1, 2, 3, 0).flags.c_contiguous
+
+
+def test_a_convolution_matrix_has_a_row_per_channel_and_a_column_per_pixel_of_the_batch(rng):
+    x = to_batch_last(rng.standard_normal((4, 3, 5, 6)))
+    matrix = as_matrix(x)
+    assert matrix.shape == (3, 5 * 6 * 4) and np.shares_memory(matrix, x)
+    np.testing.assert_array_equal(matrix[2].reshape(5, 6, 4)[1, 4], x[:, 2, 1, 4])
+    np.testing.assert_array_equal(from_matrix(matrix, x.shape), x)
 
 
 def test_pad_fills_the_border_and_keeps_the_values(rng):
@@ -75,7 +83,7 @@ def test_layers_give_the_same_results_for_any_memory_layout(layer_index, rng):
     x = rng.standard_normal((4, 3, 8, 7))
     upstream = None
     results = []
-    layouts = [x, np.asfortranarray(x), x.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3),
+    layouts = [x, np.asfortranarray(x), x.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3), to_batch_last(x),
                np.pad(x, 1)[1:-1, 1:-1, 1:-1, 1:-1]]
     layer = layers_under_test()[layer_index].astype(np.float64)
     for array in layouts:
@@ -91,10 +99,14 @@ def test_layers_give_the_same_results_for_any_memory_layout(layer_index, rng):
             np.testing.assert_allclose(ours, reference, rtol=1e-12, atol=1e-12)
 
 
-def test_convolution_output_is_channel_major(rng):
-    out = Conv2D(2, 5, 3, padding=1).forward(rng.standard_normal((3, 2, 6, 6)).astype(np.float32))
-    assert out.shape == (3, 5, 6, 6)
-    assert out.transpose(1, 0, 2, 3).flags.c_contiguous
+@pytest.mark.parametrize("layer", [Conv2D(2, 5, 3, padding=1), Conv2D(2, 1, 3, padding=1), Conv2D(2, 3, 2, 2),
+                                   MaxPool2D(2), AvgPool2D(3, 1, 1)])
+def test_outputs_and_input_gradients_keep_the_batch_innermost(layer, rng):
+    x = to_batch_last(rng.standard_normal((3, 2, 6, 6)).astype(np.float32))
+    out = layer.forward(x)
+    assert is_batch_last(out)
+    grad = layer.backward(to_batch_last(np.ones_like(out)))
+    assert grad.strides[0] == grad.itemsize     # a batch-last array or a window of one
 
 
 def test_a_network_keeps_float64_everywhere(rng):
@@ -115,19 +127,19 @@ def test_max_pool_with_more_than_256_window_entries_keeps_the_right_argmax(rng):
     np.testing.assert_array_equal(grad.reshape(2, -1), expected)
 
 
-def test_to_channel_major_copies_only_when_needed(rng):
+def test_to_batch_last_copies_only_when_needed(rng):
     x = rng.standard_normal((3, 2, 4, 5))
-    converted = to_channel_major(x)
+    converted = to_batch_last(x)
     np.testing.assert_array_equal(converted, x)
-    assert is_channel_major(converted) and not is_channel_major(x)
-    assert np.shares_memory(to_channel_major(converted), converted)
+    assert is_batch_last(converted) and not is_batch_last(x)
+    assert np.shares_memory(to_batch_last(converted), converted)
 
 
 def test_flatten_hands_the_gradient_back_in_the_input_layout(rng):
-    x = to_channel_major(rng.standard_normal((3, 2, 4, 5)))
+    x = to_batch_last(rng.standard_normal((3, 2, 4, 5)))
     layer = Flatten()
     out = layer.forward(x)
     np.testing.assert_array_equal(out, x.reshape(3, -1))
     grad = layer.backward(np.arange(out.size, dtype=np.float64).reshape(out.shape))
-    assert is_channel_major(grad)
+    assert is_batch_last(grad)
     np.testing.assert_array_equal(grad, np.arange(out.size, dtype=np.float64).reshape(x.shape))

@@ -9,11 +9,14 @@ adds each row back onto the pixels it came from, which is exactly the backward p
 only; each step moves a whole strided slice of the batch, never one sample, channel or pixel.
 
 Memory layout: arrays are always indexed ``(N, C, H, W)``, but the layers store images
-*channel-major*, as ``(C, N, H, W)`` in memory (an ``(N, C, H, W)`` view with transposed
-strides, see :func:`channel_major`). In that order a channel of the whole batch is one
-contiguous block: the matrix product of a convolution reads and writes it without a transpose
-copy, and element-wise NumPy operations keep the order of their inputs. Any other layout, such
-as a C-contiguous batch from the user, is accepted and simply costs one copy.
+*batch-last*, as ``(C, H, W, N)`` in memory (an ``(N, C, H, W)`` view with permuted strides,
+see :func:`batch_last`). In that order a channel of the whole batch is one contiguous block,
+so the matrix product of a convolution reads and writes it without a transpose copy; and the
+batch is the innermost axis, so a window view keeps rows of ``W' * N`` contiguous values
+(instead of ``W'``): the copies of ``im2col``, the additions of ``col2im`` and the pooling
+reductions run in long inner loops. Element-wise NumPy operations keep the order of their
+inputs. Any other layout, such as a C-contiguous batch from the user, is accepted and simply
+costs one copy.
 """
 
 import itertools
@@ -100,69 +103,84 @@ def kernel_offsets(kernel_size):
     return list(itertools.product(range(kernel_size[0]), range(kernel_size[1])))
 
 
-def channel_major(shape, dtype, fill=0.0):
-    """An ``(N, C, H, W)`` array stored as ``(C, N, H, W)``, filled with ``fill``.
+def batch_last(shape, dtype, fill=0.0):
+    """An ``(N, C, H, W)`` array stored as ``(C, H, W, N)``, filled with ``fill``.
 
     The layers keep images in this order in memory (see the module docstring); the array is
     indexed as usual, only its strides differ.
     """
     n, c, h, w = shape
-    return np.full((c, n, h, w), fill, dtype=dtype).transpose(1, 0, 2, 3)
+    return np.full((c, h, w, n), fill, dtype=dtype).transpose(3, 0, 1, 2)
 
 
-def is_channel_major(x):
-    """Whether a 4-D array is stored as ``(C, N, H, W)`` (and not also C-contiguous)."""
-    return x.ndim == 4 and x.transpose(1, 0, 2, 3).flags.c_contiguous and not x.flags.c_contiguous
+def is_batch_last(x):
+    """Whether a 4-D array is stored as ``(C, H, W, N)``."""
+    return x.ndim == 4 and x.transpose(1, 2, 3, 0).flags.c_contiguous
 
 
-def to_channel_major(x):
-    """A channel-major copy of an ``(N, C, H, W)`` array (``x`` itself if it is one already)."""
-    return np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+def to_batch_last(x):
+    """A batch-last copy of an ``(N, C, H, W)`` array (``x`` itself if it is one already)."""
+    return np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+
+
+def as_matrix(x):
+    """``(N, C, H, W) -> (C, H * W * N)``: the matrix a convolution multiplies, with one row
+    per channel and one column per pixel of the batch; a view of a batch-last array."""
+    return x.transpose(1, 2, 3, 0).reshape(x.shape[1], -1)
+
+
+def from_matrix(matrix, shape):
+    """Inverse of :func:`as_matrix`: the ``(N, C, H, W)`` view of a ``(C, H * W * N)`` matrix."""
+    n, c, h, w = shape
+    return matrix.reshape(c, h, w, n).transpose(3, 0, 1, 2)
 
 
 def pad(x, padding, pad_value=0.0):
-    """``(N, C, H, W) -> (N, C, H + top + bottom, W + left + right)``, channel-major.
+    """``(N, C, H, W) -> (N, C, H + top + bottom, W + left + right)``, batch-last.
 
     ``padding`` is ``(top, bottom, left, right)``; the border is filled with ``pad_value``.
     """
     top, bottom, left, right = padding
     n, c, h, w = x.shape
-    padded = channel_major((n, c, h + top + bottom, w + left + right), x.dtype, pad_value)
+    padded = batch_last((n, c, h + top + bottom, w + left + right), x.dtype, pad_value)
     padded[:, :, top:top + h, left:left + w] = x
     return padded
 
 
 def im2col(x, kernel_size, stride, padding, out=None):
-    """Every window of ``x`` as a column: ``(N, C, H, W) -> (C, kh, kw, N, H', W')``.
+    """Every window of ``x`` as a column: ``(N, C, H, W) -> (C, kh, kw, H', W', N)``.
 
-    ``cols[c, u, v, n, i, j] = x_pad[n, c, i * sh + u, j * sw + v]``. Channels and kernel
-    offsets come first, so that ``cols.reshape(C * kh * kw, N * H' * W')`` is a single matrix
+    ``cols[c, u, v, i, j, n] = x_pad[n, c, i * sh + u, j * sw + v]``. Channels and kernel
+    offsets come first, so that ``cols.reshape(C * kh * kw, H' * W' * N)`` is a single matrix
     whose columns are the windows of the whole batch. Each offset ``(u, v)`` is one strided
-    copy, which is fastest when ``x`` is channel-major (its ``(C, N, H, W)`` transpose is then
-    contiguous). ``out``, if given, is an array of that shape and dtype to fill.
+    copy of the :func:`window` view, with rows of ``W' * N`` values when ``x`` is batch-last
+    (any other input is made batch-last first). ``out``, if given, is an array of that shape
+    and dtype to fill.
     """
     if any(padding):
         x = pad(x, padding)
+    elif not is_batch_last(x):
+        x = to_batch_last(x)
     n, c, h, w = x.shape
     out_size = ((h - kernel_size[0]) // stride[0] + 1, (w - kernel_size[1]) // stride[1] + 1)
-    images = x.transpose(1, 0, 2, 3)                                 # (C, N, H, W)
-    cols = np.empty((c, *kernel_size, n, *out_size), dtype=x.dtype) if out is None else out
+    cols = np.empty((c, *kernel_size, *out_size, n), dtype=x.dtype) if out is None else out
+    windows = cols.transpose(5, 0, 1, 2, 3, 4)                       # indexed (N, C, kh, kw, H', W')
     for u, v in kernel_offsets(kernel_size):
-        cols[:, u, v] = window(images, (u, v), stride, out_size)
+        windows[:, :, u, v] = window(x, (u, v), stride, out_size)
     return cols
 
 
 def col2im(cols, input_shape, kernel_size, stride, padding):
-    """Adjoint of :func:`im2col`: ``(C, kh, kw, N, H', W') -> (N, C, H, W)``, channel-major.
+    """Adjoint of :func:`im2col`: ``(C, kh, kw, H', W', N) -> (N, C, H, W)``, batch-last.
 
-    ``x[n, c, i * sh + u, j * sw + v] += cols[c, u, v, n, i, j]`` for every window (overlapping
+    ``x[n, c, i * sh + u, j * sw + v] += cols[c, u, v, i, j, n]`` for every window (overlapping
     windows accumulate their gradients), then the padding is cut away (its gradient goes nowhere).
 
-    ``cols`` is the array, or a function ``cols(u, v)`` returning its ``(C, N, H', W')`` rows of
-    kernel offset ``(u, v)``: a caller that computes the rows offset by offset never holds all
-    of them at once.
+    ``cols`` is the array, or a function ``cols(u, v)`` returning the ``(N, C, H', W')`` view
+    of its rows of kernel offset ``(u, v)``: a caller that computes the rows offset by offset
+    never holds all of them at once.
     """
-    rows = cols if callable(cols) else (lambda u, v: cols[:, u, v])
+    rows = cols if callable(cols) else (lambda u, v: cols[:, u, v].transpose(3, 0, 1, 2))
     n, c, height, width = input_shape
     top, bottom, left, right = padding
     out_size = output_size((height, width), kernel_size, stride, padding)
@@ -170,6 +188,6 @@ def col2im(cols, input_shape, kernel_size, stride, padding):
     for u, v in kernel_offsets(kernel_size):
         block = rows(u, v)
         if grad is None:
-            grad = np.zeros((c, n, height + top + bottom, width + left + right), dtype=block.dtype)
+            grad = batch_last((n, c, height + top + bottom, width + left + right), block.dtype)
         window(grad, (u, v), stride, out_size)[...] += block
-    return grad[:, :, top:top + height, left:left + width].transpose(1, 0, 2, 3)
+    return grad[:, :, top:top + height, left:left + width]

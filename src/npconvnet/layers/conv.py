@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from ..parameter import Parameter
-from ..windows import as_pair, check_padding, col2im, im2col, output_size, resolve_padding
+from ..windows import as_matrix, as_pair, check_padding, col2im, from_matrix, im2col, output_size, resolve_padding
 from .base import Layer, init_weight
 
 
@@ -18,7 +18,7 @@ class Conv2D(Layer):
 
     With the windows of the whole batch laid out as the columns of one matrix (``im2col``),
     this is a single matrix product ``y = W @ cols``, ``W`` of shape ``(F, C*kh*kw)`` and
-    ``cols`` of shape ``(C*kh*kw, N*H'*W')``; the backward pass is two more:
+    ``cols`` of shape ``(C*kh*kw, H'*W'*N)``; the backward pass is two more:
     ``dL/dW = dL/dy @ cols^T`` and ``dL/dcols = W^T @ dL/dy``, then ``col2im`` (at stride 1,
     when F <= C, dL/dx is computed as a convolution of dL/dy instead).
 
@@ -65,15 +65,15 @@ class Conv2D(Layer):
             raise ValueError(f"{self!r}: input of size {x.shape[2]}x{x.shape[3]} (padding "
                              f"{padding}) is smaller than the kernel {self.kernel_size}")
         n = x.shape[0]
-        # One matrix product for the whole batch: (F, C*kh*kw) @ (C*kh*kw, N*H'*W').
+        # One matrix product for the whole batch: (F, C*kh*kw) @ (C*kh*kw, H'*W'*N).
         cols = im2col(x, self.kernel_size, self.stride, padding,
-                      out=self._columns((self.in_channels, *self.kernel_size, n, out_h, out_w), x.dtype))
-        cols = cols.reshape(-1, n * out_h * out_w)
-        out = self.weight.data.reshape(self.out_channels, -1) @ cols            # (F, N*H'*W')
+                      out=self._columns((self.in_channels, *self.kernel_size, out_h, out_w, n), x.dtype))
+        cols = cols.reshape(-1, out_h * out_w * n)
+        out = self.weight.data.reshape(self.out_channels, -1) @ cols            # (F, H'*W'*N)
         if self.bias is not None:
             out += self.bias.data[:, None]
-        # Handed on channel-major: an (N, F, H', W') view of the (F, N, H', W') product.
-        out = out.reshape(self.out_channels, n, out_h, out_w).transpose(1, 0, 2, 3)
+        # Handed on batch-last: the (N, F, H', W') view of the product.
+        out = from_matrix(out, (n, self.out_channels, out_h, out_w))
         self._remember(out, input_shape=x.shape, padding=padding, cols=cols)
         return out
 
@@ -92,8 +92,8 @@ class Conv2D(Layer):
     def backward(self, grad_output, input_grad=True):
         saved = self._recall(grad_output)
         n, _, out_h, out_w = grad_output.shape
-        # (F, N*H'*W'), the layout of the forward product (no copy for a channel-major gradient).
-        grad_matrix = grad_output.transpose(1, 0, 2, 3).reshape(self.out_channels, -1)
+        # (F, H'*W'*N), the layout of the forward product (no copy for a batch-last gradient).
+        grad_matrix = as_matrix(grad_output)
         # dL/dW[f, k] = sum over every image and output pixel p of dL/dy[f, p] * cols[k, p],
         # computed as (cols @ dL/dy^T)^T: BLAS runs this orientation faster.
         self.weight.grad = (saved.cols @ grad_matrix.T).T.reshape(self.weight.data.shape)
@@ -106,10 +106,10 @@ class Conv2D(Layer):
         # dL/dcols = W^T @ dL/dy, and each column flows back onto the window it came from
         # (col2im). The rows of kernel offset (u, v) are W[:, :, u, v]^T @ dL/dy: computed one
         # offset at a time, each is added while it is still in the cache, and the whole
-        # (C*kh*kw, N*H'*W') column gradient never exists.
+        # (C*kh*kw, H'*W'*N) column gradient never exists.
         def grad_cols(u, v):
-            rows = self.weight.data[:, :, u, v].T @ grad_matrix                 # (C, N*H'*W')
-            return rows.reshape(self.in_channels, n, out_h, out_w)
+            rows = self.weight.data[:, :, u, v].T @ grad_matrix                 # (C, H'*W'*N)
+            return from_matrix(rows, (n, self.in_channels, out_h, out_w))
         return col2im(grad_cols, saved.input_shape, self.kernel_size, self.stride, saved.padding)
 
     def _input_gradient_is_a_convolution(self, padding):
@@ -130,12 +130,12 @@ class Conv2D(Layer):
         (kh, kw), (top, bottom, left, right) = self.kernel_size, saved.padding
         n, channels, height, width = saved.input_shape
         grad_padding = (kh - 1 - top, kh - 1 - bottom, kw - 1 - left, kw - 1 - right)
-        shape = (self.out_channels, kh, kw, n, height, width)
+        shape = (self.out_channels, kh, kw, height, width, n)
         cols = im2col(grad_output, self.kernel_size, (1, 1), grad_padding,
                       out=_reuse(saved.cols, shape, grad_output.dtype))
         flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(channels, -1)
-        grad_input = flipped @ cols.reshape(flipped.shape[1], -1)                # (C, N*H*W)
-        return grad_input.reshape(channels, n, height, width).transpose(1, 0, 2, 3)
+        grad_input = flipped @ cols.reshape(flipped.shape[1], -1)                # (C, H*W*N)
+        return from_matrix(grad_input, saved.input_shape)
 
     def get_config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..parameter import Parameter
-from ..windows import is_channel_major, to_channel_major
+from ..windows import is_batch_last, to_batch_last
 from .base import Layer, init_weight
 
 
@@ -66,12 +66,12 @@ class Flatten(Layer):
         if x.ndim < 2:
             raise ValueError(f"{self!r}: expected an input with a batch axis, got shape {x.shape}")
         out = x.reshape(x.shape[0], -1)
-        self._remember(out, input_shape=x.shape, channel_major=is_channel_major(x))
+        self._remember(out, input_shape=x.shape, batch_last=is_batch_last(x))
         return out
 
     def backward(self, grad_output):
         saved = self._recall(grad_output)
         grad_input = grad_output.reshape(saved.input_shape)
-        # Handed back in the memory order the input had (channel-major after a convolution or
+        # Handed back in the memory order the input had (batch-last after a convolution or
         # a pooling): a layer whose arrays all share one order runs several times faster.
-        return to_channel_major(grad_input) if saved.channel_major else grad_input
+        return to_batch_last(grad_input) if saved.batch_last else grad_input

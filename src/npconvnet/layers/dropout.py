@@ -24,7 +24,7 @@ class Dropout(Layer):
             scale = np.zeros_like(x)
         else:
             keep = default_rng().random(x.shape, dtype=x.dtype) >= self.p
-            # The scale takes x's memory layout (channel-major after a convolution), so that
+            # The scale takes x's memory layout (batch-last after a convolution), so that
             # x * scale and dL/dy * scale run in one memory order and hand it on.
             scale = np.multiply(keep, x.dtype.type(1 / (1 - self.p)), out=np.empty_like(x))
         out = x if scale is None else x * scale

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ..windows import as_pair, channel_major, kernel_offsets, output_size, pad, resolve_padding, window
+from ..windows import as_pair, batch_last, kernel_offsets, output_size, pad, resolve_padding, window
 from .base import Layer
 
 
@@ -99,7 +99,7 @@ class MaxPool2D(_Pool2D):
         argmax = saved.argmax
         if argmax is None:
             argmax = self._max_and_argmax(saved.x_pad, grad_output.shape[2:])[1]
-        grad = channel_major(saved.padded_shape, grad_output.dtype)
+        grad = batch_last(saved.padded_shape, grad_output.dtype)
         for k, offset in enumerate(kernel_offsets(self.kernel_size)):
             target = window(grad, offset, self.stride, grad_output.shape[2:])
             if self._windows_overlap():
@@ -128,7 +128,7 @@ class AvgPool2D(_Pool2D):
         saved = self._recall(grad_output)
         offsets = kernel_offsets(self.kernel_size)
         share = grad_output / len(offsets)
-        grad = channel_major(saved.padded_shape, grad_output.dtype)
+        grad = batch_last(saved.padded_shape, grad_output.dtype)
         for offset in offsets:
             window(grad, offset, self.stride, grad_output.shape[2:])[...] += share
         return self._unpad(grad, saved.input_shape, saved.padding)
@@ -149,5 +149,6 @@ class GlobalAvgPool2D(Layer):
     def backward(self, grad_output):
         saved = self._recall(grad_output)
         height, width = saved.input_shape[2:]
-        return np.broadcast_to(grad_output[:, :, None, None] / (height * width),
-                               saved.input_shape).copy()
+        grad = batch_last(saved.input_shape, grad_output.dtype)
+        grad[...] = (grad_output / (height * width))[:, :, None, None]
+        return grad

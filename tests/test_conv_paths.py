@@ -1,14 +1,14 @@
-"""Conv2D computes dL/dx in two ways: col2im of the column gradient (computed one kernel offset
-at a time), and, at stride 1 with no more output than input channels, a convolution of dL/dy
-with the flipped kernel. Both must agree with PyTorch; the columns array reused between calls
-must never leak stale values."""
+"""Conv2D computes dL/dx in three ways: col2im of the column gradient, computed in one product
+when it fits in the cache or else one kernel offset at a time, and, at stride 1 with no more
+output than input channels, a convolution of dL/dy with the flipped kernel. All must agree with
+PyTorch; the columns array reused between calls must never leak stale values."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from npconvnet.layers import Conv2D
+from npconvnet.layers import Conv2D, conv
 
 PADDINGS = [0, 1, 2, "same", "full", ((1, 0), (2, 1)), ((0, 2), (1, 0))]
 
@@ -26,9 +26,14 @@ def torch_gradients(torch, layer, x, upstream):
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 @pytest.mark.parametrize("channels,kernel_size,padding",
                          itertools.product([(5, 3), (4, 4), (2, 6)], [1, 2, 3, (2, 3), (3, 1)], PADDINGS))
-def test_input_gradient_matches_pytorch_for_both_methods(channels, kernel_size, padding, rng, torch):
-    in_channels, out_channels = channels      # (5, 3) and (4, 4) take the convolution path
-    layer = Conv2D(in_channels, out_channels, kernel_size, padding=padding, bias=False).astype(np.float64)
+@pytest.mark.parametrize("column_gradient,stride", [("one product", 1), ("one product", 2),
+                                                    ("per kernel offset", 1), ("per kernel offset", 2)])
+def test_input_gradient_matches_pytorch_for_every_method(channels, kernel_size, padding, column_gradient, stride,
+                                                         rng, torch, monkeypatch):
+    in_channels, out_channels = channels      # (5, 3) and (4, 4) at stride 1 take the convolution path
+    if column_gradient == "per kernel offset":
+        monkeypatch.setattr(conv, "CACHE_BYTES", 0)
+    layer = Conv2D(in_channels, out_channels, kernel_size, stride, padding, bias=False).astype(np.float64)
     x = rng.standard_normal((3, in_channels, 7, 6))
     out = layer.forward(x)
     upstream = rng.standard_normal(out.shape)

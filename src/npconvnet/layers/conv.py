@@ -9,6 +9,11 @@ from ..windows import as_matrix, as_pair, check_padding, col2im, from_matrix, im
 from .base import Layer, init_weight
 
 
+#: Arrays up to this size are taken to stay in the processor's cache between two operations
+#: (a conservative share of a laptop or server L3 cache).
+CACHE_BYTES = 8 * 2**20
+
+
 class Conv2D(Layer):
     """2-D convolution over many channels (a cross-correlation, as PyTorch's ``conv2d``).
 
@@ -103,10 +108,17 @@ class Conv2D(Layer):
             return None
         if self._input_gradient_is_a_convolution(saved.padding):
             return self._input_gradient_by_convolution(grad_output, saved)
-        # dL/dcols = W^T @ dL/dy, and each column flows back onto the window it came from
-        # (col2im). The rows of kernel offset (u, v) are W[:, :, u, v]^T @ dL/dy: computed one
-        # offset at a time, each is added while it is still in the cache, and the whole
-        # (C*kh*kw, H'*W'*N) column gradient never exists.
+        # dL/dcols = W^T @ dL/dy, and each column flows back onto the window it came from (col2im).
+        weight_matrix = self.weight.data.reshape(self.out_channels, -1)
+        shape = (weight_matrix.shape[1], grad_matrix.shape[1])                 # (C*kh*kw, H'*W'*N)
+        if math.prod(shape) * grad_matrix.itemsize <= CACHE_BYTES:
+            # One product, written over the forward's columns (read for the last time above).
+            grad_cols = np.matmul(weight_matrix.T, grad_matrix,
+                                  out=_reuse(saved.cols, shape, grad_matrix.dtype))
+            return col2im(grad_cols.reshape(self.in_channels, *self.kernel_size, out_h, out_w, n),
+                          saved.input_shape, self.kernel_size, self.stride, saved.padding)
+        # Larger than the cache: the rows of kernel offset (u, v), W[:, :, u, v]^T @ dL/dy, are
+        # computed one offset at a time and each is added while it is still in the cache.
         def grad_cols(u, v):
             rows = self.weight.data[:, :, u, v].T @ grad_matrix                 # (C, H'*W'*N)
             return from_matrix(rows, (n, self.in_channels, out_h, out_w))

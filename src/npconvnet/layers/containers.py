@@ -68,6 +68,8 @@ class Sequential(Model, Layer):
     dL/d(its input). ``Sequential([a, b])`` and ``Sequential(a, b)`` are the same.
     """
 
+    can_skip_input_grad = True
+
     def __init__(self, *layers):
         super().__init__()
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
@@ -118,8 +120,6 @@ class Sequential(Model, Layer):
             except (ValueError, TypeError) as error:
                 raise type(error)(f"layer {index} of the Sequential: {error}") from None
         return x
-
-    can_skip_input_grad = True
 
     def backward(self, grad_output, input_grad=True):
         """dL/dinput, or None with ``input_grad=False`` (training on data, whose gradient nobody

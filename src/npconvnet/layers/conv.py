@@ -33,6 +33,8 @@ class Conv2D(Layer):
     them to Glorot-uniform when no ReLU follows it.
     """
 
+    can_skip_input_grad = True
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  weight_init="auto"):
         super().__init__()
@@ -91,8 +93,6 @@ class Conv2D(Layer):
         if columns is None or columns.shape != shape or columns.dtype != dtype:
             columns = self._column_buffer = np.empty(shape, dtype)
         return columns
-
-    can_skip_input_grad = True
 
     def backward(self, grad_output, input_grad=True):
         saved = self._recall(grad_output)

@@ -15,6 +15,8 @@ class Dense(Layer):
     them to Glorot-uniform when no ReLU follows it.
     """
 
+    can_skip_input_grad = True
+
     def __init__(self, in_features, out_features, bias=True, weight_init="auto"):
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
@@ -40,8 +42,6 @@ class Dense(Layer):
             out += self.bias.data
         self._remember(out, x=x)
         return out
-
-    can_skip_input_grad = True
 
     def backward(self, grad_output, input_grad=True):
         x = self._recall(grad_output).x

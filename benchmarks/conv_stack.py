@@ -48,7 +48,7 @@ def main():
 
     def ours():
         model.forward(x)
-        model.backward(upstream)
+        model.backward(upstream, input_grad=False)   # the data needs no gradient, as in PyTorch
 
     def theirs():
         reference.zero_grad(set_to_none=True)

@@ -23,6 +23,16 @@ def torch_gradients(torch, layer, x, upstream):
     return x_torch.grad.numpy(), weight.grad.numpy()
 
 
+def assert_gradients_match_pytorch(torch, layer, x, rng):
+    """One forward and backward with a random upstream gradient: dL/dx and dL/dW as PyTorch's."""
+    out = layer.forward(x)
+    upstream = rng.standard_normal(out.shape)
+    grad_input = layer.backward(upstream)
+    expected_input, expected_weight = torch_gradients(torch, layer, x, upstream)
+    np.testing.assert_allclose(grad_input, expected_input, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, expected_weight, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 @pytest.mark.parametrize("channels,kernel_size,padding",
                          itertools.product([(5, 3), (4, 4), (2, 6)], [1, 2, 3, (2, 3), (3, 1)], PADDINGS))
@@ -34,13 +44,7 @@ def test_input_gradient_matches_pytorch_for_every_method(channels, kernel_size, 
     if column_gradient == "per kernel offset":
         monkeypatch.setattr(conv, "CACHE_BYTES", 0)
     layer = Conv2D(in_channels, out_channels, kernel_size, stride, padding, bias=False).astype(np.float64)
-    x = rng.standard_normal((3, in_channels, 7, 6))
-    out = layer.forward(x)
-    upstream = rng.standard_normal(out.shape)
-    grad_input = layer.backward(upstream)
-    expected_input, expected_weight = torch_gradients(torch, layer, x, upstream)
-    np.testing.assert_allclose(grad_input, expected_input, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(layer.weight.grad, expected_weight, rtol=1e-10, atol=1e-12)
+    assert_gradients_match_pytorch(torch, layer, rng.standard_normal((3, in_channels, 7, 6)), rng)
 
 
 def test_float32_gradient_of_float32_layer_stays_float32(rng):
@@ -53,13 +57,7 @@ def test_repeated_calls_with_changing_batch_sizes_give_fresh_results(rng, torch)
     # the columns array is reused when the shape repeats and replaced when it changes
     layer = Conv2D(3, 3, 3, padding=1).astype(np.float64)
     for batch in (4, 4, 2, 5, 4):
-        x = rng.standard_normal((batch, 3, 6, 6))
-        out = layer.forward(x)
-        upstream = rng.standard_normal(out.shape)
-        grad_input = layer.backward(upstream)
-        expected_input, expected_weight = torch_gradients(torch, layer, x, upstream)
-        np.testing.assert_allclose(grad_input, expected_input, rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(layer.weight.grad, expected_weight, rtol=1e-10, atol=1e-12)
+        assert_gradients_match_pytorch(torch, layer, rng.standard_normal((batch, 3, 6, 6)), rng)
 
 
 def test_an_earlier_output_is_not_changed_by_later_calls(rng):

@@ -5,6 +5,7 @@ Most tests call ``npconvnet.cli.main([...])`` in-process (as the console script 
 tiny IDX dataset made here: three easy classes of 28x28 strokes (horizontal, vertical, diagonal).
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -224,11 +225,10 @@ def test_a_tiny_model_file_copied_alone_predicts_evaluates_and_draws_as_beside_i
     np.testing.assert_allclose(top, np.sort(expected)[::-1][:3], rtol=1e-4, atol=1e-6)
 
 
-def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_the_run_as_if_never_stopped(
-        tmp_path, dataset, capsys, monkeypatch):
+@contextlib.contextmanager
+def ctrl_c_in_the_second_epoch():
+    """Training inside this block gets a Ctrl-C (KeyboardInterrupt) as its second epoch starts."""
     from npconvnet.training import Model
-    assert run(capsys, "train", "--dataset", dataset, "--out", tmp_path / "whole", *FAST)[0] == 0
-
     original, calls = Model._train_epoch, []
 
     def interrupted_in_the_second_epoch(self, *args, **kwargs):
@@ -237,15 +237,23 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_the_run_as_if_never_stopp
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Model, "_train_epoch", interrupted_in_the_second_epoch)
-    status, _, err = run(capsys, "train", "--dataset", dataset, "--out", tmp_path / "split", *FAST)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Model, "_train_epoch", interrupted_in_the_second_epoch)
+        yield
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_the_run_as_if_never_stopped(
+        tmp_path, dataset, capsys):
+    assert run(capsys, "train", "--dataset", dataset, "--out", tmp_path / "whole", *FAST)[0] == 0
+
+    with ctrl_c_in_the_second_epoch():
+        status, _, err = run(capsys, "train", "--dataset", dataset, "--out", tmp_path / "split", *FAST)
     assert status == 130
     assert "npconvnet train --resume" in err and "Traceback" not in err
     checkpoint = tmp_path / "split" / "checkpoint.npz"
     assert len(load_model(checkpoint).history) == 1
     assert len((tmp_path / "split" / "history.csv").read_text().strip().splitlines()) == 2
 
-    monkeypatch.setattr(Model, "_train_epoch", original)
     status, out, _ = run(capsys, "train", "--resume", checkpoint, "--verbose", "0")
     assert status == 0 and "epochs 2-3" in out
     resumed, whole = load_model(tmp_path / "split" / "model.npz"), load_model(tmp_path / "whole" / "model.npz")

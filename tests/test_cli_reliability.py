@@ -29,7 +29,8 @@ from npconvnet.serialization import load_checkpoint, load_model
 Image = pytest.importorskip("PIL.Image", reason="the command line reads images with Pillow")
 pytest.importorskip("matplotlib", reason="npconvnet train draws its curves with matplotlib")
 
-from test_cli import _environment, assert_one_line_error, run, write_dataset  # noqa: E402
+from test_cli import (_environment, assert_one_line_error, ctrl_c_in_the_second_epoch, run,  # noqa: E402
+                      write_dataset)
 from test_imaging import png_declaring  # noqa: E402
 
 # A small model and short training, in-process: each run takes well under a second.
@@ -45,17 +46,7 @@ def dataset(tmp_path_factory):
 
 def stop_after_first_epoch(folder, dataset):
     """Run FIRST_RUN in ``folder`` and stop it with Ctrl-C as its second epoch starts."""
-    from npconvnet.training import Model
-    original, calls = Model._train_epoch, []
-
-    def interrupted_in_the_second_epoch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Model, "_train_epoch", interrupted_in_the_second_epoch)
+    with ctrl_c_in_the_second_epoch():
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             assert cli.main(["train", "--dataset", dataset, "--out", folder, *FIRST_RUN]) == 130
     return folder

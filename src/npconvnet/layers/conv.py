@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from ..parameter import Parameter
+from ..products import matmul
 from ..windows import as_matrix, as_pair, check_padding, col2im, from_matrix, im2col, output_size, resolve_padding
 from .base import Layer, init_weight
 
@@ -25,7 +26,8 @@ class Conv2D(Layer):
     this is a single matrix product ``y = W @ cols``, ``W`` of shape ``(F, C*kh*kw)`` and
     ``cols`` of shape ``(C*kh*kw, H'*W'*N)``; the backward pass is two more:
     ``dL/dW = dL/dy @ cols^T`` and ``dL/dcols = W^T @ dL/dy``, then ``col2im`` (at stride 1,
-    when F <= C, dL/dx is computed as a convolution of dL/dy instead).
+    when F <= C, dL/dx is computed as a convolution of dL/dy instead). These products are
+    thin (a few dozen rows, ``H'*W'*N`` columns); ``products.matmul`` runs them in blocks.
 
     ``padding``: an int, a pair, ``((top, bottom), (left, right))``, ``"valid"`` (none),
     ``"same"`` (output size ``ceil(input / stride)``) or ``"full"`` (``kernel - 1`` each side).
@@ -76,7 +78,7 @@ class Conv2D(Layer):
         cols = im2col(x, self.kernel_size, self.stride, padding,
                       out=self._columns((self.in_channels, *self.kernel_size, out_h, out_w, n), x.dtype))
         cols = cols.reshape(-1, out_h * out_w * n)
-        out = self.weight.data.reshape(self.out_channels, -1) @ cols            # (F, H'*W'*N)
+        out = matmul(self.weight.data.reshape(self.out_channels, -1), cols)      # (F, H'*W'*N)
         if self.bias is not None:
             out += self.bias.data[:, None]
         # Handed on batch-last: the (N, F, H', W') view of the product.
@@ -101,7 +103,7 @@ class Conv2D(Layer):
         grad_matrix = as_matrix(grad_output)
         # dL/dW[f, k] = sum over every image and output pixel p of dL/dy[f, p] * cols[k, p],
         # computed as (cols @ dL/dy^T)^T: BLAS runs this orientation faster.
-        self.weight.grad = (saved.cols @ grad_matrix.T).T.reshape(self.weight.data.shape)
+        self.weight.grad = matmul(saved.cols, grad_matrix.T).T.reshape(self.weight.data.shape)
         if self.bias is not None:
             self.bias.grad = grad_matrix.sum(axis=1)
         if not input_grad:
@@ -113,14 +115,14 @@ class Conv2D(Layer):
         shape = (weight_matrix.shape[1], grad_matrix.shape[1])                 # (C*kh*kw, H'*W'*N)
         if math.prod(shape) * grad_matrix.itemsize <= CACHE_BYTES:
             # One product, written over the forward's columns (read for the last time above).
-            grad_cols = np.matmul(weight_matrix.T, grad_matrix,
-                                  out=_reuse(saved.cols, shape, grad_matrix.dtype))
+            grad_cols = matmul(weight_matrix.T, grad_matrix,
+                               out=_reuse(saved.cols, shape, grad_matrix.dtype))
             return col2im(grad_cols.reshape(self.in_channels, *self.kernel_size, out_h, out_w, n),
                           saved.input_shape, self.kernel_size, self.stride, saved.padding)
         # Larger than the cache: the rows of kernel offset (u, v), W[:, :, u, v]^T @ dL/dy, are
         # computed one offset at a time and each is added while it is still in the cache.
         def grad_cols(u, v):
-            rows = self.weight.data[:, :, u, v].T @ grad_matrix                 # (C, H'*W'*N)
+            rows = matmul(self.weight.data[:, :, u, v].T, grad_matrix)         # (C, H'*W'*N)
             return from_matrix(rows, (n, self.in_channels, out_h, out_w))
         return col2im(grad_cols, saved.input_shape, self.kernel_size, self.stride, saved.padding)
 
@@ -146,7 +148,7 @@ class Conv2D(Layer):
         cols = im2col(grad_output, self.kernel_size, (1, 1), grad_padding,
                       out=_reuse(saved.cols, shape, grad_output.dtype))
         flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(channels, -1)
-        grad_input = flipped @ cols.reshape(flipped.shape[1], -1)                # (C, H*W*N)
+        grad_input = matmul(flipped, cols.reshape(flipped.shape[1], -1))        # (C, H*W*N)
         return from_matrix(grad_input, saved.input_shape)
 
     def get_config(self):

@@ -1,7 +1,7 @@
-"""Conv2D computes dL/dx in three ways: col2im of the column gradient, computed in one product
-when it fits in the cache or else one kernel offset at a time, and, at stride 1 with no more
-output than input channels, a convolution of dL/dy with the flipped kernel. All must agree with
-PyTorch; the columns array reused between calls must never leak stale values."""
+"""Conv2D computes its products one block of output rows at a time (one block or many, down to
+a single row), and dL/dx in two ways: col2im of the column gradient, or, at stride 1 with no
+more output than input channels, a convolution of dL/dy with the flipped kernel. All must agree
+with PyTorch, and no call may leak values into another."""
 
 import itertools
 
@@ -36,13 +36,11 @@ def assert_gradients_match_pytorch(torch, layer, x, rng):
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 @pytest.mark.parametrize("channels,kernel_size,padding",
                          itertools.product([(5, 3), (4, 4), (2, 6)], [1, 2, 3, (2, 3), (3, 1)], PADDINGS))
-@pytest.mark.parametrize("column_gradient,stride", [("one product", 1), ("one product", 2),
-                                                    ("per kernel offset", 1), ("per kernel offset", 2)])
-def test_input_gradient_matches_pytorch_for_every_method(channels, kernel_size, padding, column_gradient, stride,
-                                                         rng, torch, monkeypatch):
+@pytest.mark.parametrize("blocks,stride", [("one block", 1), ("one block", 2), ("one row each", 1), ("one row each", 2)])
+def test_gradients_match_pytorch_for_every_method(channels, kernel_size, padding, blocks, stride, rng, torch,
+                                                  monkeypatch):
     in_channels, out_channels = channels      # (5, 3) and (4, 4) at stride 1 take the convolution path
-    if column_gradient == "per kernel offset":
-        monkeypatch.setattr(conv, "CACHE_BYTES", 0)
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 0 if blocks == "one row each" else 2**30)
     layer = Conv2D(in_channels, out_channels, kernel_size, stride, padding, bias=False).astype(np.float64)
     assert_gradients_match_pytorch(torch, layer, rng.standard_normal((3, in_channels, 7, 6)), rng)
 
@@ -54,7 +52,6 @@ def test_float32_gradient_of_float32_layer_stays_float32(rng):
 
 
 def test_repeated_calls_with_changing_batch_sizes_give_fresh_results(rng, torch):
-    # the columns array is reused when the shape repeats and replaced when it changes
     layer = Conv2D(3, 3, 3, padding=1).astype(np.float64)
     for batch in (4, 4, 2, 5, 4):
         assert_gradients_match_pytorch(torch, layer, rng.standard_normal((batch, 3, 6, 6)), rng)
@@ -68,3 +65,13 @@ def test_an_earlier_output_is_not_changed_by_later_calls(rng):
     layer.backward(np.ones_like(first))
     layer.forward(rng.standard_normal((2, 2, 5, 5)).astype(np.float32))
     np.testing.assert_array_equal(first, kept)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (1, ((2, 0), (1, 1)))])
+def test_blocks_of_two_rows_with_a_shorter_last_block_match_pytorch(stride, padding, rng, torch, monkeypatch):
+    layer = Conv2D(3, 4, 3, stride, padding).astype(np.float64)
+    x = rng.standard_normal((3, 3, 13, 6))
+    out_w = layer.output_shape(x.shape[1:])[2]
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 2 * 3 * 9 * out_w * 3 * 8)     # two output rows of columns
+    assert layer.output_shape(x.shape[1:])[1] % 2 == 1
+    assert_gradients_match_pytorch(torch, layer, x, rng)

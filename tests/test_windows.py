@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from npconvnet.layers import AvgPool2D, BatchNorm2D, Conv2D, Flatten, MaxPool2D, ReLU, Sequential
-from npconvnet.windows import (as_matrix, batch_last, col2im, from_matrix, im2col, is_batch_last, kernel_offsets,
-                               output_size, pad, to_batch_last, window)
+from npconvnet.windows import (as_matrix, batch_last, col2im, from_matrix, has_batch_last_rows, im2col, is_batch_last,
+                               kernel_offsets, output_size, pad, rows_of_windows, to_batch_last, window)
 
 GEOMETRIES = [((3, 3), (1, 1), (1, 1, 1, 1)), ((2, 3), (2, 1), (0, 1, 2, 0)), ((3, 2), (3, 2), (0, 0, 0, 0))]
 
@@ -36,11 +36,25 @@ def test_col2im_is_the_adjoint_of_im2col(kernel_size, stride, padding, rng):
     np.testing.assert_allclose(np.sum(im2col(x, kernel_size, stride, padding) * cols), np.sum(x * back))
 
 
-def test_col2im_takes_the_rows_of_each_kernel_offset_from_a_function(rng):
-    x = rng.standard_normal((2, 3, 7, 6))
-    cols = rng.standard_normal(im2col(x, (3, 2), (2, 1), (1, 0, 1, 1)).shape)
-    np.testing.assert_array_equal(col2im(lambda u, v: cols[:, u, v].transpose(3, 0, 1, 2), x.shape, (3, 2), (2, 1), (1, 0, 1, 1)),
-                                  col2im(cols, x.shape, (3, 2), (2, 1), (1, 0, 1, 1)))
+def test_col2im_adds_into_a_given_padded_array(rng):
+    x = rng.standard_normal((2, 3, 6, 5))
+    padding = (1, 0, 1, 1)
+    cols = rng.standard_normal(im2col(x, (3, 2), (2, 1), padding).shape)
+    earlier = to_batch_last(rng.standard_normal((2, 3, 7, 7)))
+    target = earlier.copy()
+    result = col2im(cols, x.shape, (3, 2), (2, 1), padding, out=target)
+    assert np.shares_memory(result, target)
+    expected = earlier[:, :, 1:7, 1:6] + col2im(cols, x.shape, (3, 2), (2, 1), padding)
+    np.testing.assert_allclose(result, expected)
+
+
+def test_the_windows_of_a_block_of_output_rows_are_those_of_the_whole_input(rng):
+    x_pad = to_batch_last(rng.standard_normal((2, 3, 9, 7)))
+    kernel_size, stride = (3, 2), (2, 1)
+    whole = im2col(x_pad, kernel_size, stride, (0, 0, 0, 0))            # (C, kh, kw, 4, 6, N)
+    block = rows_of_windows(x_pad, slice(1, 3), kernel_size, stride)
+    assert has_batch_last_rows(block) and np.shares_memory(block, x_pad)
+    np.testing.assert_array_equal(im2col(block, kernel_size, stride, (0, 0, 0, 0)), whole[:, :, :, 1:3])
 
 
 def test_window_picks_one_kernel_entry_of_every_window():

@@ -118,6 +118,12 @@ def is_batch_last(x):
     return x.ndim == 4 and x.transpose(1, 2, 3, 0).flags.c_contiguous
 
 
+def has_batch_last_rows(x):
+    """Whether every channel of a 4-D array is one contiguous ``(H, W, N)`` block: a batch-last
+    array, or a slice of its rows (which is what a block of output rows reads)."""
+    return x.ndim == 4 and x[:, 0].transpose(1, 2, 0).flags.c_contiguous
+
+
 def to_batch_last(x):
     """A batch-last copy of an ``(N, C, H, W)`` array (``x`` itself if it is one already)."""
     return np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
@@ -154,12 +160,12 @@ def im2col(x, kernel_size, stride, padding, out=None):
     offsets come first, so that ``cols.reshape(C * kh * kw, H' * W' * N)`` is a single matrix
     whose columns are the windows of the whole batch. Each offset ``(u, v)`` is one strided
     copy of the :func:`window` view, with rows of ``W' * N`` values when ``x`` is batch-last
-    (any other input is made batch-last first). ``out``, if given, is an array of that shape
-    and dtype to fill.
+    (any other input is made batch-last first; a slice of a batch-last array's rows is used
+    as it is). ``out``, if given, is an array of that shape and dtype to fill.
     """
     if any(padding):
         x = pad(x, padding)
-    elif not is_batch_last(x):
+    elif not has_batch_last_rows(x):
         x = to_batch_last(x)
     n, c, h, w = x.shape
     out_size = ((h - kernel_size[0]) // stride[0] + 1, (w - kernel_size[1]) // stride[1] + 1)
@@ -170,24 +176,24 @@ def im2col(x, kernel_size, stride, padding, out=None):
     return cols
 
 
-def col2im(cols, input_shape, kernel_size, stride, padding):
+def col2im(cols, input_shape, kernel_size, stride, padding, out=None):
     """Adjoint of :func:`im2col`: ``(C, kh, kw, H', W', N) -> (N, C, H, W)``, batch-last.
 
     ``x[n, c, i * sh + u, j * sw + v] += cols[c, u, v, i, j, n]`` for every window (overlapping
     windows accumulate their gradients), then the padding is cut away (its gradient goes nowhere).
-
-    ``cols`` is the array, or a function ``cols(u, v)`` returning the ``(N, C, H', W')`` view
-    of its rows of kernel offset ``(u, v)``: a caller that computes the rows offset by offset
-    never holds all of them at once.
+    ``out``, if given, is the padded ``(N, C, H + top + bottom, W + left + right)`` array to add
+    into (else a new zero one).
     """
-    rows = cols if callable(cols) else (lambda u, v: cols[:, u, v].transpose(3, 0, 1, 2))
     n, c, height, width = input_shape
     top, bottom, left, right = padding
     out_size = output_size((height, width), kernel_size, stride, padding)
-    grad = None
+    grad = batch_last((n, c, height + top + bottom, width + left + right), cols.dtype) if out is None else out
     for u, v in kernel_offsets(kernel_size):
-        block = rows(u, v)
-        if grad is None:
-            grad = batch_last((n, c, height + top + bottom, width + left + right), block.dtype)
-        window(grad, (u, v), stride, out_size)[...] += block
+        window(grad, (u, v), stride, out_size)[...] += cols[:, u, v].transpose(3, 0, 1, 2)
     return grad[:, :, top:top + height, left:left + width]
+
+
+def rows_of_windows(x_pad, rows, kernel_size, stride):
+    """The rows of a padded input that the windows of output rows ``rows`` (a slice) cover:
+    ``x_pad[:, :, rows.start * sh : (rows.stop - 1) * sh + kh]``, a view."""
+    return x_pad[:, :, rows.start * stride[0]:(rows.stop - 1) * stride[0] + kernel_size[0]]

@@ -1,18 +1,17 @@
 """Convolution."""
 
-import math
-
 import numpy as np
 
 from ..parameter import Parameter
 from ..products import matmul
-from ..windows import as_matrix, as_pair, check_padding, col2im, from_matrix, im2col, output_size, resolve_padding
+from ..windows import (as_matrix, as_pair, batch_last, check_padding, col2im, from_matrix, im2col, output_size, pad,
+                       resolve_padding, rows_of_windows, to_batch_last)
 from .base import Layer, init_weight
 
 
-#: Arrays up to this size are taken to stay in the processor's cache between two operations
-#: (a conservative share of a laptop or server L3 cache).
-CACHE_BYTES = 8 * 2**20
+#: The output rows are processed in blocks whose columns take about this many bytes: small
+#: enough to stay in the processor's cache from im2col to the products that read them.
+BLOCK_BYTES = 2 * 2**20
 
 
 class Conv2D(Layer):
@@ -26,8 +25,12 @@ class Conv2D(Layer):
     this is a single matrix product ``y = W @ cols``, ``W`` of shape ``(F, C*kh*kw)`` and
     ``cols`` of shape ``(C*kh*kw, H'*W'*N)``; the backward pass is two more:
     ``dL/dW = dL/dy @ cols^T`` and ``dL/dcols = W^T @ dL/dy``, then ``col2im`` (at stride 1,
-    when F <= C, dL/dx is computed as a convolution of dL/dy instead). These products are
-    thin (a few dozen rows, ``H'*W'*N`` columns); ``products.matmul`` runs them in blocks.
+    when F <= C, dL/dx is computed as a convolution of dL/dy instead).
+
+    ``cols`` is ``kh * kw`` times larger than the input, so it is never built whole: the
+    products are taken one block of output rows at a time (``BLOCK_BYTES`` of columns), each
+    block's columns built by im2col just before and read while they are still in the cache;
+    backward builds them again from the saved input rather than keeping them.
 
     ``padding``: an int, a pair, ``((top, bottom), (left, right))``, ``"valid"`` (none),
     ``"same"`` (output size ``ceil(input / stride)``) or ``"full"`` (``kernel - 1`` each side).
@@ -73,64 +76,76 @@ class Conv2D(Layer):
         if out_h < 1 or out_w < 1:
             raise ValueError(f"{self!r}: input of size {x.shape[2]}x{x.shape[3]} (padding "
                              f"{padding}) is smaller than the kernel {self.kernel_size}")
-        n = x.shape[0]
-        # One matrix product for the whole batch: (F, C*kh*kw) @ (C*kh*kw, H'*W'*N).
-        cols = im2col(x, self.kernel_size, self.stride, padding,
-                      out=self._columns((self.in_channels, *self.kernel_size, out_h, out_w, n), x.dtype))
-        cols = cols.reshape(-1, out_h * out_w * n)
-        out = matmul(self.weight.data.reshape(self.out_channels, -1), cols)      # (F, H'*W'*N)
+        x_pad = pad(x, padding) if any(padding) else to_batch_last(x)
+        out = self._convolve(x_pad, self.weight.data.reshape(self.out_channels, -1), self.stride,
+                             (out_h, out_w))                                          # (F, H'*W'*N)
         if self.bias is not None:
             out += self.bias.data[:, None]
         # Handed on batch-last: the (N, F, H', W') view of the product.
-        out = from_matrix(out, (n, self.out_channels, out_h, out_w))
-        self._remember(out, input_shape=x.shape, padding=padding, cols=cols)
+        out = from_matrix(out, (x.shape[0], self.out_channels, out_h, out_w))
+        self._remember(out, x_pad=x_pad, input_shape=x.shape, padding=padding)
         return out
 
-    def _columns(self, shape, dtype):
-        """The array ``im2col`` fills: the previous call's when the shape matches. The columns
-        are the largest array of a convolution (``kh * kw`` times its input), and a fresh one
-        costs as much again in page faults as filling it. Only the last forward's backward
-        reads them, so overwriting them on the next forward is safe."""
-        columns = getattr(self, "_column_buffer", None)
-        if columns is None or columns.shape != shape or columns.dtype != dtype:
-            columns = self._column_buffer = np.empty(shape, dtype)
-        return columns
+    def _convolve(self, x_pad, weight_matrix, stride, out_size):
+        """``weight_matrix @ im2col(x_pad)``, ``(F, C*kh*kw) @ (C*kh*kw, H'*W'*N)``, one block
+        of output rows at a time."""
+        (out_h, out_w), n = out_size, x_pad.shape[0]
+        out = np.empty((weight_matrix.shape[0], out_h, out_w * n), np.result_type(weight_matrix, x_pad))
+        for rows, cols in self._column_blocks(x_pad, stride, out_size):
+            matmul(weight_matrix, cols, out=out[:, rows].reshape(len(out), -1))
+        return out.reshape(len(out), -1)
+
+    def _column_blocks(self, x_pad, stride, out_size):
+        """``(rows, cols)`` for each block of output rows: the slice of rows and the
+        ``(C*kh*kw, rows*W'*N)`` columns of their windows, all blocks in one reused array."""
+        (out_h, out_w), (n, channels) = out_size, x_pad.shape[:2]
+        shape = (channels, *self.kernel_size)
+        block = max(1, BLOCK_BYTES // (np.prod(shape) * out_w * n * x_pad.itemsize))
+        buffer = np.empty((*shape, min(block, out_h), out_w, n), x_pad.dtype)
+        for start in range(0, out_h, block):
+            rows = slice(start, min(start + block, out_h))
+            cols = im2col(rows_of_windows(x_pad, rows, self.kernel_size, stride), self.kernel_size, stride,
+                          (0, 0, 0, 0), out=buffer[:, :, :, :rows.stop - rows.start])
+            yield rows, cols.reshape(-1, (rows.stop - rows.start) * out_w * n)
 
     def backward(self, grad_output, input_grad=True):
         saved = self._recall(grad_output)
         n, _, out_h, out_w = grad_output.shape
-        # (F, H'*W'*N), the layout of the forward product (no copy for a batch-last gradient).
-        grad_matrix = as_matrix(grad_output)
-        # dL/dW[f, k] = sum over every image and output pixel p of dL/dy[f, p] * cols[k, p],
-        # computed as (cols @ dL/dy^T)^T: BLAS runs this orientation faster.
-        self.weight.grad = matmul(saved.cols, grad_matrix.T).T.reshape(self.weight.data.shape)
-        if self.bias is not None:
-            self.bias.grad = grad_matrix.sum(axis=1)
-        if not input_grad:
-            return None
-        if self._input_gradient_is_a_convolution(saved.padding):
-            return self._input_gradient_by_convolution(grad_output, saved)
-        # dL/dcols = W^T @ dL/dy, and each column flows back onto the window it came from (col2im).
+        # (F, H', W'*N): the rows of the forward product (no copy for a batch-last gradient).
+        grad_rows = as_matrix(grad_output).reshape(self.out_channels, out_h, -1)
         weight_matrix = self.weight.data.reshape(self.out_channels, -1)
-        shape = (weight_matrix.shape[1], grad_matrix.shape[1])                 # (C*kh*kw, H'*W'*N)
-        if math.prod(shape) * grad_matrix.itemsize <= CACHE_BYTES:
-            # One product, written over the forward's columns (read for the last time above).
-            grad_cols = matmul(weight_matrix.T, grad_matrix,
-                               out=_reuse(saved.cols, shape, grad_matrix.dtype))
-            return col2im(grad_cols.reshape(self.in_channels, *self.kernel_size, out_h, out_w, n),
-                          saved.input_shape, self.kernel_size, self.stride, saved.padding)
-        # Larger than the cache: the rows of kernel offset (u, v), W[:, :, u, v]^T @ dL/dy, are
-        # computed one offset at a time and each is added while it is still in the cache.
-        def grad_cols(u, v):
-            rows = matmul(self.weight.data[:, :, u, v].T, grad_matrix)         # (C, H'*W'*N)
-            return from_matrix(rows, (n, self.in_channels, out_h, out_w))
-        return col2im(grad_cols, saved.input_shape, self.kernel_size, self.stride, saved.padding)
+        by_convolution = input_grad and self._input_gradient_is_a_convolution(saved.padding)
+        grad_x_pad = (batch_last(saved.x_pad.shape, grad_output.dtype)
+                      if input_grad and not by_convolution else None)
+        grad_weight = 0
+        for rows, cols in self._column_blocks(saved.x_pad, self.stride, (out_h, out_w)):
+            grad_block = grad_rows[:, rows].reshape(self.out_channels, -1)
+            # dL/dW[f, k] = sum over every image and output pixel p of dL/dy[f, p] * cols[k, p],
+            # computed as (cols @ dL/dy^T)^T: BLAS runs this orientation faster.
+            grad_weight = grad_weight + matmul(cols, grad_block.T)
+            if grad_x_pad is not None:
+                # dL/dcols = W^T @ dL/dy, written over the block's columns (read for the last
+                # time above); each column flows back onto the window it came from (col2im).
+                grad_cols = matmul(weight_matrix.T, grad_block, out=cols)
+                target = rows_of_windows(grad_x_pad, rows, self.kernel_size, self.stride)
+                col2im(grad_cols.reshape(self.in_channels, *self.kernel_size, rows.stop - rows.start, out_w, n),
+                       target.shape, self.kernel_size, self.stride, (0, 0, 0, 0), out=target)
+        self.weight.grad = grad_weight.T.reshape(self.weight.data.shape)
+        if self.bias is not None:
+            self.bias.grad = grad_rows.sum(axis=(1, 2))
+        if by_convolution:
+            return self._input_gradient_by_convolution(grad_output, saved)
+        if grad_x_pad is None:
+            return None
+        top, _, left, _ = saved.padding
+        height, width = saved.input_shape[2:]
+        return grad_x_pad[:, :, top:top + height, left:left + width]
 
     def _input_gradient_is_a_convolution(self, padding):
         """At stride 1, with no more than ``kernel - 1`` padding on a side, dL/dx can also be
         computed as a convolution of dL/dy. That is faster when F <= C: its columns are no
-        larger than the forward's, and one im2col and one product replace the kh*kw products
-        and read-modify-write passes of col2im."""
+        larger than the forward's, and one im2col and one product replace the product and
+        the kh*kw read-modify-write passes of col2im."""
         kh, kw = self.kernel_size
         return (self.stride == (1, 1) and self.out_channels <= self.in_channels
                 and max(padding[:2]) < kh and max(padding[2:]) < kw)
@@ -142,13 +157,10 @@ class Conv2D(Layer):
             dL/dx[n, c, y, x] = sum_{f, u, v} W[f, c, kh-1-u, kw-1-v] * dL/dy_pad[n, f, y + u, x + v]
         """
         (kh, kw), (top, bottom, left, right) = self.kernel_size, saved.padding
-        n, channels, height, width = saved.input_shape
         grad_padding = (kh - 1 - top, kh - 1 - bottom, kw - 1 - left, kw - 1 - right)
-        shape = (self.out_channels, kh, kw, height, width, n)
-        cols = im2col(grad_output, self.kernel_size, (1, 1), grad_padding,
-                      out=_reuse(saved.cols, shape, grad_output.dtype))
-        flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(channels, -1)
-        grad_input = matmul(flipped, cols.reshape(flipped.shape[1], -1))        # (C, H*W*N)
+        flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(self.in_channels, -1)
+        grad_input = self._convolve(pad(grad_output, grad_padding), flipped, (1, 1),
+                                    saved.input_shape[2:])                             # (C, H*W*N)
         return from_matrix(grad_input, saved.input_shape)
 
     def get_config(self):
@@ -156,11 +168,3 @@ class Conv2D(Layer):
                 "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
                 "bias": self.bias is not None, "weight_init": self.weight_init}
 
-
-def _reuse(buffer, shape, dtype):
-    """An array of ``shape`` in ``buffer``'s memory (a contiguous scratch array that is free
-    now), or a new one when the buffer is too small or of another dtype."""
-    size = math.prod(shape)
-    if buffer.dtype == dtype and buffer.size >= size:
-        return buffer.reshape(-1)[:size].reshape(shape)
-    return np.empty(shape, dtype)

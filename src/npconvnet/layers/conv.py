@@ -101,6 +101,7 @@ class Conv2D(Layer):
         (out_h, out_w), (n, channels) = out_size, x_pad.shape[:2]
         shape = (channels, *self.kernel_size)
         block = max(1, BLOCK_BYTES // (np.prod(shape) * out_w * n * x_pad.itemsize))
+        block = -(-out_h // -(-out_h // block))          # the same number of blocks, evened out
         buffer = np.empty((*shape, min(block, out_h), out_w, n), x_pad.dtype)
         for start in range(0, out_h, block):
             rows = slice(start, min(start + block, out_h))

@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..parameter import Parameter
+from ..windows import as_matrix
 from .base import Layer
 
 
@@ -40,15 +41,14 @@ class _BatchNorm(Layer):
 
     def forward(self, x):
         self._check_input(x, self.input_ndims, self.num_features, self.layout)
-        axes = (0,) + tuple(range(2, x.ndim))
         channel = (1, -1) + (1,) * (x.ndim - 2)             # broadcasts a (C,) vector over x
         if not self.training:
-            return self._evaluate(x, axes, channel)
+            return self._evaluate(x, channel)
         count = x.size // self.num_features
         if count < 2:
             raise ValueError(f"{self!r}: training needs more than one value per channel, got "
                              f"input shape {x.shape} (use eval() for single samples)")
-        mean = x.mean(axis=axes)
+        mean = _channel_sum(x) / count
         x_hat = x - mean.reshape(channel)
         var = _channel_dot(x_hat, x_hat) / count
         self.running_mean = ((1 - self.momentum) * self.running_mean
@@ -59,11 +59,11 @@ class _BatchNorm(Layer):
         x_hat *= inv_std.reshape(channel)
         out = x_hat * self.weight.data.reshape(channel)
         out += self.bias.data.reshape(channel)
-        self._remember(out, x_hat=x_hat, inv_std=inv_std, axes=axes, channel=channel,
+        self._remember(out, x_hat=x_hat, inv_std=inv_std, channel=channel,
                        batch_statistics=True)
         return out
 
-    def _evaluate(self, x, axes, channel):
+    def _evaluate(self, x, channel):
         """With the running statistics the layer is one affine map per channel,
         ``y = x * scale + shift`` (two passes over x). Only x is kept: a backward pass, rare in
         evaluation, recomputes x_hat from it."""
@@ -72,7 +72,7 @@ class _BatchNorm(Layer):
         shift = self.bias.data - self.running_mean * scale
         out = x * scale.reshape(channel).astype(x.dtype)
         out += shift.reshape(channel).astype(x.dtype)
-        self._remember(out, x=x, mean=self.running_mean, inv_std=inv_std, axes=axes,
+        self._remember(out, x=x, mean=self.running_mean, inv_std=inv_std,
                        channel=channel, batch_statistics=False)
         return out
 
@@ -84,7 +84,7 @@ class _BatchNorm(Layer):
         else:
             mean = saved.mean.reshape(channel).astype(saved.x.dtype)
             x_hat = (saved.x - mean) * saved.inv_std.reshape(channel)
-        self.bias.grad = grad_output.sum(axis=saved.axes)
+        self.bias.grad = _channel_sum(grad_output)
         self.weight.grad = _channel_dot(grad_output, x_hat)
         # dL/dx = weight / std * (g - mean(g) - x_hat * mean(g * x_hat)), one channel at a time;
         # the per-channel factors are folded together so that each pass touches x only once.
@@ -114,7 +114,19 @@ class BatchNorm1D(_BatchNorm):
     layout = "(N, C) or (N, C, L)"
 
 
+def _channel_rows(x):
+    """``(C, m)``: one row per channel holding its ``m`` values (a view of a batch-last batch)."""
+    return as_matrix(x) if x.ndim == 4 else np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+
+
+def _channel_sum(x):
+    """``sum over every axis but 1 of x``, as one matrix-vector product: BLAS sums these long
+    rows about three times faster than NumPy's reduction."""
+    rows = _channel_rows(x)
+    return rows @ np.ones(rows.shape[1], rows.dtype)
+
+
 def _channel_dot(a, b):
-    """``sum over every axis but 1 of a * b``, one value per channel, without the product array."""
-    axes = "nchw" if a.ndim == 4 else "ncl"[:a.ndim]
-    return np.einsum(f"{axes},{axes}->c", a, b)
+    """``sum over every axis but 1 of a * b``: one dot product per channel, without the
+    product array."""
+    return np.matmul(_channel_rows(a)[:, None, :], _channel_rows(b)[:, :, None]).reshape(-1)

@@ -23,10 +23,11 @@ class Dropout(Layer):
         elif self.p == 1:
             scale = np.zeros_like(x)
         else:
-            keep = default_rng().random(x.shape, dtype=x.dtype) >= self.p
-            # The scale takes x's memory layout (batch-last after a convolution), so that
-            # x * scale and dL/dy * scale run in one memory order and hand it on.
-            scale = np.multiply(keep, x.dtype.type(1 / (1 - self.p)), out=np.empty_like(x))
+            # The noise is drawn straight into x's memory order (batch-last after a convolution),
+            # so that every pass below, x * scale and dL/dy * scale run in one order.
+            noise = np.empty_like(x)
+            default_rng().random(out=noise.ravel(order="K"), dtype=noise.dtype)
+            scale = np.multiply(noise >= self.p, x.dtype.type(1 / (1 - self.p)), out=noise)
         out = x if scale is None else x * scale
         self._remember(out, scale=scale)
         return out

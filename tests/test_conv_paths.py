@@ -75,3 +75,12 @@ def test_blocks_of_two_rows_with_a_shorter_last_block_match_pytorch(stride, padd
     monkeypatch.setattr(conv, "BLOCK_BYTES", 2 * 3 * 9 * out_w * 3 * 8)     # two output rows of columns
     assert layer.output_shape(x.shape[1:])[1] % 2 == 1
     assert_gradients_match_pytorch(torch, layer, x, rng)
+
+
+@pytest.mark.parametrize("in_channels,out_channels", [(2, 3), (3, 2)])
+def test_an_empty_batch_gives_an_empty_output_and_zero_parameter_gradients(in_channels, out_channels):
+    layer = Conv2D(in_channels, out_channels, 3, padding=1)
+    out = layer.forward(np.zeros((0, in_channels, 5, 5), np.float32))
+    grad_input = layer.backward(np.zeros_like(out))
+    assert out.shape == (0, out_channels, 5, 5) and grad_input.shape == (0, in_channels, 5, 5)
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()

@@ -100,14 +100,14 @@ class Conv2D(Layer):
         ``(C*kh*kw, rows*W'*N)`` columns of their windows, all blocks in one reused array."""
         (out_h, out_w), (n, channels) = out_size, x_pad.shape[:2]
         shape = (channels, *self.kernel_size)
-        block = max(1, BLOCK_BYTES // (np.prod(shape) * out_w * n * x_pad.itemsize))
+        block = max(1, BLOCK_BYTES // max(1, np.prod(shape) * out_w * n * x_pad.itemsize))
         block = -(-out_h // -(-out_h // block))          # the same number of blocks, evened out
         buffer = np.empty((*shape, min(block, out_h), out_w, n), x_pad.dtype)
         for start in range(0, out_h, block):
             rows = slice(start, min(start + block, out_h))
             cols = im2col(rows_of_windows(x_pad, rows, self.kernel_size, stride), self.kernel_size, stride,
                           (0, 0, 0, 0), out=buffer[:, :, :, :rows.stop - rows.start])
-            yield rows, cols.reshape(-1, (rows.stop - rows.start) * out_w * n)
+            yield rows, cols.reshape(np.prod(shape), (rows.stop - rows.start) * out_w * n)
 
     def backward(self, grad_output, input_grad=True):
         saved = self._recall(grad_output)

@@ -62,3 +62,14 @@ def test_float32_operands_give_a_float32_result_close_to_float64():
     assert result.dtype == np.float32
     exact = a.astype(np.float64) @ b.astype(np.float64)
     assert np.abs(result - exact).max() <= 1e-5 * np.abs(exact).max()
+
+
+@pytest.mark.parametrize("strided", ["a longer row stride", "every other element"])
+def test_a_strided_out_is_filled_in_place(strided):
+    a, b = operands((8, 9), (9, 30_000))
+    wide = np.full((8, 60_500), np.nan)
+    out = wide[:, :30_000] if strided == "a longer row stride" else wide[:, :60_000:2]
+    result = matmul(a, b, out=out)
+    assert np.shares_memory(result, wide)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
+    assert np.isnan(wide).sum() == wide.size - out.size

@@ -25,7 +25,8 @@ def matmul(a, b, out=None):
 
     Long ``P`` (a convolution's forward pass and its column gradient): blocks of columns,
     ``out[:, j] = a @ b[:, j]``. Long ``K`` (the weight gradient): blocks of the shared axis,
-    ``a @ b = sum over j of a[:, j] @ b[j, :]``. ``out``, if given, must be C-contiguous.
+    ``a @ b = sum over j of a[:, j] @ b[j, :]``. ``out``, if given, is filled in place
+    (cutting its columns into blocks only splits an axis, which is always a view).
     """
     (m, k), p = a.shape, b.shape[1]
     if p >= k:

@@ -36,11 +36,11 @@ def assert_gradients_match_pytorch(torch, layer, x, rng):
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 @pytest.mark.parametrize("channels,kernel_size,padding",
                          itertools.product([(5, 3), (4, 4), (2, 6)], [1, 2, 3, (2, 3), (3, 1)], PADDINGS))
-@pytest.mark.parametrize("blocks,stride", [("one block", 1), ("one block", 2), ("one row each", 1), ("one row each", 2)])
+@pytest.mark.parametrize("blocks,stride", [("one block", 1), ("one block", 2), ("one pixel each", 1), ("one pixel each", 2)])
 def test_gradients_match_pytorch_for_every_method(channels, kernel_size, padding, blocks, stride, rng, torch,
                                                   monkeypatch):
     in_channels, out_channels = channels      # (5, 3) and (4, 4) at stride 1 take the convolution path
-    monkeypatch.setattr(conv, "BLOCK_BYTES", 0 if blocks == "one row each" else 2**30)
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 0 if blocks == "one pixel each" else 2**30)
     layer = Conv2D(in_channels, out_channels, kernel_size, stride, padding, bias=False).astype(np.float64)
     assert_gradients_match_pytorch(torch, layer, rng.standard_normal((3, in_channels, 7, 6)), rng)
 
@@ -74,6 +74,18 @@ def test_blocks_of_two_rows_with_a_shorter_last_block_match_pytorch(stride, padd
     out_w = layer.output_shape(x.shape[1:])[2]
     monkeypatch.setattr(conv, "BLOCK_BYTES", 2 * 3 * 9 * out_w * 3 * 8)     # two output rows of columns
     assert layer.output_shape(x.shape[1:])[1] % 2 == 1
+    assert_gradients_match_pytorch(torch, layer, x, rng)
+
+
+@pytest.mark.parametrize("in_channels,out_channels", [(3, 4), (4, 3)])
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), ((1, 2), ((0, 1), (2, 1)))])
+def test_blocks_of_two_pixels_of_a_row_with_a_shorter_last_block_match_pytorch(in_channels, out_channels, stride,
+                                                                               padding, rng, torch, monkeypatch):
+    layer = Conv2D(in_channels, out_channels, 3, stride, padding).astype(np.float64)
+    x = rng.standard_normal((3, in_channels, 6, 9))
+    out_w = layer.output_shape(x.shape[1:])[2]
+    monkeypatch.setattr(conv, "BLOCK_BYTES", 2 * in_channels * 9 * 3 * 8)           # two output pixels of columns
+    assert out_w % 2 == 1
     assert_gradients_match_pytorch(torch, layer, x, rng)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from npconvnet.layers import AvgPool2D, BatchNorm2D, Conv2D, Flatten, MaxPool2D, ReLU, Sequential
 from npconvnet.windows import (as_matrix, batch_last, col2im, from_matrix, has_batch_last_rows, im2col, is_batch_last,
-                               kernel_offsets, output_size, pad, rows_of_windows, to_batch_last, window)
+                               kernel_offsets, output_size, pad, to_batch_last, window, windows_of_outputs)
 
 GEOMETRIES = [((3, 3), (1, 1), (1, 1, 1, 1)), ((2, 3), (2, 1), (0, 1, 2, 0)), ((3, 2), (3, 2), (0, 0, 0, 0))]
 
@@ -48,13 +48,21 @@ def test_col2im_adds_into_a_given_padded_array(rng):
     np.testing.assert_allclose(result, expected)
 
 
-def test_the_windows_of_a_block_of_output_rows_are_those_of_the_whole_input(rng):
+@pytest.mark.parametrize("rows,columns", [(slice(1, 3), slice(0, 6)), (slice(2, 3), slice(1, 4)),
+                                          (slice(3, 4), slice(5, 6))])
+def test_the_windows_of_a_block_of_outputs_are_those_of_the_whole_input(rows, columns, rng):
     x_pad = to_batch_last(rng.standard_normal((2, 3, 9, 7)))
     kernel_size, stride = (3, 2), (2, 1)
     whole = im2col(x_pad, kernel_size, stride, (0, 0, 0, 0))            # (C, kh, kw, 4, 6, N)
-    block = rows_of_windows(x_pad, slice(1, 3), kernel_size, stride)
+    block = windows_of_outputs(x_pad, rows, columns, kernel_size, stride)
     assert has_batch_last_rows(block) and np.shares_memory(block, x_pad)
-    np.testing.assert_array_equal(im2col(block, kernel_size, stride, (0, 0, 0, 0)), whole[:, :, :, 1:3])
+    np.testing.assert_array_equal(im2col(block, kernel_size, stride, (0, 0, 0, 0)), whole[:, :, :, rows, columns])
+
+
+def test_only_arrays_whose_image_rows_are_contiguous_runs_of_the_batch_count_as_batch_last_rows(rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    assert has_batch_last_rows(to_batch_last(x)) and not has_batch_last_rows(x)
+    assert not has_batch_last_rows(to_batch_last(x)[:1])               # part of the batch: rows have gaps
 
 
 def test_window_picks_one_kernel_entry_of_every_window():

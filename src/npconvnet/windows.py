@@ -119,9 +119,9 @@ def is_batch_last(x):
 
 
 def has_batch_last_rows(x):
-    """Whether every channel of a 4-D array is one contiguous ``(H, W, N)`` block: a batch-last
-    array, or a slice of its rows (which is what a block of output rows reads)."""
-    return x.ndim == 4 and x[:, 0].transpose(1, 2, 0).flags.c_contiguous
+    """Whether each row of each channel of a 4-D array is one contiguous ``(W, N)`` run, as in a
+    batch-last array or any block of its rows and columns (which is what a block of outputs reads)."""
+    return x.ndim == 4 and x[:, 0, 0].T.flags.c_contiguous
 
 
 def to_batch_last(x):
@@ -160,8 +160,8 @@ def im2col(x, kernel_size, stride, padding, out=None):
     offsets come first, so that ``cols.reshape(C * kh * kw, H' * W' * N)`` is a single matrix
     whose columns are the windows of the whole batch. Each offset ``(u, v)`` is one strided
     copy of the :func:`window` view, with rows of ``W' * N`` values when ``x`` is batch-last
-    (any other input is made batch-last first; a slice of a batch-last array's rows is used
-    as it is). ``out``, if given, is an array of that shape and dtype to fill.
+    (any other input is made batch-last first; a block of a batch-last array's rows and
+    columns is used as it is). ``out``, if given, is an array of that shape and dtype to fill.
     """
     if any(padding):
         x = pad(x, padding)
@@ -193,7 +193,9 @@ def col2im(cols, input_shape, kernel_size, stride, padding, out=None):
     return grad[:, :, top:top + height, left:left + width]
 
 
-def rows_of_windows(x_pad, rows, kernel_size, stride):
-    """The rows of a padded input that the windows of output rows ``rows`` (a slice) cover:
-    ``x_pad[:, :, rows.start * sh : (rows.stop - 1) * sh + kh]``, a view."""
-    return x_pad[:, :, rows.start * stride[0]:(rows.stop - 1) * stride[0] + kernel_size[0]]
+def windows_of_outputs(x_pad, rows, columns, kernel_size, stride):
+    """The part of a padded input that the windows of output rows ``rows`` and columns
+    ``columns`` (slices) cover: ``x_pad[:, :, rows.start * sh : (rows.stop - 1) * sh + kh,
+    columns.start * sw : (columns.stop - 1) * sw + kw]``, a view."""
+    (kh, kw), (sh, sw) = kernel_size, stride
+    return x_pad[:, :, rows.start * sh:(rows.stop - 1) * sh + kh, columns.start * sw:(columns.stop - 1) * sw + kw]

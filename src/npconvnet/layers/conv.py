@@ -5,12 +5,12 @@ import numpy as np
 from ..parameter import Parameter
 from ..products import matmul
 from ..windows import (as_matrix, as_pair, batch_last, check_padding, col2im, from_matrix, im2col, output_size, pad,
-                       resolve_padding, rows_of_windows, to_batch_last)
+                       resolve_padding, to_batch_last, windows_of_outputs)
 from .base import Layer, init_weight
 
 
-#: The output rows are processed in blocks whose columns take about this many bytes: small
-#: enough to stay in the processor's cache from im2col to the products that read them.
+#: The outputs are processed in blocks whose columns take about this many bytes: small enough
+#: to stay in the processor's cache from im2col to the products that read them.
 BLOCK_BYTES = 2 * 2**20
 
 
@@ -28,9 +28,10 @@ class Conv2D(Layer):
     when F <= C, dL/dx is computed as a convolution of dL/dy instead).
 
     ``cols`` is ``kh * kw`` times larger than the input, so it is never built whole: the
-    products are taken one block of output rows at a time (``BLOCK_BYTES`` of columns), each
-    block's columns built by im2col just before and read while they are still in the cache;
-    backward builds them again from the saved input rather than keeping them.
+    products are taken one block of outputs at a time (``BLOCK_BYTES`` of columns: a few output
+    rows, or part of a row for a large batch), each block's columns built by im2col just before
+    and read while they are still in the cache; backward builds them again from the saved input
+    rather than keeping them.
 
     ``padding``: an int, a pair, ``((top, bottom), (left, right))``, ``"valid"`` (none),
     ``"same"`` (output size ``ceil(input / stride)``) or ``"full"`` (``kernel - 1`` each side).
@@ -88,26 +89,35 @@ class Conv2D(Layer):
 
     def _convolve(self, x_pad, weight_matrix, stride, out_size):
         """``weight_matrix @ im2col(x_pad)``, ``(F, C*kh*kw) @ (C*kh*kw, H'*W'*N)``, one block
-        of output rows at a time."""
+        of outputs at a time."""
         (out_h, out_w), n = out_size, x_pad.shape[0]
         out = np.empty((weight_matrix.shape[0], out_h, out_w * n), np.result_type(weight_matrix, x_pad))
-        for rows, cols in self._column_blocks(x_pad, stride, out_size):
-            matmul(weight_matrix, cols, out=out[:, rows].reshape(len(out), -1))
+        for rows, columns, cols in self._column_blocks(x_pad, stride, out_size):
+            matmul(weight_matrix, cols, out=_block_of(out, rows, columns, n))
         return out.reshape(len(out), -1)
 
     def _column_blocks(self, x_pad, stride, out_size):
-        """``(rows, cols)`` for each block of output rows: the slice of rows and the
-        ``(C*kh*kw, rows*W'*N)`` columns of their windows, all blocks in one reused array."""
+        """``(rows, columns, cols)`` for each block of outputs: its output rows and columns
+        (slices) and the ``(C*kh*kw, rows*columns*N)`` columns of their windows, built in one
+        reused buffer. A block is a few whole output rows or, when one row's columns exceed
+        ``BLOCK_BYTES`` (a large batch), part of one row; the blocks are evened out."""
         (out_h, out_w), (n, channels) = out_size, x_pad.shape[:2]
         shape = (channels, *self.kernel_size)
-        block = max(1, BLOCK_BYTES // max(1, np.prod(shape) * out_w * n * x_pad.itemsize))
-        block = -(-out_h // -(-out_h // block))          # the same number of blocks, evened out
-        buffer = np.empty((*shape, min(block, out_h), out_w, n), x_pad.dtype)
-        for start in range(0, out_h, block):
-            rows = slice(start, min(start + block, out_h))
-            cols = im2col(rows_of_windows(x_pad, rows, self.kernel_size, stride), self.kernel_size, stride,
-                          (0, 0, 0, 0), out=buffer[:, :, :, :rows.stop - rows.start])
-            yield rows, cols.reshape(np.prod(shape), (rows.stop - rows.start) * out_w * n)
+        window_size = np.prod(shape)
+        pixels = max(1, BLOCK_BYTES // max(1, window_size * n * x_pad.itemsize))    # output pixels a block
+        if pixels >= out_w:
+            block_h, block_w = _evened(out_h, pixels // out_w), out_w
+        else:
+            block_h, block_w = 1, _evened(out_w, pixels)
+        buffer = np.empty(window_size * block_h * block_w * n, x_pad.dtype)
+        for row in range(0, out_h, block_h):
+            for column in range(0, out_w, block_w):
+                rows, columns = slice(row, min(row + block_h, out_h)), slice(column, min(column + block_w, out_w))
+                size = (rows.stop - rows.start, columns.stop - columns.start)
+                cols = buffer[:window_size * size[0] * size[1] * n].reshape(*shape, *size, n)
+                im2col(windows_of_outputs(x_pad, rows, columns, self.kernel_size, stride), self.kernel_size, stride,
+                       (0, 0, 0, 0), out=cols)
+                yield rows, columns, cols.reshape(window_size, -1)
 
     def backward(self, grad_output, input_grad=True):
         saved = self._recall(grad_output)
@@ -119,8 +129,8 @@ class Conv2D(Layer):
         grad_x_pad = (batch_last(saved.x_pad.shape, grad_output.dtype)
                       if input_grad and not by_convolution else None)
         grad_weight = 0
-        for rows, cols in self._column_blocks(saved.x_pad, self.stride, (out_h, out_w)):
-            grad_block = grad_rows[:, rows].reshape(self.out_channels, -1)
+        for rows, columns, cols in self._column_blocks(saved.x_pad, self.stride, (out_h, out_w)):
+            grad_block = _block_of(grad_rows, rows, columns, n)
             # dL/dW[f, k] = sum over every image and output pixel p of dL/dy[f, p] * cols[k, p],
             # computed as (cols @ dL/dy^T)^T: BLAS runs this orientation faster.
             grad_weight = grad_weight + matmul(cols, grad_block.T)
@@ -128,8 +138,9 @@ class Conv2D(Layer):
                 # dL/dcols = W^T @ dL/dy, written over the block's columns (read for the last
                 # time above); each column flows back onto the window it came from (col2im).
                 grad_cols = matmul(weight_matrix.T, grad_block, out=cols)
-                target = rows_of_windows(grad_x_pad, rows, self.kernel_size, self.stride)
-                col2im(grad_cols.reshape(self.in_channels, *self.kernel_size, rows.stop - rows.start, out_w, n),
+                target = windows_of_outputs(grad_x_pad, rows, columns, self.kernel_size, self.stride)
+                col2im(grad_cols.reshape(self.in_channels, *self.kernel_size, rows.stop - rows.start,
+                                         columns.stop - columns.start, n),
                        target.shape, self.kernel_size, self.stride, (0, 0, 0, 0), out=target)
         self.weight.grad = grad_weight.T.reshape(self.weight.data.shape)
         if self.bias is not None:
@@ -169,3 +180,16 @@ class Conv2D(Layer):
                 "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
                 "bias": self.bias is not None, "weight_init": self.weight_init}
 
+
+
+def _evened(length, block):
+    """A block length (at least 1, at most ``block``) that cuts ``length`` into as few blocks as
+    ``block`` does, of nearly equal lengths."""
+    block = max(1, block)
+    return -(-length // -(-length // block))
+
+
+def _block_of(matrix, rows, columns, n):
+    """The ``(F, rows * columns * N)`` view of a block of outputs in an ``(F, H', W' * N)``
+    matrix: whole rows, or part of one row (either is a view)."""
+    return matrix[:, rows, columns.start * n:columns.stop * n].reshape(len(matrix), -1)

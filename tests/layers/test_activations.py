@@ -50,6 +50,28 @@ def test_sigmoid_and_softmax_stay_finite_for_huge_logits(dtype):
     assert sigmoid.dtype == dtype and softmax.dtype == dtype
 
 
+SPECIAL_VALUES = [-np.inf, -2.0, -0.0, 0.0, 3.0, np.inf, np.nan]
+
+
+@pytest.mark.parametrize("slope", [0.1, -0.5, 1.0, 2.5])
+def test_leaky_relu_matches_pytorch_for_any_slope_and_special_values(slope, torch):
+    x = np.array([SPECIAL_VALUES], np.float32)
+    layer = LeakyReLU(slope)
+    out = layer.forward(x)
+    grad = layer.backward(np.full_like(x, 3.0))
+    x_torch = torch.tensor(x, requires_grad=True)
+    expected = torch.nn.functional.leaky_relu(x_torch, slope)
+    expected.backward(torch.full_like(x_torch, 3.0))
+    np.testing.assert_array_equal(out, expected.detach().numpy())
+    np.testing.assert_array_equal(grad, x_torch.grad.numpy())
+
+
+@pytest.mark.parametrize("layer", [ReLU(), LeakyReLU(0.0)], ids=["ReLU", "LeakyReLU(0)"])
+def test_relu_keeps_nan_and_infinity_and_sends_minus_infinity_to_zero(layer, torch):
+    x = np.array([SPECIAL_VALUES], np.float32)
+    np.testing.assert_array_equal(layer.forward(x), torch.relu(torch.tensor(x)).numpy())
+
+
 def test_leaky_relu_hand_computed():
     out = LeakyReLU(0.1).forward(np.array([[-2.0, 0.0, 3.0]]))
     np.testing.assert_allclose(out, [[-0.2, 0.0, 3.0]])

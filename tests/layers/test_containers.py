@@ -3,6 +3,7 @@ import pytest
 
 import npconvnet
 from gradcheck import check_layer_gradients
+from npconvnet.layers import containers
 from npconvnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                               GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual, Sequential, Sigmoid, Tanh)
 
@@ -187,3 +188,70 @@ def test_a_parameter_layer_skips_its_input_gradient_on_request(layer, shape, rng
     output = layer.forward(x)
     assert layer.backward(np.ones_like(output), input_grad=False) is None
     assert np.abs(layer.weight.grad).sum() > 0 and layer.bias.grad.shape == (3,)
+
+
+def batch_sizes_seen(layer):
+    """Wrap ``layer.forward`` so that it records the batch size of every call."""
+    sizes, forward = [], layer.forward
+    layer.forward = lambda x: (sizes.append(len(x)), forward(x))[1]
+    return sizes
+
+
+class _Identity(npconvnet.layers.Layer):
+    def forward(self, x):
+        self._remember(x)
+        return x
+
+    def backward(self, grad_output):
+        self._recall(grad_output)
+        return grad_output
+
+
+class _SamplewiseIdentity(_Identity):
+    samplewise = True
+
+
+def test_evaluation_runs_a_large_batch_in_chunks_with_the_same_output(rng, monkeypatch):
+    network = small_network().astype(np.float64).eval()
+    x = rng.standard_normal((10, 2, 8, 8))
+    whole = network.forward(x)
+    monkeypatch.setattr(containers, "EVAL_CHUNK", 4)
+    sizes = batch_sizes_seen(network[0])
+    np.testing.assert_allclose(network.forward(x), whole, rtol=1e-12, atol=1e-12)
+    assert sizes == [4, 4, 2]
+
+
+def test_backward_after_an_evaluation_in_chunks_gives_the_gradients_of_the_whole_batch(rng, monkeypatch):
+    network = small_network().astype(np.float64).eval()
+    x = rng.standard_normal((10, 2, 8, 8))
+    upstream = rng.standard_normal((10, 3))
+    network.forward(x)
+    expected_input = network.backward(upstream)
+    expected = [p.grad.copy() for p in network.parameters()]
+    monkeypatch.setattr(containers, "EVAL_CHUNK", 4)
+    network.forward(x)
+    np.testing.assert_allclose(network.backward(upstream), expected_input, rtol=1e-12, atol=1e-12)
+    for parameter, grad in zip(network.parameters(), expected):
+        np.testing.assert_allclose(parameter.grad, grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer,chunked", [(_Identity(), False), (_SamplewiseIdentity(), True)],
+                         ids=["custom layer", "custom samplewise layer"])
+def test_a_custom_layer_is_evaluated_in_chunks_only_when_its_class_says_it_is_samplewise(layer, chunked, monkeypatch):
+    monkeypatch.setattr(containers, "EVAL_CHUNK", 4)
+    network = Sequential(Dense(3, 2), Sequential(layer)).eval()
+    sizes = batch_sizes_seen(network[0])
+    network.forward(np.zeros((10, 3), np.float32))
+    assert sizes == ([4, 4, 2] if chunked else [10])
+
+
+@pytest.mark.parametrize("mode", ["training", "evaluation with one layer in training"])
+def test_a_batch_is_never_cut_into_chunks_in_training_mode(mode, monkeypatch):
+    monkeypatch.setattr(containers, "EVAL_CHUNK", 4)
+    network = Sequential(Dense(3, 2), BatchNorm1D(2))
+    if mode != "training":
+        network.eval()
+        network[1].train()
+    sizes = batch_sizes_seen(network[0])
+    network.forward(np.ones((10, 3), np.float32))
+    assert sizes == [10]

@@ -8,6 +8,8 @@ from .base import Layer
 class ReLU(Layer):
     """``y = max(x, 0)``; ``dy/dx = 1 where x > 0, else 0``."""
 
+    samplewise = True
+
     def forward(self, x):
         self._check_input(x, layout="(N, ...)")
         # max(x, 0) as a clip: NumPy's maximum has no vectorised loop against a scalar, clip does
@@ -33,6 +35,8 @@ class LeakyReLU(Layer):
     two vectorised passes, where ``np.where`` on a random sign pattern is some thirty times slower.
     A slope of 0 is ReLU (computed as ReLU, so that infinities give no ``inf * 0``).
     """
+
+    samplewise = True
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
@@ -66,6 +70,8 @@ def sigmoid(x):
 class Sigmoid(Layer):
     """``y = 1 / (1 + exp(-x))``; ``dy/dx = y (1 - y)``."""
 
+    samplewise = True
+
     def forward(self, x):
         self._check_input(x, layout="(N, ...)")
         out = sigmoid(x)
@@ -79,6 +85,8 @@ class Sigmoid(Layer):
 
 class Tanh(Layer):
     """``y = tanh(x)``; ``dy/dx = 1 - y^2``."""
+
+    samplewise = True
 
     def forward(self, x):
         self._check_input(x, layout="(N, ...)")
@@ -109,6 +117,8 @@ class Softmax(Layer):
 
     Backward (Jacobian-vector product): ``dL/dx = y * (dL/dy - sum_k dL/dy_k * y_k)``.
     """
+
+    samplewise = True
 
     def forward(self, x):
         self._check_input(x, layout="(N, ...)")

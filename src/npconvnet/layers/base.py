@@ -47,6 +47,11 @@ class Layer:
     #: skips dL/dx for an input that does not require grad. (Conv2D, Dense and Sequential.)
     can_skip_input_grad = False
 
+    #: Whether each sample's output depends on that sample alone in evaluation mode, as for every
+    #: built-in layer: a Sequential may then run a large batch through it in chunks (see
+    #: ``Sequential.forward``). A custom layer is taken not to, unless its class says so.
+    samplewise = False
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if not cls.__name__.startswith("_"):
@@ -155,6 +160,11 @@ class Layer:
 
     def eval(self):
         return self.train(False)
+
+    def evaluates_samplewise(self):
+        """Whether this layer and every layer inside it are in evaluation mode and samplewise."""
+        return (not self.training and self.samplewise
+                and all(child.evaluates_samplewise() for _, child in self.children()))
 
     def astype(self, dtype):
         """Convert every parameter and buffer to ``dtype`` (e.g. ``np.float64`` for gradient checks)."""

@@ -39,6 +39,7 @@ class Conv2D(Layer):
     them to Glorot-uniform when no ReLU follows it.
     """
 
+    samplewise = True
     can_skip_input_grad = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,

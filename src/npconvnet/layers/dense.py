@@ -15,6 +15,7 @@ class Dense(Layer):
     them to Glorot-uniform when no ReLU follows it.
     """
 
+    samplewise = True
     can_skip_input_grad = True
 
     def __init__(self, in_features, out_features, bias=True, weight_init="auto"):
@@ -57,6 +58,8 @@ class Dense(Layer):
 
 class Flatten(Layer):
     """``(N, C, H, W) -> (N, C*H*W)`` in C order, as PyTorch's ``x.view(N, -1)``."""
+
+    samplewise = True
 
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)

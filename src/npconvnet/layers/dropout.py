@@ -10,6 +10,8 @@ class Dropout(Layer):
     """Inverted dropout: in training, ``y = x * mask / (1 - p)`` with ``mask ~ Bernoulli(1 - p)``,
     so that evaluation (``y = x``) needs no rescaling. Backward multiplies by the same mask."""
 
+    samplewise = True
+
     def __init__(self, p=0.5):
         super().__init__()
         if not 0 <= p <= 1:

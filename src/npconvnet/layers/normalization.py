@@ -21,6 +21,7 @@ class _BatchNorm(Layer):
         dL/dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(var + eps)
     """
 
+    samplewise = True
     buffer_names = ("running_mean", "running_var")
     input_ndims = ()
     layout = ""

@@ -13,6 +13,8 @@ class _Pool2D(Layer):
     (windows that would run past the padded input are dropped, as in PyTorch's default).
     """
 
+    samplewise = True
+
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         owner = f"{type(self).__name__}(kernel_size={kernel_size!r})"
@@ -136,6 +138,8 @@ class AvgPool2D(_Pool2D):
 
 class GlobalAvgPool2D(Layer):
     """``(N, C, H, W) -> (N, C)``: ``y[n, c] = mean over (h, w) of x[n, c, h, w]``."""
+
+    samplewise = True
 
     def output_shape(self, input_shape):
         return tuple(input_shape[:-2])

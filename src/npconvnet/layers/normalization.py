@@ -50,18 +50,17 @@ class _BatchNorm(Layer):
             raise ValueError(f"{self!r}: training needs more than one value per channel, got "
                              f"input shape {x.shape} (use eval() for single samples)")
         mean = _channel_sum(x) / count
-        x_hat = x - mean.reshape(channel)
-        var = _channel_dot(x_hat, x_hat) / count
+        centered = x - mean.reshape(channel)
+        var = _channel_dot(centered, centered) / count
         self.running_mean = ((1 - self.momentum) * self.running_mean
                              + self.momentum * mean).astype(self.running_mean.dtype)
         self.running_var = ((1 - self.momentum) * self.running_var
                             + self.momentum * var * count / (count - 1)).astype(self.running_var.dtype)
         inv_std = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
-        x_hat *= inv_std.reshape(channel)
-        out = x_hat * self.weight.data.reshape(channel)
+        # y = x_hat * weight + bias with x_hat = centered * inv_std, the two factors folded into one.
+        out = centered * (self.weight.data * inv_std).reshape(channel)
         out += self.bias.data.reshape(channel)
-        self._remember(out, x_hat=x_hat, inv_std=inv_std, channel=channel,
-                       batch_statistics=True)
+        self._remember(out, centered=centered, inv_std=inv_std, channel=channel, batch_statistics=True)
         return out
 
     def _evaluate(self, x, channel):
@@ -81,19 +80,21 @@ class _BatchNorm(Layer):
         saved = self._recall(grad_output)
         channel = saved.channel
         if saved.batch_statistics:
-            x_hat = saved.x_hat
+            centered = saved.centered
         else:
-            mean = saved.mean.reshape(channel).astype(saved.x.dtype)
-            x_hat = (saved.x - mean) * saved.inv_std.reshape(channel)
+            centered = saved.x - saved.mean.reshape(channel).astype(saved.x.dtype)
         self.bias.grad = _channel_sum(grad_output)
-        self.weight.grad = _channel_dot(grad_output, x_hat)
+        # x_hat = centered * inv_std: its factor is applied to the per-channel sums, not to x.
+        self.weight.grad = _channel_dot(grad_output, centered) * saved.inv_std
         # dL/dx = weight / std * (g - mean(g) - x_hat * mean(g * x_hat)), one channel at a time;
         # the per-channel factors are folded together so that each pass touches x only once.
         scale = self.weight.data * saved.inv_std
         grad_input = grad_output * scale.reshape(channel)
         if saved.batch_statistics:
             count = grad_output.size // self.num_features
-            grad_input -= x_hat * (scale * self.weight.grad / count).reshape(channel)
+            # centered is not needed after this: it takes the product in place.
+            grad_input -= np.multiply(centered, (scale * saved.inv_std * self.weight.grad / count).reshape(channel),
+                                      out=centered)
             grad_input -= (scale * self.bias.grad / count).reshape(channel)
         return grad_input
 

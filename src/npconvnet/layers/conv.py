@@ -3,7 +3,7 @@
 import numpy as np
 
 from ..parameter import Parameter
-from ..products import matmul
+from ..products import matmul, row_sums
 from ..windows import (as_matrix, as_pair, batch_last, check_padding, col2im, from_matrix, im2col, output_size, pad,
                        resolve_padding, to_batch_last, windows_of_outputs)
 from .base import Layer, init_weight
@@ -145,7 +145,7 @@ class Conv2D(Layer):
                        target.shape, self.kernel_size, self.stride, (0, 0, 0, 0), out=target)
         self.weight.grad = grad_weight.T.reshape(self.weight.data.shape)
         if self.bias is not None:
-            self.bias.grad = grad_rows.sum(axis=(1, 2))
+            self.bias.grad = row_sums(grad_rows.reshape(self.out_channels, -1))
         if by_convolution:
             return self._input_gradient_by_convolution(grad_output, saved)
         if grad_x_pad is None:

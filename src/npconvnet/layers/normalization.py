@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..parameter import Parameter
+from ..products import row_sums
 from ..windows import as_matrix
 from .base import Layer
 
@@ -122,10 +123,8 @@ def _channel_rows(x):
 
 
 def _channel_sum(x):
-    """``sum over every axis but 1 of x``, as one matrix-vector product: BLAS sums these long
-    rows about three times faster than NumPy's reduction."""
-    rows = _channel_rows(x)
-    return rows @ np.ones(rows.shape[1], rows.dtype)
+    """``sum over every axis but 1 of x``."""
+    return row_sums(_channel_rows(x))
 
 
 def _channel_dot(a, b):

@@ -101,7 +101,10 @@ class MaxPool2D(_Pool2D):
         argmax = saved.argmax
         if argmax is None:
             argmax = self._max_and_argmax(saved.x_pad, grad_output.shape[2:])[1]
-        grad = batch_last(saved.padded_shape, grad_output.dtype)
+        # When the windows tile the input exactly, every pixel is written below: no zeros first.
+        tiled = self.stride == self.kernel_size and saved.padded_shape[2:] == tuple(
+            size * kernel for size, kernel in zip(grad_output.shape[2:], self.kernel_size))
+        grad = batch_last(saved.padded_shape, grad_output.dtype, fill=None if tiled else 0.0)
         for k, offset in enumerate(kernel_offsets(self.kernel_size)):
             target = window(grad, offset, self.stride, grad_output.shape[2:])
             if self._windows_overlap():

@@ -143,14 +143,26 @@ def from_matrix(matrix, shape):
     return matrix.reshape(c, h, w, n).transpose(3, 0, 1, 2)
 
 
-def pad(x, padding, pad_value=0.0):
+def padded_shape(shape, padding):
+    """``(N, C, H, W)`` -> the shape after ``padding`` ``(top, bottom, left, right)``."""
+    top, bottom, left, right = padding
+    n, c, h, w = shape
+    return n, c, h + top + bottom, w + left + right
+
+
+def pad(x, padding, pad_value=0.0, out=None):
     """``(N, C, H, W) -> (N, C, H + top + bottom, W + left + right)``, batch-last.
 
     ``padding`` is ``(top, bottom, left, right)``; the border is filled with ``pad_value``.
+    ``out``, if given, is the array of that shape to write into.
     """
-    top, bottom, left, right = padding
-    n, c, h, w = x.shape
-    padded = batch_last((n, c, h + top + bottom, w + left + right), x.dtype, pad_value)
+    top, _, left, _ = padding
+    _, _, h, w = x.shape
+    if out is None:
+        padded = batch_last(padded_shape(x.shape, padding), x.dtype, pad_value)
+    else:
+        padded = out
+        padded.fill(pad_value)
     padded[:, :, top:top + h, left:left + w] = x
     return padded
 

@@ -3,7 +3,7 @@ import pytest
 
 import npconvnet
 from gradcheck import check_layer_gradients
-from npconvnet.layers import containers
+from npconvnet.layers import base, containers
 from npconvnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                               GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual, Sequential, Sigmoid, Tanh)
 
@@ -255,3 +255,42 @@ def test_a_batch_is_never_cut_into_chunks_in_training_mode(mode, monkeypatch):
     sizes = batch_sizes_seen(network[0])
     network.forward(np.ones((10, 3), np.float32))
     assert sizes == [10]
+
+
+def train_small_network(batch_sizes, rng):
+    """Parameters and input gradients after one SGD step per batch size (dropout seeded)."""
+    npconvnet.manual_seed(0)
+    network = small_network().astype(np.float64)
+    grads = []
+    for size in batch_sizes:
+        x = rng.standard_normal((size, 2, 8, 8))
+        out = network.forward(x)
+        grads.append(network.backward(np.cos(out)))
+        for parameter in network.parameters():
+            parameter.data -= 0.1 * parameter.grad
+    return [p.data for p in network.parameters()], grads
+
+
+def test_arrays_kept_from_call_to_call_give_the_same_training_as_fresh_ones(monkeypatch):
+    batch_sizes = [3, 3, 2, 3]                        # a new shape in between: new arrays, then back
+    monkeypatch.setattr(base, "WORKSPACE_BYTES", 2**62)
+    fresh = train_small_network(batch_sizes, np.random.default_rng(1))
+    monkeypatch.setattr(base, "WORKSPACE_BYTES", 0)
+    kept = train_small_network(batch_sizes, np.random.default_rng(1))
+    for expected, actual in zip(fresh[0] + fresh[1], kept[0] + kept[1]):
+        np.testing.assert_array_equal(actual, expected)
+
+
+@pytest.mark.parametrize("layer", [Conv2D(2, 2, 3, padding=1), BatchNorm2D(2), ReLU(), MaxPool2D(2), Dropout(0.5)],
+                         ids=lambda layer: type(layer).__name__)
+def test_what_a_layer_returns_is_never_written_over_by_its_next_calls(layer, rng, monkeypatch):
+    monkeypatch.setattr(base, "WORKSPACE_BYTES", 0)
+    first = rng.standard_normal((2, 2, 4, 4))
+    out = layer.forward(first)
+    grad = layer.backward(np.ones_like(out))
+    kept = out.copy(), grad.copy()
+    for _ in range(2):
+        layer.forward(rng.standard_normal(first.shape))
+        layer.backward(rng.standard_normal(out.shape))
+    np.testing.assert_array_equal(out, kept[0])
+    np.testing.assert_array_equal(grad, kept[1])

@@ -17,7 +17,8 @@ class ReLU(Layer):
         out = np.clip(x, 0, np.inf)
         # Evaluation skips the mask, which a rare backward pass then reads off the output.
         if self.training:
-            self._remember(out, positive=x > 0, out=None)
+            positive = self._workspace("positive", x.shape, bool, lambda: np.empty_like(x, bool))
+            self._remember(out, positive=np.greater(x, 0, out=positive), out=None)
         else:
             self._remember(out, positive=None, out=out)
         return out

@@ -10,6 +10,10 @@ from ..rng import default_rng
 #: Every layer class by name, so that a model file can name its layers (see serialization).
 LAYER_CLASSES = {}
 
+#: Arrays a layer keeps for backward are kept from one call to the next from this size on
+#: (see ``Layer._workspace``).
+WORKSPACE_BYTES = 2 * 2**20
+
 
 def init_weight(method, shape, fan_in, fan_out):
     """Draw initial weights from the global generator.
@@ -60,6 +64,7 @@ class Layer:
     def __init__(self):
         self.training = True
         self._cache = None
+        self._workspaces = {}
 
     def __call__(self, x):
         return self.forward(x)
@@ -69,6 +74,25 @@ class Layer:
 
     def backward(self, grad_output):
         raise NotImplementedError
+
+    def _workspace(self, name, shape, dtype, create):
+        """An array for a value that backward needs: ``create()`` (an uninitialised array of
+        ``shape`` and ``dtype``), and for one of ``WORKSPACE_BYTES`` or more the same array again
+        at later calls with the same shape and dtype.
+
+        Only what the layer keeps for itself goes here, never what it returns: the next forward
+        writes over it. Keeping the large ones from one step to the next spares the allocator
+        from handing their memory back to the system after every backward and faulting it in
+        again in the next forward (vgg-mini: 8,000 page faults and 18 ms of system time per
+        training step, 15% of the step). Smaller arrays are better left to the allocator, which
+        hands out memory freed a moment ago and still in the cache.
+        """
+        if np.prod(shape) * np.dtype(dtype).itemsize < WORKSPACE_BYTES:
+            return create()
+        key = (tuple(shape), np.dtype(dtype))
+        if self._workspaces.get(name, (None,))[0] != key:
+            self._workspaces[name] = (key, create())
+        return self._workspaces[name][1]
 
     # What backward needs from forward.
     def _remember(self, output, **values):

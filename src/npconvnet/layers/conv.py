@@ -5,7 +5,7 @@ import numpy as np
 from ..parameter import Parameter
 from ..products import matmul, row_sums
 from ..windows import (as_matrix, as_pair, batch_last, check_padding, col2im, from_matrix, im2col, output_size, pad,
-                       resolve_padding, to_batch_last, windows_of_outputs)
+                       padded_shape, resolve_padding, to_batch_last, windows_of_outputs)
 from .base import Layer, init_weight
 
 
@@ -78,7 +78,12 @@ class Conv2D(Layer):
         if out_h < 1 or out_w < 1:
             raise ValueError(f"{self!r}: input of size {x.shape[2]}x{x.shape[3]} (padding "
                              f"{padding}) is smaller than the kernel {self.kernel_size}")
-        x_pad = pad(x, padding) if any(padding) else to_batch_last(x)
+        if any(padding):
+            shape = padded_shape(x.shape, padding)
+            x_pad = pad(x, padding, out=self._workspace("x_pad", shape, x.dtype,
+                                                         lambda: batch_last(shape, x.dtype, fill=None)))
+        else:
+            x_pad = to_batch_last(x)
         out = self._convolve(x_pad, self.weight.data.reshape(self.out_channels, -1), self.stride,
                              (out_h, out_w))                                          # (F, H'*W'*N)
         if self.bias is not None:
@@ -110,7 +115,9 @@ class Conv2D(Layer):
             block_h, block_w = _evened(out_h, pixels // out_w), out_w
         else:
             block_h, block_w = 1, _evened(out_w, pixels)
-        buffer = np.empty(window_size * block_h * block_w * n, x_pad.dtype)
+        size = window_size * block_h * block_w * n
+        buffer = self._workspace(f"columns of {window_size}", (size,), x_pad.dtype,
+                                 lambda: np.empty(size, x_pad.dtype))
         for row in range(0, out_h, block_h):
             for column in range(0, out_w, block_w):
                 rows, columns = slice(row, min(row + block_h, out_h)), slice(column, min(column + block_w, out_w))
@@ -172,7 +179,10 @@ class Conv2D(Layer):
         (kh, kw), (top, bottom, left, right) = self.kernel_size, saved.padding
         grad_padding = (kh - 1 - top, kh - 1 - bottom, kw - 1 - left, kw - 1 - right)
         flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(self.in_channels, -1)
-        grad_input = self._convolve(pad(grad_output, grad_padding), flipped, (1, 1),
+        shape = padded_shape(grad_output.shape, grad_padding)
+        grad_pad = pad(grad_output, grad_padding, out=self._workspace(
+            "grad_pad", shape, grad_output.dtype, lambda: batch_last(shape, grad_output.dtype, fill=None)))
+        grad_input = self._convolve(grad_pad, flipped, (1, 1),
                                     saved.input_shape[2:])                             # (C, H*W*N)
         return from_matrix(grad_input, saved.input_shape)
 

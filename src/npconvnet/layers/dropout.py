@@ -27,7 +27,7 @@ class Dropout(Layer):
         else:
             # The noise is drawn straight into x's memory order (batch-last after a convolution),
             # so that every pass below, x * scale and dL/dy * scale run in one order.
-            noise = np.empty_like(x)
+            noise = self._workspace("noise", x.shape, x.dtype, lambda: np.empty_like(x))
             default_rng().random(out=noise.ravel(order="K"), dtype=noise.dtype)
             scale = np.multiply(noise >= self.p, x.dtype.type(1 / (1 - self.p)), out=noise)
         out = x if scale is None else x * scale

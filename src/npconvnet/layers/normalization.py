@@ -51,7 +51,8 @@ class _BatchNorm(Layer):
             raise ValueError(f"{self!r}: training needs more than one value per channel, got "
                              f"input shape {x.shape} (use eval() for single samples)")
         mean = _channel_sum(x) / count
-        centered = x - mean.reshape(channel)
+        centered = np.subtract(x, mean.reshape(channel),
+                               out=self._workspace("centered", x.shape, x.dtype, lambda: np.empty_like(x)))
         var = _channel_dot(centered, centered) / count
         self.running_mean = ((1 - self.momentum) * self.running_mean
                              + self.momentum * mean).astype(self.running_mean.dtype)

@@ -85,7 +85,9 @@ class MaxPool2D(_Pool2D):
     def _max_and_argmax(self, x_pad, out_size):
         offsets = kernel_offsets(self.kernel_size)
         out = window(x_pad, offsets[0], self.stride, out_size).copy(order="K")
-        argmax = np.zeros_like(out, dtype=np.min_scalar_type(len(offsets) - 1))
+        dtype = np.min_scalar_type(len(offsets) - 1)
+        argmax = self._workspace("argmax", out.shape, dtype, lambda: np.empty_like(out, dtype))
+        argmax.fill(0)
         # Arithmetic instead of masked assignment (np.where, where=), which is several times
         # slower: k exceeds every earlier offset, so max(argmax, k * (candidate > out)) is k
         # exactly where the candidate beats the running maximum (strictly: the first maximum

@@ -5,9 +5,11 @@
 For the zoo models ``convnet``, ``lenet5`` and ``vgg-mini`` (1x28x28 inputs, 10 classes) the same
 network is built in both libraries (the PyTorch twin is converted layer by layer from the
 npconvnet model, weights copied, outputs checked equal), in float32, with the same number of
-BLAS / OpenMP threads, on MNIST training images (random noise if MNIST is not found), in the
-same process. The libraries take turns of five calls, so that both see the same background load
-and each runs several calls in a row, as in a training loop. The training steps go through 50
+BLAS / OpenMP threads, on MNIST training images (random noise if MNIST is not found), each
+library in a worker process of its own (in one shared process each library's allocations
+changed how often the other's memory was faulted in again, see ``Worker``). The libraries take
+turns of five calls, so that both see the same background load and each runs several calls in
+a row, as in a training loop. The training steps go through 50
 batches of randomly drawn training images (seeded, the same for both), so that no batch comes
 back more than a few times, and inference runs on another random sample. Training on one batch
 over and over, as an earlier version of this benchmark did, measures a regime no training loop
@@ -22,7 +24,8 @@ not), which flattered npconvnet. Reported, as medians after a warm-up:
 - the GFLOP/s of npconvnet's convolutions (forward, weight gradient and input gradient of each
   Conv2D at batch 128), next to the float32 matrix-product peak measured with ``np.matmul``;
 - one epoch of ``convnet`` on the 60,000 MNIST training images (batch 128, Adam), both libraries
-  on the same shuffled batches from the same weights, as seconds and as a ratio.
+  on the same shuffled batches from the same weights, each in a fresh process, as seconds and
+  as a ratio.
 
 Both wall-clock and CPU time are recorded in the JSON file; the table shows ``--clock``. On a
 shared machine the process's CPU time is the steadier measure of the work done (with one
@@ -35,6 +38,7 @@ process and spin-wait while the other one runs; on a machine with as many cores 
 import argparse
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -60,6 +64,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None,
                         help="JSON file (default benchmarks/results/speed-<threads>thread.json)")
     parser.add_argument("--memory-probe", nargs=2, metavar=("LIBRARY", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--epoch-probe", metavar="LIBRARY", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -169,20 +174,77 @@ def median_times(samples):
             for i, clock in enumerate(("wall", "cpu"))}
 
 
-def compare(ours, theirs, repeats, block=5, warmup=2):
-    """Median times per call of ``ours()`` and ``theirs()``.
+def compare(ours, theirs, task, repeats, block=5, warmup=2):
+    """Median times per call of ``task`` in the two :class:`Worker` processes.
 
     The libraries take turns in blocks of ``block`` calls (the one going first alternates), so
     that both see the same background load on a shared machine while each runs several calls
     in a row with its own data in the caches, as in a training loop.
     """
-    for _ in range(warmup):
-        ours(), theirs()
+    for worker in (ours, theirs):
+        worker.run(task, warmup)
     samples = ([], [])
     for index in range(repeats):
         for which in ((0, 1) if index % 2 == 0 else (1, 0)):
-            samples[which].extend(timed((ours, theirs)[which]) for _ in range(block))
+            samples[which].extend((ours, theirs)[which].run(task, block))
     return median_times(samples[0]), median_times(samples[1])
+
+
+class Worker:
+    """One library's side of the comparison for one model, in a process of its own.
+
+    Each library runs in its own process, as in a user's program: in a shared process each
+    one's allocations decide whether the other's memory is handed back to the system and
+    faulted in again, and PyTorch's training step then varied between 3,000 and 13,000 page
+    faults (5 to 23 ms of system time) depending on what npconvnet had run before it.
+    ``run(task, count)`` times ``count`` calls of ``train`` (a training step), ``infer_1000``
+    or ``infer_1`` there and returns their ``timed`` results; only one process runs at a time.
+    """
+
+    def __init__(self, library, name, threads):
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, library, name, threads), daemon=True)
+        self.process.start()
+        self.connection.recv()
+
+    def run(self, task, count):
+        self.connection.send((task, count))
+        return self.connection.recv()
+
+    def close(self):
+        self.connection.send(None)
+        self.process.join()
+
+
+def _serve(connection, library, name, threads):
+    """The worker process: builds the model (PyTorch's twin from the same weights), the same 50
+    training batches and inference inputs as every other run, then answers ``run`` requests."""
+    x_all, y_all, _ = mnist_or_noise()
+    model = build_model(name)
+    batches = random_batches(x_all, y_all, TRAIN_BATCHES, TRAIN_BATCH)
+    inputs = {"infer_1000": random_batches(x_all, y_all, 1, INFER_BATCH, seed=1)[0][0],
+              "infer_1": random_batches(x_all, y_all, 1, 1, seed=1)[0][0]}
+    if library == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        twin = to_torch(model)
+        tasks = {"train": (twin.train, torch_training_step(twin, batches))}
+        for key, x in inputs.items():
+            def infer(x_torch=torch.from_numpy(x)):
+                with torch.inference_mode():
+                    twin(x_torch)
+            tasks[key] = (twin.eval, infer)
+    else:
+        tasks = {"train": (model.train, numpy_training_step(model, batches))}
+        for key, x in inputs.items():
+            tasks[key] = (model.eval, lambda x=x: model.forward(x))
+    connection.send("ready")
+    while (request := connection.recv()) is not None:
+        task, count = request
+        set_mode, function = tasks[task]
+        set_mode()
+        connection.send([timed(function) for _ in range(count)])
 
 
 def median_time(function, repeats, warmup=2):
@@ -296,8 +358,12 @@ def _status_kib(field):
 
 
 def peak_memory(library, name, threads):
-    command = [sys.executable, os.path.abspath(__file__), "--threads", str(threads),
-               "--memory-probe", library, name]
+    return _probe(["--memory-probe", library, name], threads)
+
+
+def _probe(arguments, threads):
+    """Run this script with ``arguments`` in a fresh process; the JSON it prints last."""
+    command = [sys.executable, os.path.abspath(__file__), "--threads", str(threads), *arguments]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -305,25 +371,33 @@ def peak_memory(library, name, threads):
 # --------------------------------------------------------------------------- epoch
 
 
-def mnist_epoch(x_all, y_all, batch_size=TRAIN_BATCH):
-    """One epoch of convnet over all of ``x_all`` in each library (PyTorch first), on the same
-    shuffled batches: wall and CPU seconds, and the mean training loss as a sanity check (the
-    two runs start from the same weights and should agree)."""
+def epoch_probe(library):
+    """Run in a fresh process: one epoch of convnet over the MNIST training images in ``library``
+    (batch 128, Adam, the same shuffled batches and starting weights in both): wall and CPU
+    seconds, and the mean training loss as a sanity check (the two runs should agree)."""
     import numpy as np
-    import torch
+    x_all, y_all, _ = mnist_or_noise()
     order = np.random.default_rng(0).permutation(len(x_all))
-    batches = [(x_all[order[i:i + batch_size]], y_all[order[i:i + batch_size]])
-               for i in range(0, len(x_all), batch_size)]
+    batches = [(x_all[order[i:i + TRAIN_BATCH]], y_all[order[i:i + TRAIN_BATCH]])
+               for i in range(0, len(x_all), TRAIN_BATCH)]
     model = build_model("convnet")
-    twin = to_torch(model)
-    runs = {"pytorch": (torch_training_step(twin, batches[:1]),
-                        [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]),
-            "npconvnet": (numpy_training_step(model, batches[:1]), batches)}
+    if library == "torch":
+        import torch
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        step = torch_training_step(to_torch(model), batches[:1])
+        batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
+    else:
+        step = numpy_training_step(model, batches[:1])
+    losses = []
+    wall, cpu = timed(lambda: losses.extend(step(x, y) for x, y in batches))
+    print(json.dumps({"wall": wall, "cpu": cpu, "mean_loss": float(np.mean(losses))}))
+
+
+def mnist_epoch(x_all, threads):
+    """The epoch of :func:`epoch_probe` in each library, each in a fresh process (PyTorch first)."""
     results = {"images": len(x_all)}
-    for library, (step, library_batches) in runs.items():
-        losses = []
-        wall, cpu = timed(lambda: losses.extend(step(x, y) for x, y in library_batches))
-        results[library] = {"wall": wall, "cpu": cpu, "mean_loss": float(np.mean(losses))}
+    for library, key in (("torch", "pytorch"), ("numpy", "npconvnet")):
+        results[key] = _probe(["--epoch-probe", library], threads)
     return results
 
 
@@ -336,6 +410,9 @@ def main(argv=None):
         os.environ[variable] = str(args.threads)           # before NumPy and PyTorch load their BLAS
     if args.memory_probe:
         memory_probe(*args.memory_probe)
+        return
+    if args.epoch_probe:
+        epoch_probe(args.epoch_probe)
         return
 
     import numpy as np
@@ -354,20 +431,15 @@ def main(argv=None):
               "os_threads": len(os.listdir("/proc/self/task")), "models": {}}
     for name in args.models:
         model = build_model(name)
-        twin = to_torch(model)
-        check_twins(model, twin, x_all[:4])
+        check_twins(model, to_torch(model), x_all[:4])
         repeats = args.repeats if name != "vgg-mini" else max(3, args.repeats // 2)
         batches = random_batches(x_all, y_all, TRAIN_BATCHES, TRAIN_BATCH)
-        times = {"train": compare(numpy_training_step(model, batches), torch_training_step(twin, batches), repeats)}
-        model.eval(), twin.eval()
-        for batch, key in ((INFER_BATCH, "infer_1000"), (1, "infer_1")):
-            x = random_batches(x_all, y_all, 1, batch, seed=1)[0][0]
-            x_torch = torch.from_numpy(x)
-
-            def theirs(x_torch=x_torch):
-                with torch.inference_mode():
-                    twin(x_torch)
-            times[key] = compare(lambda x=x: model.forward(x), theirs, repeats if batch > 1 else 40)
+        ours, theirs = Worker("numpy", name, args.threads), Worker("torch", name, args.threads)
+        try:
+            times = {task: compare(ours, theirs, task, count)
+                     for task, count in (("train", repeats), ("infer_1000", repeats), ("infer_1", 40))}
+        finally:
+            ours.close(), theirs.close()
         results = {"seconds": times,
                    "train_images_per_s": [TRAIN_BATCH / t[clock] for t in times["train"]],
                    "infer_1000_images_per_s": [INFER_BATCH / t[clock] for t in times["infer_1000"]],
@@ -381,7 +453,7 @@ def main(argv=None):
         print(f"  {name} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     if not args.no_epoch:
         if source == "MNIST":
-            report["mnist_epoch"] = mnist_epoch(x_all, y_all)
+            report["mnist_epoch"] = mnist_epoch(x_all, args.threads)
         else:
             report["mnist_epoch"] = {"skipped": source}
     report["total_seconds"] = time.perf_counter() - started

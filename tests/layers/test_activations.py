@@ -53,7 +53,7 @@ def test_sigmoid_and_softmax_stay_finite_for_huge_logits(dtype):
 SPECIAL_VALUES = [-np.inf, -2.0, -0.0, 0.0, 3.0, np.inf, np.nan]
 
 
-@pytest.mark.parametrize("slope", [0.1, -0.5, 1.0, 2.5])
+@pytest.mark.parametrize("slope", [0.1, -0.5, -0.999, 1.0, 2.5, 2.001, 3e7])
 def test_leaky_relu_matches_pytorch_for_any_slope_and_special_values(slope, torch):
     x = np.array([SPECIAL_VALUES], np.float32)
     layer = LeakyReLU(slope)

@@ -294,3 +294,12 @@ def test_what_a_layer_returns_is_never_written_over_by_its_next_calls(layer, rng
         layer.backward(rng.standard_normal(out.shape))
     np.testing.assert_array_equal(out, kept[0])
     np.testing.assert_array_equal(grad, kept[1])
+
+
+def test_backward_after_switching_a_chunked_evaluation_to_training_mode_is_refused(rng, monkeypatch):
+    monkeypatch.setattr(containers, "EVAL_CHUNK", 4)
+    network = small_network().eval()
+    out = network.forward(rng.standard_normal((10, 2, 8, 8)).astype(np.float32))
+    network.train()
+    with pytest.raises(RuntimeError, match="call forward again"):
+        network.backward(np.ones_like(out))

@@ -50,9 +50,11 @@ class LeakyReLU(Layer):
         else:
             out = x * self.negative_slope
             (np.maximum if self.negative_slope < 1 else np.minimum)(x, out, out=out)
-        # The local derivative as one array: slope, plus (1 - slope) where x > 0.
-        derivative = np.multiply(x > 0, 1 - self.negative_slope, dtype=x.dtype)
-        derivative += self.negative_slope
+        # The local derivative as one array, exactly 1 or slope: slope where not x > 0, plus 1
+        # where x > 0 (one of the two terms is always 0).
+        positive = x > 0
+        derivative = np.multiply(~positive, self.negative_slope, dtype=x.dtype)
+        derivative += positive
         self._remember(out, derivative=derivative)
         return out
 

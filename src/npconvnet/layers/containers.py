@@ -158,6 +158,9 @@ class Sequential(Model, Layer):
             # The layers hold what backward needs for the last chunk only: the whole batch
             # goes through once more (backward in evaluation mode is rare).
             x, self._chunked_input = self._chunked_input, None
+            if not self.evaluates_samplewise():
+                raise RuntimeError("Sequential.backward: the last forward ran in evaluation mode and a layer "
+                                   "has been switched to training mode since; call forward again first")
             self._forward_layers(x)
         for layer in reversed(self.layers[1:]):
             grad_output = layer.backward(grad_output)

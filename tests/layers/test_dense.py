@@ -53,3 +53,10 @@ def test_flatten_is_c_order_like_pytorch_view():
 
 def test_flatten_gradients_match_finite_differences(rng):
     check_layer_gradients(Flatten(), rng.standard_normal((2, 3, 2, 2)))
+
+
+def test_flatten_takes_an_empty_batch():
+    layer = Flatten()
+    out = layer.forward(np.zeros((0, 3, 4, 5), np.float32))
+    assert out.shape == (0, 60)
+    assert layer.backward(out).shape == (0, 3, 4, 5)

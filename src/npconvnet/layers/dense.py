@@ -68,7 +68,7 @@ class Flatten(Layer):
         self._check_input(x, layout="(N, ...)")
         if x.ndim < 2:
             raise ValueError(f"{self!r}: expected an input with a batch axis, got shape {x.shape}")
-        out = x.reshape(x.shape[0], -1)
+        out = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))      # -1 is ambiguous for an empty batch
         self._remember(out, input_shape=x.shape, batch_last=is_batch_last(x))
         return out
 

@@ -72,6 +72,16 @@ def test_relu_keeps_nan_and_infinity_and_sends_minus_infinity_to_zero(layer, tor
     np.testing.assert_array_equal(layer.forward(x), torch.relu(torch.tensor(x)).numpy())
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_relu_gradient_at_special_values_matches_pytorch(training, torch):
+    x = np.array([SPECIAL_VALUES], np.float32)
+    layer = ReLU().train(training)
+    grad = layer.backward(np.full_like(layer.forward(x), 3.0))
+    x_torch = torch.tensor(x, requires_grad=True)
+    torch.relu(x_torch).backward(torch.full_like(x_torch, 3.0))
+    np.testing.assert_array_equal(grad, x_torch.grad.numpy())
+
+
 def test_leaky_relu_hand_computed():
     out = LeakyReLU(0.1).forward(np.array([[-2.0, 0.0, 3.0]]))
     np.testing.assert_allclose(out, [[-0.2, 0.0, 3.0]])

@@ -6,7 +6,8 @@ from .base import Layer
 
 
 class ReLU(Layer):
-    """``y = max(x, 0)``; ``dy/dx = 1 where x > 0, else 0``."""
+    """``y = max(x, 0)``; ``dy/dx = 0 where x <= 0, else 1`` (a NaN passes its gradient on, as in
+    PyTorch). The mask is read off the output: ``y != 0`` exactly where not ``x <= 0``."""
 
     samplewise = True
 
@@ -15,18 +16,17 @@ class ReLU(Layer):
         # max(x, 0) as a clip: NumPy's maximum has no vectorised loop against a scalar, clip does
         # (3x faster); both keep NaN and send -inf to 0.
         out = np.clip(x, 0, np.inf)
-        # Evaluation skips the mask, which a rare backward pass then reads off the output.
+        # Evaluation skips the mask, which a rare backward pass then computes.
         if self.training:
-            positive = self._workspace("positive", x.shape, bool, lambda: np.empty_like(x, bool))
-            self._remember(out, positive=np.greater(x, 0, out=positive), out=None)
+            passes = self._workspace("passes", x.shape, bool, lambda: np.empty_like(x, bool))
+            self._remember(out, passes=np.not_equal(out, 0, out=passes), out=None)
         else:
-            self._remember(out, positive=None, out=out)
+            self._remember(out, passes=None, out=out)
         return out
 
     def backward(self, grad_output):
         saved = self._recall(grad_output)
-        positive = saved.out > 0 if saved.positive is None else saved.positive
-        return grad_output * positive
+        return grad_output * (saved.out != 0 if saved.passes is None else saved.passes)
 
 
 class LeakyReLU(Layer):

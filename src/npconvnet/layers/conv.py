@@ -78,12 +78,7 @@ class Conv2D(Layer):
         if out_h < 1 or out_w < 1:
             raise ValueError(f"{self!r}: input of size {x.shape[2]}x{x.shape[3]} (padding "
                              f"{padding}) is smaller than the kernel {self.kernel_size}")
-        if any(padding):
-            shape = padded_shape(x.shape, padding)
-            x_pad = pad(x, padding, out=self._workspace("x_pad", shape, x.dtype,
-                                                         lambda: batch_last(shape, x.dtype, fill=None)))
-        else:
-            x_pad = to_batch_last(x)
+        x_pad = self._padded("x_pad", x, padding) if any(padding) else to_batch_last(x)
         out = self._convolve(x_pad, self.weight.data.reshape(self.out_channels, -1), self.stride,
                              (out_h, out_w))                                          # (F, H'*W'*N)
         if self.bias is not None:
@@ -92,6 +87,11 @@ class Conv2D(Layer):
         out = from_matrix(out, (x.shape[0], self.out_channels, out_h, out_w))
         self._remember(out, x_pad=x_pad, input_shape=x.shape, padding=padding)
         return out
+
+    def _padded(self, name, x, padding):
+        """``x`` padded with zeros, batch-last, in the layer's workspace ``name``."""
+        shape = padded_shape(x.shape, padding)
+        return pad(x, padding, out=self._workspace(name, shape, x.dtype, lambda: batch_last(shape, x.dtype, fill=None)))
 
     def _convolve(self, x_pad, weight_matrix, stride, out_size):
         """``weight_matrix @ im2col(x_pad)``, ``(F, C*kh*kw) @ (C*kh*kw, H'*W'*N)``, one block
@@ -115,14 +115,15 @@ class Conv2D(Layer):
             block_h, block_w = _evened(out_h, pixels // out_w), out_w
         else:
             block_h, block_w = 1, _evened(out_w, pixels)
-        size = window_size * block_h * block_w * n
-        buffer = self._workspace(f"columns of {window_size}", (size,), x_pad.dtype,
-                                 lambda: np.empty(size, x_pad.dtype))
+        buffer_size = window_size * block_h * block_w * n
+        buffer = self._workspace(f"columns of {window_size}", (buffer_size,), x_pad.dtype,
+                                 lambda: np.empty(buffer_size, x_pad.dtype))
         for row in range(0, out_h, block_h):
             for column in range(0, out_w, block_w):
-                rows, columns = slice(row, min(row + block_h, out_h)), slice(column, min(column + block_w, out_w))
-                size = (rows.stop - rows.start, columns.stop - columns.start)
-                cols = buffer[:window_size * size[0] * size[1] * n].reshape(*shape, *size, n)
+                rows = slice(row, min(row + block_h, out_h))
+                columns = slice(column, min(column + block_w, out_w))
+                extent = (rows.stop - rows.start, columns.stop - columns.start)
+                cols = buffer[:window_size * extent[0] * extent[1] * n].reshape(*shape, *extent, n)
                 im2col(windows_of_outputs(x_pad, rows, columns, self.kernel_size, stride), self.kernel_size, stride,
                        (0, 0, 0, 0), out=cols)
                 yield rows, columns, cols.reshape(window_size, -1)
@@ -179,10 +180,7 @@ class Conv2D(Layer):
         (kh, kw), (top, bottom, left, right) = self.kernel_size, saved.padding
         grad_padding = (kh - 1 - top, kh - 1 - bottom, kw - 1 - left, kw - 1 - right)
         flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(self.in_channels, -1)
-        shape = padded_shape(grad_output.shape, grad_padding)
-        grad_pad = pad(grad_output, grad_padding, out=self._workspace(
-            "grad_pad", shape, grad_output.dtype, lambda: batch_last(shape, grad_output.dtype, fill=None)))
-        grad_input = self._convolve(grad_pad, flipped, (1, 1),
+        grad_input = self._convolve(self._padded("grad_pad", grad_output, grad_padding), flipped, (1, 1),
                                     saved.input_shape[2:])                             # (C, H*W*N)
         return from_matrix(grad_input, saved.input_shape)
 

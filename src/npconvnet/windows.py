@@ -198,10 +198,10 @@ def col2im(cols, input_shape, kernel_size, stride, padding, out=None):
     ``out``, if given, is the padded ``(N, C, H + top + bottom, W + left + right)`` array to add
     into (else a new zero one).
     """
-    n, c, height, width = input_shape
-    top, bottom, left, right = padding
+    height, width = input_shape[2:]
+    top, _, left, _ = padding
     out_size = output_size((height, width), kernel_size, stride, padding)
-    grad = batch_last((n, c, height + top + bottom, width + left + right), cols.dtype) if out is None else out
+    grad = batch_last(padded_shape(input_shape, padding), cols.dtype) if out is None else out
     for u, v in kernel_offsets(kernel_size):
         window(grad, (u, v), stride, out_size)[...] += cols[:, u, v].transpose(3, 0, 1, 2)
     return grad[:, :, top:top + height, left:left + width]

@@ -92,7 +92,7 @@ def test_cross_entropy_and_its_gradient_are_exact_for_huge_logits(dtype, scale):
                                   for row, target in zip(log_probabilities, one_hot)])
         loss_fn = CrossEntropyLoss()
         loss = loss_fn(x, labels)
-        assert loss == pytest.approx(float(expected_loss), rel=4 * np.finfo(dtype).eps, abs=4 * np.finfo(dtype).eps)
+        assert loss == pytest.approx(float(expected_loss), rel=4 * float(np.finfo(dtype).eps), abs=4 * float(np.finfo(dtype).eps))
         check(loss_fn.backward(), expected_grad, dtype)
 
 

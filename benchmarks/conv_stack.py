@@ -35,7 +35,8 @@ def main():
     import torch
 
     import npconvnet
-    from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+    from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+    from npconvnet import Sequential
 
     torch.set_num_threads(args.threads)
     npconvnet.manual_seed(0)

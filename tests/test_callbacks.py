@@ -5,10 +5,11 @@ import pytest
 
 import npconvnet
 from npconvnet import callbacks, schedulers
-from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from npconvnet import Sequential
 from npconvnet.optim import SGD, Adam
 from npconvnet.parameter import Parameter
-from npconvnet.serialization import load_model
+from npconvnet.models import load_model
 from synthetic import bar_images
 
 

@@ -15,9 +15,11 @@ import pytest
 
 import npconvnet
 from npconvnet import callbacks, rng, schedulers, serialization
-from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential
+from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from npconvnet import Sequential
 from npconvnet.optim import SGD, Adam
-from npconvnet.serialization import ModelFileError, load_checkpoint, load_model
+from npconvnet.models import load_checkpoint, load_model
+from npconvnet.serialization import ModelFileError
 from synthetic import bar_images
 
 
@@ -394,7 +396,8 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import npconvnet
     from npconvnet import callbacks, schedulers
-    from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential
+    from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+    from npconvnet import Sequential
 
     folder, out, resume = sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else None
 

@@ -20,7 +20,7 @@ import pytest
 
 from npconvnet import cli
 from npconvnet.datasets import write_idx
-from npconvnet.serialization import load_model
+from npconvnet.models import load_model
 
 Image = pytest.importorskip("PIL.Image", reason="the command line reads and writes images with Pillow")
 pytest.importorskip("matplotlib", reason="the command line draws pictures with matplotlib")

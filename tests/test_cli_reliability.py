@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npconvnet import callbacks, cli, zoo
-from npconvnet.serialization import load_checkpoint, load_model
+from npconvnet.models import load_checkpoint, load_model
 
 Image = pytest.importorskip("PIL.Image", reason="the command line reads images with Pillow")
 pytest.importorskip("matplotlib", reason="npconvnet train draws its curves with matplotlib")

@@ -8,9 +8,10 @@ import pytest
 
 import npconvnet
 from npconvnet import callbacks
-from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from npconvnet import Sequential
 from npconvnet.optim import SGD
-from npconvnet.serialization import load_checkpoint, load_model
+from npconvnet.models import load_checkpoint, load_model
 from npconvnet.training import TrainingDivergedError
 from synthetic import bar_images
 

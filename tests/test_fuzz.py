@@ -24,8 +24,10 @@ import npconvnet
 from npconvnet import datasets, imaging
 from npconvnet.datasets import DatasetError, read_idx
 from npconvnet.imaging import ImageError
-from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sequential
-from npconvnet.serialization import ModelFileError, load_checkpoint, load_model
+from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from npconvnet import Sequential
+from npconvnet.models import load_checkpoint, load_model
+from npconvnet.serialization import ModelFileError
 
 EXAMPLES = int(os.environ.get("NPCONVNET_FUZZ_EXAMPLES", "0"))
 SEED = os.environ.get("NPCONVNET_FUZZ_SEED")

@@ -3,7 +3,8 @@
 import numpy as np
 
 import npconvnet
-from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from npconvnet import Sequential
 from npconvnet.losses import CrossEntropyLoss
 from npconvnet.optim import Adam
 

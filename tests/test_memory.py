@@ -9,7 +9,8 @@ import pytest
 
 import npconvnet
 from npconvnet import data
-from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sequential
+from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
+from npconvnet import Sequential
 from npconvnet.layers.activations import softmax
 from npconvnet.optim import Adam
 

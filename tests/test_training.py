@@ -10,8 +10,8 @@ import pytest
 
 import npconvnet
 from npconvnet import callbacks, data, rng
-from npconvnet.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU,
-                              Sequential, Softmax)
+from npconvnet.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Softmax)
+from npconvnet import Sequential
 from npconvnet.layers.activations import softmax
 from npconvnet.losses import CrossEntropyLoss, MSELoss
 from npconvnet.optim import SGD, Adam
@@ -499,3 +499,29 @@ def test_one_epoch_on_mnist_reaches_97_percent_test_accuracy(mnist_dir):
     print(f"MNIST, 1 epoch: test accuracy {accuracy:.4f}, training {seconds:.1f} s "
           f"({os.cpu_count()} cores)")
     assert accuracy >= 0.97
+
+
+def test_a_float64_model_takes_its_pixels_in_float64_without_float32_rounding(rng):
+    model = Sequential(Flatten(), Dense(4, 2)).astype(np.float64)
+    x = rng.uniform(0, 1, (3, 2, 2)) + 1e-12          # differences a float32 cannot hold
+    prepared = model.preprocess_input(x)
+    assert prepared.dtype == np.float64
+    np.testing.assert_array_equal(prepared[:, 0], x)
+
+
+def test_a_float64_model_scales_uint8_pixels_in_float64(rng):
+    model = Sequential(Flatten(), Dense(4, 2)).astype(np.float64)
+    pixels = rng.integers(0, 256, (3, 2, 2)).astype(np.uint8)
+    np.testing.assert_array_equal(model.preprocess_input(pixels)[:, 0], pixels / 255.0)
+
+
+def test_evaluate_and_predict_take_keras_verbose(rng, capsys):
+    model = Sequential(Dense(3, 2))
+    model.compile(optimizer="sgd", loss="cross_entropy", metrics=["accuracy"])
+    x, y = rng.standard_normal((5, 3)).astype(np.float32), rng.integers(0, 2, 5)
+    model.evaluate(x, y, verbose=0), model.predict(x, verbose=0)
+    assert capsys.readouterr().out == ""
+    scores = model.evaluate(x, y, verbose=1)
+    assert f"loss: {scores['loss']:.4f}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="verbose must be 0, 1 or 2"):
+        model.predict(x, verbose=3)

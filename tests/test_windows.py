@@ -6,7 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from npconvnet.layers import AvgPool2D, BatchNorm2D, Conv2D, Flatten, MaxPool2D, ReLU, Sequential
+from npconvnet.layers import AvgPool2D, BatchNorm2D, Conv2D, Flatten, MaxPool2D, ReLU
+from npconvnet import Sequential
 from npconvnet.windows import (as_matrix, batch_last, col2im, from_matrix, has_batch_last_rows, im2col, is_batch_last,
                                kernel_offsets, output_size, pad, to_batch_last, window, windows_of_outputs)
 

@@ -2,11 +2,13 @@
 
 The public surface::
 
+    npconvnet.Sequential   the model: layers in order, with compile, fit, evaluate, predict, save
     npconvnet.layers       Conv2D, MaxPool2D, AvgPool2D, GlobalAvgPool2D, Dense, Flatten,
                            ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout,
-                           BatchNorm1D, BatchNorm2D, Residual, Sequential
+                           BatchNorm1D, BatchNorm2D, Residual, Sequential (the container)
     npconvnet.losses       CrossEntropyLoss, MSELoss
     npconvnet.optim        SGD, Adam, AdamW, RMSprop
+    npconvnet.regularizers l1, l2, l1_l2: per-layer weight penalties (kernel_regularizer=...)
     npconvnet.schedulers   StepLR, ExponentialLR, CosineAnnealingLR, ReduceLROnPlateau
     npconvnet.datasets     load_mnist, load_fashion_mnist, load_dataset, read_idx, write_idx, ...
     npconvnet.data         scale, to_nchw, one_hot, train_val_split, batches, Augmenter
@@ -17,16 +19,21 @@ The public surface::
     npconvnet.plots        training curves, confusion matrices, filters and feature maps
     npconvnet.load_model   rebuild a model saved with model.save(path)
 
-A ``Sequential`` model trains the Keras way: ``compile``, ``fit``, ``evaluate``, ``predict``.
+The modules import one way: ``layers`` at the bottom (with ``windows``, ``products``,
+``parameter``, ``rng``), then ``losses``, ``optim``, ``schedulers``, ``callbacks``, ``metrics``
+and ``data``; then ``serialization`` (model files), ``training`` (fit and friends) and
+``models`` (the trainable Sequential); then ``zoo``; the command line (``cli``) on top.
 """
 
-from . import callbacks, data, datasets, imaging, layers, losses, metrics, optim, plots, schedulers, zoo
-from .layers import Sequential
+from . import (callbacks, data, datasets, imaging, layers, losses, metrics, models, optim, plots, regularizers,
+               schedulers, zoo)
+from .models import Sequential, load_model
 from .parameter import Parameter
 from .rng import manual_seed
-from .serialization import ModelFileError, load_model, save_model
+from .serialization import ModelFileError, save_model
 
 __version__ = "0.1.0"
 
-__all__ = ["callbacks", "data", "datasets", "imaging", "layers", "plots", "losses", "metrics", "optim", "schedulers", "zoo",
+__all__ = ["callbacks", "data", "datasets", "imaging", "layers", "plots", "losses", "metrics", "models", "optim",
+           "regularizers", "schedulers", "zoo",
            "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError"]

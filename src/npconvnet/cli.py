@@ -104,7 +104,7 @@ def model_name(text):
 # ---------------------------------------------------------------------------- small helpers
 
 def _load_model(path):
-    from .serialization import load_model
+    from .models import load_model
     path = Path(path)
     if not path.exists():
         raise CliError(f"{path}: no such model file")
@@ -327,7 +327,7 @@ def _training_data(run, data_dir):
 
 def _load_checkpoint(path):
     """``(model, training state)`` of a checkpoint written by ``fit(checkpoint_dir=...)``."""
-    from .serialization import load_checkpoint
+    from .models import load_checkpoint
     if not Path(path).is_file():
         raise CliError(f"{path}: no such checkpoint file")
     return load_checkpoint(path)
@@ -376,7 +376,7 @@ def _describe_run(run, model, initial_epoch, x_fit, validation, x_test, shape, c
 def _refuse_unfinished_run(out):
     """A CliError if ``out`` holds a run that a new one must not replace: a checkpoint that
     cannot be read, or one with fewer epochs than its run.json plans (and not stopped early)."""
-    from .serialization import load_checkpoint
+    from .models import load_checkpoint
     checkpoint = out / CHECKPOINT_FILE
     if not checkpoint.exists():
         return

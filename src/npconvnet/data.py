@@ -39,13 +39,13 @@ def _generator(seed):
 # Layout and value preprocessing
 # ---------------------------------------------------------------------------
 
-def to_nchw(x, channels_last=None):
-    """Return images as a float32 (N, C, H, W) array.
+def to_nchw(x, channels_last=None, dtype=np.float32):
+    """Return images as a ``dtype`` (float32 by default) (N, C, H, W) array.
 
     Accepted layouts:
       * (N, H, W): grayscale, a channel axis of size 1 is added;
       * (N, H, W, C) channels-last, transposed to (N, C, H, W);
-      * (N, C, H, W) already channels-first, returned as float32.
+      * (N, C, H, W) already channels-first, returned in ``dtype``.
 
     channels_last: True / False says which 4-D layout ``x`` has. None infers it:
     a 4-D array is channels-last when its last axis has 1, 3 or 4 entries and
@@ -53,7 +53,7 @@ def to_nchw(x, channels_last=None):
     axes could hold the channels, such as (N, 3, 5, 3), raises ValueError.
 
     Integer images should be scaled first (``to_nchw(scale(x))``): after the
-    conversion to float32 ``scale`` leaves the values as they are.
+    conversion to floats ``scale`` leaves the values as they are.
     """
     x = np.asarray(x)
     if x.ndim == 3:
@@ -62,7 +62,7 @@ def to_nchw(x, channels_last=None):
                 f"to_nchw: a 3-D array is read as (N, H, W) with no channel axis, "
                 f"but channels_last=True was given for shape {x.shape}; pass a 4-D "
                 f"(N, H, W, C) array for channels-last images")
-        return np.ascontiguousarray(x[:, None, :, :], dtype=np.float32)
+        return np.ascontiguousarray(x[:, None, :, :], dtype=dtype)
     if x.ndim != 4:
         raise ValueError(
             f"to_nchw: expected images of shape (N, H, W), (N, H, W, C) or (N, C, H, W), "
@@ -77,14 +77,15 @@ def to_nchw(x, channels_last=None):
         channels_last = last_is_channel
     if channels_last:
         x = x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x, dtype=dtype)
 
 
-def scale(x):
-    """Scale 8-bit pixel values to float32 in [0, 1]; float arrays are returned unchanged.
+def scale(x, dtype=np.float32):
+    """Scale 8-bit pixel values to floats in [0, 1]; float arrays are returned unchanged.
 
     x: any shape. Integer arrays must hold values in 0..255 and are divided by
-    255; floating-point arrays are assumed to be scaled already.
+    255 in ``dtype`` (float32 by default; a float64 model takes its pixels in float64 straight
+    away, never rounded through float32); floating-point arrays are assumed to be scaled already.
     """
     x = np.asarray(x)
     if np.issubdtype(x.dtype, np.floating):
@@ -96,7 +97,27 @@ def scale(x):
         raise ValueError(
             f"scale: integer pixel values must lie in 0..255, got values from "
             f"{x.min()} to {x.max()} (dtype {x.dtype})")
-    return x.astype(np.float32) / np.float32(255)
+    dtype = np.dtype(dtype)
+    return x.astype(dtype) / dtype.type(255)
+
+
+#: The values of a model's ``preprocessing``: None (pixels in [0, 1]) or "center" ([-0.5, 0.5]).
+PREPROCESSING = (None, "center")
+
+
+def check_preprocessing(value, where):
+    """``value`` if it is one of :data:`PREPROCESSING`, else a ValueError naming ``where``."""
+    if not (value is None or (isinstance(value, str) and value in PREPROCESSING)):
+        raise ValueError(f"{where}: preprocessing must be None (pixels / 255, in [0, 1]) or 'center' "
+                         f"(pixels / 255 - 0.5, in [-0.5, 0.5]), got {value!r:.100}")
+    return value
+
+
+def scaled_pixels(x, preprocessing, dtype=np.float32):
+    """Pixels as model input, in ``dtype``: uint8 ``x`` / 255 (floats are taken as scaled to
+    [0, 1] already), minus 0.5 when ``preprocessing`` is "center". Any shape; the layout is kept."""
+    scaled = scale(x, dtype).astype(dtype, copy=False)
+    return scaled - scaled.dtype.type(0.5) if preprocessing == "center" else scaled
 
 
 def standardize(x, mean=None, std=None):

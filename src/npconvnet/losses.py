@@ -1,4 +1,9 @@
-"""Loss functions: ``loss_fn(output, target)`` returns a float, ``loss_fn.backward()`` dL/doutput."""
+"""Loss functions: ``loss_fn(output, target)`` returns a float, ``loss_fn.backward()`` dL/doutput.
+
+``loss_fn(output, target, sample_weight=w)`` weighs sample n's loss by ``w[n]`` (finite, >= 0)
+and divides by the batch size, as Keras does: ``L = sum_n w_n * loss_n / N``, the plain mean
+when every weight is 1. ``fit(sample_weight=..., class_weight=...)`` passes each batch's weights.
+"""
 
 import numpy as np
 
@@ -11,8 +16,8 @@ class Loss:
     def __init__(self):
         self._grad = None
 
-    def __call__(self, output, target):
-        return self.forward(output, target)
+    def __call__(self, output, target, sample_weight=None):
+        return self.forward(output, target, sample_weight)
 
     def backward(self):
         if self._grad is None:
@@ -24,6 +29,19 @@ class Loss:
         if not isinstance(output, np.ndarray) or not np.issubdtype(output.dtype, np.floating):
             raise TypeError(f"{type(self).__name__}: expected the model output as a floating-point "
                             f"array, got {getattr(output, 'dtype', type(output).__name__)}")
+
+    def _sample_weights(self, sample_weight, count, dtype):
+        """None, or the ``(N,)`` weights as an array of ``dtype``, checked."""
+        if sample_weight is None:
+            return None
+        weights = np.asarray(sample_weight)
+        if weights.shape != (count,) or not (np.issubdtype(weights.dtype, np.floating)
+                                             or np.issubdtype(weights.dtype, np.integer)):
+            raise ValueError(f"{type(self).__name__}: sample_weight must hold one number per sample, "
+                             f"shape ({count},), got {weights.dtype} of shape {weights.shape}")
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError(f"{type(self).__name__}: sample_weight must be finite and >= 0")
+        return weights.astype(dtype, copy=False)
 
     def get_config(self):
         return {}
@@ -48,7 +66,7 @@ class CrossEntropyLoss(Loss):
             raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
 
-    def forward(self, logits, target):
+    def forward(self, logits, target, sample_weight=None):
         self._check_output(logits)
         if logits.ndim != 2:
             raise ValueError(f"CrossEntropyLoss: expected logits of shape (N, classes), got {logits.shape}")
@@ -57,12 +75,16 @@ class CrossEntropyLoss(Loss):
             target = (1 - self.label_smoothing) * target + self.label_smoothing / logits.shape[1]
         log_probabilities = log_softmax(logits, axis=1)
         count = logits.shape[0]
+        weights = self._sample_weights(sample_weight, count, logits.dtype)
         self._grad = ((np.exp(log_probabilities) - target) / count).astype(logits.dtype)
         # Classes with zero target weight are skipped, so a log-probability of -inf (a logit
         # far below the others) cannot turn the loss into 0 * -inf = nan.
         picked = np.multiply(target, log_probabilities, out=np.zeros_like(log_probabilities),
                              where=target > 0)
-        return float(-picked.sum(dtype=np.float64) / count)
+        if weights is None:
+            return float(-picked.sum(dtype=np.float64) / count)
+        self._grad *= weights[:, None]
+        return float(-(picked.sum(axis=1, dtype=np.float64) * weights).sum() / count)
 
     @staticmethod
     def _target_distribution(target, logits):
@@ -91,14 +113,20 @@ class CrossEntropyLoss(Loss):
 class MSELoss(Loss):
     """Mean squared error over every element: ``L = mean((y - t)^2)``, ``dL/dy = 2 (y - t) / size``."""
 
-    def forward(self, output, target):
+    def forward(self, output, target, sample_weight=None):
         self._check_output(output)
         target = np.asarray(target)
         if target.shape != output.shape:
             raise ValueError(f"MSELoss: target shape {target.shape} does not match output shape {output.shape}")
         difference = output - target.astype(output.dtype, copy=False)
         self._grad = (2 * difference / difference.size).astype(output.dtype)
-        return float(np.mean(np.square(difference, dtype=np.float64)))
+        weights = self._sample_weights(sample_weight, len(output), output.dtype)
+        if weights is None:
+            return float(np.mean(np.square(difference, dtype=np.float64)))
+        # Sample n's loss is the mean over its own values: sum_n w_n * mean_n / N.
+        per_sample = weights.reshape((-1,) + (1,) * (output.ndim - 1))
+        self._grad *= per_sample
+        return float(np.sum(np.square(difference, dtype=np.float64) * per_sample) / difference.size)
 
 
 LOSSES = {"cross_entropy": CrossEntropyLoss, "categorical_crossentropy": CrossEntropyLoss,

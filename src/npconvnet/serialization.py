@@ -36,9 +36,9 @@ run never replaces a good model file.
 
 Loading never unpickles and trusts nothing in the file. Before any array is read it checks
 the format and version, the sizes the zip directory declares (against the file size and
-against the parameters the architecture declares), the architecture against the schema of the
-built-in layers (:data:`LAYER_SCHEMA`: known layers, every argument of the right type and
-range), that the rebuilt model runs on one sample of ``input_shape`` without absurdly large
+against the parameters the architecture declares), the architecture (known layers, each
+rebuilt by its own ``from_config``, whose constructor checks every argument's type and range:
+see ``layers.base.layer_from_config``), that the rebuilt model runs on one sample of ``input_shape`` without absurdly large
 activations, and the name, shape and dtype of every array against the rebuilt model; only then
 are the arrays read and copied in.
 Any problem raises :class:`ModelFileError` naming the file.
@@ -57,10 +57,10 @@ import zlib
 
 import numpy as np
 
-from . import rng
+from . import losses, optim, rng
 from .callbacks import History
-from .layers.base import LAYER_CLASSES
-from .training import PREPROCESSING, check_preprocessing
+from .data import PREPROCESSING, check_preprocessing
+from .layers.base import LAYER_CLASSES, ConfigError, layer_from_config, layer_to_config
 
 FORMAT = "npconvnet-model"
 #: The newest format this module reads. Version 2 added "preprocessing"; a file whose model
@@ -83,137 +83,17 @@ class ModelFileError(ValueError):
     """A file that is not an npconvnet model, is damaged, or contradicts itself."""
 
 
-# The schema of the built-in layers: each constructor argument with its check and what it must
-# be. Checking types here, before any constructor runs, turns a wrong type in a file (a string
-# for an int, a bool for a probability) into a clear error instead of a failure deep inside.
-
 def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _is_real(value):
-    return (isinstance(value, (int, float, np.integer, np.floating))
-            and not isinstance(value, (bool, np.bool_)) and math.isfinite(value))
+def _ints(minimum):
+    """A check: an int >= minimum."""
+    return lambda value: _is_int(value) and value >= minimum
 
 
-def _ints(minimum, pair_allowed):
-    """An int >= minimum, or (when ``pair_allowed``) a list/tuple of two of them."""
-    def check(value):
-        pair = pair_allowed and isinstance(value, (list, tuple)) and len(value) == 2
-        return all(_is_int(v) and v >= minimum for v in (value if pair else [value]))
-    return check
-
-
-def _conv_padding(value):
-    if isinstance(value, str):
-        return value in ("valid", "same", "full")
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (list, tuple)) for v in value):
-        return all(_ints(0, True)(side) for side in value)
-    return _ints(0, True)(value)
-
-
-def _layer_config(value):
-    return isinstance(value, dict)      # checked in full when the layer is built
-
-
-_POSITIVE_INT = (_ints(1, False), "a positive int")
-_SIZE = (_ints(1, True), "a positive int or a pair of them")
+_POSITIVE_INT = (_ints(1), "a positive int")
 _BOOL = (lambda value: isinstance(value, bool), "true or false")
-_PROBABILITY = (lambda value: _is_real(value) and 0 <= value <= 1, "a number in [0, 1]")
-_WEIGHT_INIT = (lambda value: value in ("auto", "he_normal", "he_uniform", "glorot_uniform",
-                                        "glorot_normal"),
-                "one of 'auto', 'he_normal', 'he_uniform', 'glorot_uniform', 'glorot_normal'")
-_POOLING = {"kernel_size": _SIZE,
-            "stride": (lambda value: value is None or _SIZE[0](value), "null or " + _SIZE[1]),
-            "padding": (lambda value: value == "valid" or _ints(0, True)(value),
-                        "'valid', an int >= 0 or a pair of them")}
-_BATCHNORM = {"num_features": _POSITIVE_INT,
-              "eps": (lambda value: _is_real(value) and value > 0, "a positive number"),
-              "momentum": _PROBABILITY}
-
-#: ``{layer name: {argument: (check, what it must be)}}`` for every built-in layer.
-LAYER_SCHEMA = {
-    "Conv2D": {"in_channels": _POSITIVE_INT, "out_channels": _POSITIVE_INT, "kernel_size": _SIZE,
-               "stride": _SIZE,
-               "padding": (_conv_padding, "'valid', 'same', 'full', an int >= 0, a pair of them, "
-                                          "or a pair of (before, after) pairs"),
-               "bias": _BOOL, "weight_init": _WEIGHT_INIT},
-    "Dense": {"in_features": _POSITIVE_INT, "out_features": _POSITIVE_INT, "bias": _BOOL,
-              "weight_init": _WEIGHT_INIT},
-    "MaxPool2D": _POOLING, "AvgPool2D": _POOLING, "GlobalAvgPool2D": {}, "Flatten": {},
-    "ReLU": {}, "LeakyReLU": {"negative_slope": (_is_real, "a finite number")},
-    "Sigmoid": {}, "Tanh": {}, "Softmax": {},
-    "Dropout": {"p": _PROBABILITY},
-    "BatchNorm1D": _BATCHNORM, "BatchNorm2D": _BATCHNORM,
-    "Residual": {"block": (_layer_config, "a layer config"),
-                 "shortcut": (lambda value: value is None or _layer_config(value), "null or a layer config")},
-    "Sequential": {"layers": (lambda value: isinstance(value, list), "a list of layer configs")},
-}
-
-
-def layer_to_config(layer):
-    """``Conv2D(1, 8, 3) -> {"class": "Conv2D", "config": {"in_channels": 1, ...}}``."""
-    return {"class": type(layer).__name__, "config": layer.get_config()}
-
-
-def layer_from_config(config, where="model"):
-    """Rebuild a layer (with fresh weights) from :func:`layer_to_config`'s output.
-
-    Built-in layers are checked against :data:`LAYER_SCHEMA`; a layer class the program defines
-    itself (every ``Layer`` subclass registers its name) is checked by its constructor. Unknown
-    layer names, missing, unexpected or ill-typed arguments raise ``ValueError`` naming the
-    place in the architecture (``where``), never a bare ``TypeError`` from deep inside.
-    """
-    if not isinstance(config, dict) or set(config) != {"class", "config"}:
-        raise ValueError(f"{where}: a layer must be {{'class': ..., 'config': {{...}}}}, got {config!r:.200}")
-    name, arguments = config["class"], config["config"]
-    if not isinstance(name, str) or name not in LAYER_CLASSES:
-        raise ValueError(f"{where}: unknown layer {name!r:.100}; known layers: "
-                         f"{', '.join(sorted(LAYER_CLASSES))}")
-    if not isinstance(arguments, dict):
-        raise ValueError(f"{where}: the config of {name} must be a dict, got {type(arguments).__name__}")
-    cls = LAYER_CLASSES[name]
-    if name in LAYER_SCHEMA:
-        _check_arguments(name, arguments, where)
-        arguments = dict(arguments)
-        if name == "Sequential":
-            return cls([layer_from_config(item, f"{where}.{index}")
-                        for index, item in enumerate(arguments["layers"])])
-        if name == "Residual":
-            for key in ("block", "shortcut"):
-                if arguments.get(key) is not None:
-                    arguments[key] = layer_from_config(arguments[key], f"{where}.{key}")
-    else:
-        try:
-            inspect.signature(cls).bind(**arguments)
-        except TypeError as error:
-            raise ValueError(f"{where}: bad arguments for {name}: {error}") from None
-    try:
-        return cls(**arguments)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: bad arguments for {name}: {error}") from None
-
-
-def _check_arguments(name, arguments, where):
-    """Every argument known to the schema, of the right type, and none missing."""
-    schema = LAYER_SCHEMA[name]
-    unexpected = sorted(set(arguments) - set(schema), key=str)
-    if unexpected:
-        raise ValueError(f"{where}: bad arguments for {name}: unexpected {unexpected}; it takes "
-                         f"{sorted(schema) or 'none'}")
-    if name == "Sequential":
-        required = ["layers"]
-    else:
-        required = [parameter.name for parameter in inspect.signature(LAYER_CLASSES[name]).parameters.values()
-                    if parameter.default is inspect.Parameter.empty]
-    missing = [key for key in required if key not in arguments]
-    if missing:
-        raise ValueError(f"{where}: bad arguments for {name}: missing {missing}")
-    for key, value in arguments.items():
-        check, description = schema[key]
-        if not check(value):
-            raise ValueError(f"{where}: bad arguments for {name}: {key} must be {description}, "
-                             f"got {value!r:.100}")
 
 
 # Saving.
@@ -224,25 +104,30 @@ def _object_config(value):
 
 def _header(model, include_history):
     from . import __version__      # the package imports this module
-    preprocessing = check_preprocessing(model.preprocessing, "save: model.preprocessing")
-    class_names = model.class_names
+    # A plain layers.Sequential has none of the model's attributes: it is saved as an uncompiled
+    # model, with no recorded input, classes, preprocessing or history.
+    attributes = {name: getattr(model, name, None) for name in
+                  ("preprocessing", "class_names", "optimizer", "loss", "input_shape", "history")}
+    preprocessing = check_preprocessing(attributes["preprocessing"], "save: model.preprocessing")
+    class_names = attributes["class_names"]
     if class_names is not None:
         if not all(isinstance(name, str) for name in class_names):
             raise TypeError(f"save: model.class_names must be strings, got {class_names!r:.200}")
         class_names = list(class_names)
-    compiled = model.optimizer is not None and model.loss is not None
+    compiled = attributes["optimizer"] is not None and attributes["loss"] is not None
+    input_shape, history = attributes["input_shape"], attributes["history"]
     return {
         "format": FORMAT, "format_version": 1 if preprocessing is None else 2,
         "npconvnet_version": __version__,
         "architecture": layer_to_config(model),
-        "dtype": np.dtype(model._dtype()).name,
-        "input_shape": None if model.input_shape is None else [int(n) for n in model.input_shape],
+        "dtype": model.dtype.name,
+        "input_shape": None if input_shape is None else [int(n) for n in input_shape],
         "class_names": class_names,
         "preprocessing": preprocessing,
         "compile": {"loss": _object_config(model.loss), "optimizer": _object_config(model.optimizer),
                     "metrics": list(model.metric_names)} if compiled else None,
         "optimizer_state": None,
-        "history": model.history.to_dict() if include_history and model.history is not None else None,
+        "history": history.to_dict() if include_history and history is not None else None,
     }
 
 
@@ -353,20 +238,23 @@ def _write_atomically(path, arrays):
 
 # Loading.
 
-def load_model(path, compile=True):
+def load_model(path, compile=True, *, model_class):
     """Rebuild the model saved in ``path``: same architecture and weights (predictions match
     to the bit), ``input_shape``, ``class_names``, ``preprocessing`` and ``history``; compiled
     with the saved loss, optimizer (with its state, when saved) and metrics unless
     ``compile=False``. A training checkpoint loads as the model it holds.
 
+    ``model_class``: the class of the model to rebuild, a ``layers.Sequential`` with the
+    training methods (``npconvnet.load_model`` passes ``npconvnet.Sequential``).
+
     Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
     is not a valid model.
     """
-    model, _ = _open(path, compile, read_training=False)
+    model, _ = _open(path, compile, read_training=False, model_class=model_class)
     return model
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, *, model_class):
     """``(model, training)`` from a checkpoint written by ``fit(checkpoint_dir=...)``: the
     compiled model with its optimizer state and history, and the training state (see the
     module docstring) with its arrays back in the callback states.
@@ -374,7 +262,7 @@ def load_checkpoint(path):
     Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
     is not a valid checkpoint (a model file without training state included).
     """
-    model, training = _open(path, compile=True, read_training=True)
+    model, training = _open(path, compile=True, read_training=True, model_class=model_class)
     if training is None:
         raise ModelFileError(f"{os.fspath(path)}: a model file without training state, not a "
                              "checkpoint (fit(checkpoint_dir=...) writes checkpoints; to train a "
@@ -384,7 +272,7 @@ def load_checkpoint(path):
     return model, training
 
 
-def _open(path, compile, read_training):
+def _open(path, compile, read_training, model_class):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_model: no such file: {path!r}")
@@ -402,7 +290,7 @@ def _open(path, compile, read_training):
                              f"{error})") from None
     with archive:
         try:
-            return _load(archive, path, compile, read_training)
+            return _load(archive, path, compile, read_training, model_class)
         except ModelFileError:
             raise
         # What the zip and .npy readers raise for damaged data: NumPy lets tokenize.TokenError
@@ -416,7 +304,7 @@ def _open(path, compile, read_training):
                                  f"{error})") from None
 
 
-def _load(archive, path, compile, read_training):
+def _load(archive, path, compile, read_training, model_class):
     def fail(message):
         return ModelFileError(f"{path}: {message}")
 
@@ -429,7 +317,7 @@ def _load(archive, path, compile, read_training):
         raise fail(f"the architecture declares at least {declared:,} bytes of weights, but the file "
                    f"holds only {stored:,}")
 
-    model = _build_model(header, dtype, fail)
+    model = _build_model(header, dtype, fail, model_class)
     if header["input_shape"] is not None:
         _check_input_shape(model, tuple(header["input_shape"]), fail)
     expected = {f"weights/{name}": (p.data.shape, p.data.dtype) for name, p in model.named_parameters()}
@@ -554,7 +442,7 @@ def _is_callback_states(value):
         and isinstance(item["state"], dict) for item in value)
 
 
-_NON_NEGATIVE_INT = (_ints(0, False), "an int >= 0")
+_NON_NEGATIVE_INT = (_ints(0), "an int >= 0")
 # The header entry "training" of a checkpoint (see the module docstring).
 _TRAINING_SCHEMA = {
     "next_epoch": _NON_NEGATIVE_INT,
@@ -601,17 +489,18 @@ def _declared_parameter_count(config):
     return count + sum(_declared_parameter_count(item) for item in nested)
 
 
-def _build_model(header, dtype, fail):
+def _build_model(header, dtype, fail, model_class):
     # Building draws fresh initial weights; they are overwritten, so leave the global generator as it was.
     state = rng.get_state()
     try:
-        model = layer_from_config(header["architecture"], "architecture")
-    except ValueError as error:
+        network = layer_from_config(header["architecture"], "architecture")
+    except ConfigError as error:
         raise fail(f"invalid architecture: {error}") from None
     finally:
         rng.set_state(state)
-    if not isinstance(model, LAYER_CLASSES["Sequential"]):
-        raise fail(f"the architecture must be a Sequential, got {type(model).__name__}")
+    if type(network) is not LAYER_CLASSES["Sequential"]:
+        raise fail(f"the architecture must be a Sequential, got {type(network).__name__}")
+    model = model_class(network.layers)
     return model.astype(dtype) if dtype != np.float32 else model
 
 
@@ -627,7 +516,7 @@ def _check_input_shape(model, input_shape, fail):
         raise fail(f"the architecture makes activations of {largest:,} values for one sample of "
                    f"shape {list(input_shape)} (at most {_MAX_ACTIVATION_SIZE:,} accepted)")
     try:
-        model.eval().forward(np.zeros((1, *input_shape), model._dtype()))
+        model.eval().forward(np.zeros((1, *input_shape), model.dtype))
     except (ValueError, TypeError) as error:
         raise fail(f"the architecture does not fit its input_shape {list(input_shape)}: {error}") from None
     finally:
@@ -723,7 +612,6 @@ def _from_config(kind, classes, config, fail):
 
 
 def _compile(model, config, buffers, fail):
-    from . import losses, optim
     loss_classes = {cls.__name__: cls for cls in losses.LOSSES.values()}
     optimizer_classes = {cls.__name__: cls for cls in optim.OPTIMIZERS.values()}
     loss = _from_config("loss", loss_classes, config["loss"], fail)

@@ -60,29 +60,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import data, optim, rng
+from . import data, losses, optim, rng, serialization
 from . import metrics as metric_functions
 from .callbacks import CallbackList, History, ProgressBar
+from .layers.activations import Softmax, softmax
+from .layers.base import layer_to_config
 
 #: The file ``fit(checkpoint_dir=...)`` writes in that folder.
 CHECKPOINT_FILE = "checkpoint.npz"
-#: The values of ``Model.preprocessing``: None (pixels in [0, 1]) or "center" ([-0.5, 0.5]).
-PREPROCESSING = (None, "center")
-
-
-def check_preprocessing(value, where):
-    """``value`` if it is one of :data:`PREPROCESSING`, else a ValueError naming ``where``."""
-    if not (value is None or (isinstance(value, str) and value in PREPROCESSING)):
-        raise ValueError(f"{where}: preprocessing must be None (pixels / 255, in [0, 1]) or 'center' "
-                         f"(pixels / 255 - 0.5, in [-0.5, 0.5]), got {value!r:.100}")
-    return value
-
-
-def scaled_pixels(x, preprocessing):
-    """Pixels as model input: uint8 ``x`` / 255 (floats are taken as scaled to [0, 1]
-    already), minus 0.5 when ``preprocessing`` is "center". Any shape; the layout is kept."""
-    scaled = data.scale(x)
-    return scaled - np.float32(0.5) if preprocessing == "center" else scaled
 
 
 class TrainingDivergedError(RuntimeError):
@@ -132,6 +117,63 @@ def _check_count(where, name, value, minimum):
     return int(value)
 
 
+def _check_verbose(where, verbose):
+    if isinstance(verbose, bool) or verbose not in (0, 1, 2):
+        raise ValueError(f"{where}: verbose must be 0, 1 or 2, got {verbose!r:.100}")
+    return verbose
+
+
+def _labels(y):
+    """Class labels ``(N,)`` of integer labels or of one-hot / probability rows (their argmax)."""
+    return np.asarray(y) if y.ndim == 1 else np.asarray(y).argmax(axis=1)
+
+
+def _sample_weights(y, sample_weight, class_weight, num_classes):
+    """fit's weight of every training sample, ``(N,)`` float64, or None when all weigh 1."""
+    if sample_weight is None and class_weight is None:
+        return None
+    weights = np.ones(len(y))
+    if sample_weight is not None:
+        if sample_weight.shape != (len(y),):
+            raise ValueError(f"fit: sample_weight must hold one weight per training sample, shape "
+                             f"({len(y)},), got shape {sample_weight.shape}")
+        if not (np.issubdtype(sample_weight.dtype, np.floating) or np.issubdtype(sample_weight.dtype, np.integer)) \
+                or np.issubdtype(sample_weight.dtype, np.bool_):
+            raise TypeError(f"fit: sample_weight must hold numbers, got dtype {sample_weight.dtype}")
+        if not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
+            raise ValueError("fit: sample_weight must be finite and >= 0 (NaN, infinite or negative "
+                             "weights found)")
+        weights *= sample_weight
+    if class_weight is not None:
+        weights *= _class_weights(class_weight, num_classes, _labels(y))
+    if not weights.any():
+        raise ValueError("fit: every sample weighs 0 (sample_weight and class_weight leave nothing to learn from)")
+    return weights
+
+
+def _class_weights(class_weight, num_classes, labels):
+    """The weight of every sample from ``class_weight`` (see ``fit``)."""
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"fit: class_weight must be a dict {{label: weight}} or 'balanced', "
+                             f"got {class_weight!r:.100}")
+        counts = np.bincount(labels, minlength=num_classes)
+        per_class = len(labels) / (num_classes * np.maximum(counts, 1))
+        return per_class[labels]
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"fit: class_weight must be a dict {{label: weight}} or 'balanced', got "
+                        f"{type(class_weight).__name__}")
+    per_class = np.ones(num_classes)
+    for label, weight in class_weight.items():
+        if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < num_classes:
+            raise ValueError(f"fit: class_weight's labels must be ints in [0, {num_classes}), got {label!r:.100}")
+        if (isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight)
+                or weight < 0):
+            raise ValueError(f"fit: class_weight[{label}] must be a finite number >= 0, got {weight!r:.100}")
+        per_class[label] = weight
+    return per_class[labels]
+
+
 def _augmenter(augment):
     """None, the default augmenter (``augment=True``), or the given callable ``f(batch, rng=...)``."""
     if augment is None or augment is False:
@@ -143,17 +185,16 @@ def _augmenter(augment):
     raise TypeError(f"fit: augment must be None, True, or an Augmenter, got {type(augment).__name__}")
 
 
-def _refuse_unfinished_checkpoint(path, epochs):
+def _refuse_unfinished_checkpoint(path, epochs, model_class):
     """FileExistsError if ``path`` holds a checkpoint that a new run must not replace: one
     that cannot be read, or one of a run that trained fewer than ``epochs`` epochs and was not
     stopped early (the checkpoint does not record the epochs its run planned)."""
-    from .serialization import load_checkpoint     # serialization imports the layers
     if not os.path.exists(path):
         return
     ways = (f"pass resume_from={path!r} to go on with it, choose another checkpoint_dir, "
             "or pass overwrite=True to replace it")
     try:
-        _, training = load_checkpoint(path)
+        _, training = serialization.load_checkpoint(path, model_class=model_class)
     except (OSError, ValueError) as error:
         raise FileExistsError(f"fit: {path} exists but is not a readable checkpoint ({error}); it "
                               "was left as it is: move it away, choose another checkpoint_dir, or "
@@ -164,7 +205,8 @@ def _refuse_unfinished_checkpoint(path, epochs):
 
 
 class Model:
-    """Training methods for a layer that holds a whole network (``Sequential`` inherits them).
+    """Training methods for a layer that holds a whole network (``npconvnet.Sequential`` is a
+    ``layers.Sequential`` with these added; see ``npconvnet.models``).
 
     After ``compile``: ``optimizer``, ``loss`` (objects) and ``metric_names``. ``history`` is a
     :class:`~npconvnet.callbacks.History` of every epoch trained so far, kept across ``fit``
@@ -192,7 +234,6 @@ class Model:
         ``metrics``: names from :data:`npconvnet.metrics.METRIC_NAMES` (``"accuracy"``,
         ``"f1_macro"``, ...), computed over each whole epoch.
         """
-        from . import losses    # here, not at the top: layers/containers.py imports this module
         loss = losses.get(loss)
         metric_names = [metrics] if isinstance(metrics, str) else list(metrics or [])
         for name in metric_names:
@@ -214,10 +255,6 @@ class Model:
                                f"loss=..., metrics=[...]) before model.{where}()")
 
     # Inputs and targets.
-    def _dtype(self):
-        parameters = self.parameters()
-        return parameters[0].data.dtype if parameters else np.dtype(np.float32)
-
     def _expected_channels(self):
         """``in_channels`` of the first convolution, depth-first (None without one)."""
         pending = [self]
@@ -253,16 +290,16 @@ class Model:
         """A function turning batches of ``x`` into model input; the layout is decided once."""
         if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
             raise TypeError(f"{where}: x must hold pixel values (uint8) or floats, got dtype {x.dtype}")
-        dtype = self._dtype()
-        preprocessing = check_preprocessing(self.preprocessing, f"{where}: model.preprocessing")
+        dtype = self.dtype
+        preprocessing = data.check_preprocessing(self.preprocessing, f"{where}: model.preprocessing")
+        # Each batch goes straight to the model's dtype: a float64 model sees no float32 rounding.
         if x.ndim == 2:
-            return lambda batch: scaled_pixels(batch, preprocessing).astype(dtype, copy=False)
+            return lambda batch: data.scaled_pixels(batch, preprocessing, dtype)
         if x.ndim not in (3, 4):
             raise ValueError(f"{where}: x must be images (N, H, W), (N, H, W, C) or (N, C, H, W), "
                              f"or features (N, D); got shape {x.shape}")
         channels_last = x.ndim == 4 and self._channels_last(x, where)
-        return lambda batch: data.to_nchw(scaled_pixels(batch, preprocessing),
-                                          channels_last).astype(dtype, copy=False)
+        return lambda batch: data.to_nchw(data.scaled_pixels(batch, preprocessing, dtype), channels_last, dtype)
 
     def preprocess_input(self, x):
         """``x`` (images or feature rows, as ``predict`` takes them) as the model's first layer
@@ -322,8 +359,7 @@ class Model:
 
     def _loss_targets(self, y_batch, num_classes, dtype):
         """Labels as they are for cross-entropy; one-hot rows for losses that need them (MSE)."""
-        from .losses import CrossEntropyLoss
-        if y_batch.ndim == 1 and not isinstance(self.loss, CrossEntropyLoss):
+        if y_batch.ndim == 1 and not isinstance(self.loss, losses.CrossEntropyLoss):
             return data.one_hot(y_batch, num_classes).astype(dtype, copy=False)
         return y_batch
 
@@ -340,7 +376,8 @@ class Model:
     # Training.
     def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
             augment=None, callbacks=None, seed=None, shuffle=True, verbose=1, initial_epoch=0,
-            checkpoint_dir=None, resume_from=None, overwrite=False):
+            checkpoint_dir=None, resume_from=None, overwrite=False, sample_weight=None,
+            class_weight=None):
         """Train for ``epochs - initial_epoch`` epochs (``epochs`` is the index of the last
         epoch, as in Keras); returns a History of these epochs.
 
@@ -354,6 +391,13 @@ class Model:
         after every epoch. ``resume_from``: a checkpoint to go on from, at the epoch after the
         last one it holds (instead of ``initial_epoch``). ``overwrite``: replace a checkpoint
         of an unfinished run in ``checkpoint_dir`` (by default ``FileExistsError``).
+        ``sample_weight``: one weight per training sample, ``(N,)``, finite and >= 0: each
+        sample's loss counts that many times, ``loss = sum_n w_n * loss_n / batch size`` (Keras's
+        rule; the metrics are not weighted). ``class_weight``: ``{label: weight}`` (labels left
+        out weigh 1) or ``"balanced"`` (``N / (classes * count of the label)``, as scikit-learn
+        and Keras compute it), which gives every sample of a label that weight; with both, the
+        two weights multiply. Every layer's ``kernel_regularizer`` penalty is added to the loss
+        minimised and reported.
 
         Raises :class:`TrainingDivergedError` when the loss becomes NaN or infinite.
         """
@@ -374,7 +418,8 @@ class Model:
             raise ValueError(f"fit: initial_epoch={initial_epoch} leaves no epoch to train with "
                              f"epochs={epochs} (epochs is the index of the last epoch, as in Keras)")
         if resume_from is None and checkpoint_dir is not None and not overwrite:
-            _refuse_unfinished_checkpoint(os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_FILE), epochs)
+            _refuse_unfinished_checkpoint(os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_FILE), epochs,
+                                          type(self))
         x, y = _as_array(x, "fit", "x"), _as_array(y, "fit", "y")
         x, y, validation = self._split_validation(x, y, validation_data, validation_split)
         if training is not None:
@@ -382,7 +427,12 @@ class Model:
                 raise ValueError(f"fit: {resume_from} was written by a run on {training['samples']} "
                                  f"training samples, but x has {len(x)}; resume with the same data")
             self._restore(saved)
+        if sample_weight is not None:
+            sample_weight = _as_array(sample_weight, "fit", "sample_weight")
+            if validation_split:
+                sample_weight = sample_weight[:len(x)]
         x, y, convert, num_classes = self._prepare(x, y, "fit")
+        weights = _sample_weights(y, sample_weight, class_weight, num_classes)
         if validation is not None:
             validation = self._prepare(*validation, "fit (validation data)")
         augmenter = _augmenter(augment)
@@ -427,7 +477,7 @@ class Model:
                 callback_list.on_epoch_begin(epoch)
                 lr = self.optimizer.lr
                 self.train()
-                logs = self._train_epoch((x, y, convert, num_classes), batch_size, shuffle, augmenter,
+                logs = self._train_epoch((x, y, convert, num_classes, weights), batch_size, shuffle, augmenter,
                                          epoch, epoch_rng, callback_list, run)
                 self._check_weights_are_finite(epoch, run)
                 if validation is not None:
@@ -449,17 +499,15 @@ class Model:
     def _write_checkpoint(self, run, next_epoch, callback_list):
         if run.checkpoint is None:
             return
-        from .serialization import save_checkpoint     # serialization imports the layers
         os.makedirs(os.path.dirname(run.checkpoint), exist_ok=True)
-        save_checkpoint(self, run.checkpoint, {**run.training, "next_epoch": next_epoch,
+        serialization.save_checkpoint(self, run.checkpoint, {**run.training, "next_epoch": next_epoch,
                                                "stop_training": bool(self.stop_training),
                                                "callbacks": callback_list.state_dict()})
         run.saved_epochs = next_epoch
 
     def _read_checkpoint(self, path, epochs, batch_size, seed, shuffle):
         """The checkpoint's model and training state, checked against this model and fit call."""
-        from .serialization import layer_to_config, load_checkpoint
-        saved, training = load_checkpoint(path)
+        saved, training = serialization.load_checkpoint(path, model_class=type(self))
 
         def normalised(value):
             return json.loads(json.dumps(value))
@@ -467,8 +515,8 @@ class Model:
         if normalised(layer_to_config(saved)) != normalised(layer_to_config(self)):
             raise ValueError(f"fit: {path} holds another architecture than this model's; resume on "
                              f"the model of the saved run (npconvnet.load_model({str(path)!r}))")
-        if saved._dtype() != self._dtype():
-            raise ValueError(f"fit: {path} holds {saved._dtype()} weights, this model has {self._dtype()}")
+        if saved.dtype != self.dtype:
+            raise ValueError(f"fit: {path} holds {saved.dtype} weights, this model has {self.dtype}")
         if saved.preprocessing != self.preprocessing:
             raise ValueError(f"fit: {path} was trained with preprocessing={saved.preprocessing!r}, "
                              f"this model has preprocessing={self.preprocessing!r}; set it as the "
@@ -551,22 +599,25 @@ class Model:
 
         A NaN or infinite batch loss raises :class:`TrainingDivergedError` before its
         gradients reach the weights."""
-        x, y, convert, num_classes = prepared
+        x, y, convert, num_classes, weights = prepared
         total_loss, seen = 0.0, 0
         confusion = np.zeros((num_classes, num_classes), np.int64)
         logs = {}
-        for batch, (x_batch, y_batch) in enumerate(
-                data.batches(x, y, batch_size, shuffle=shuffle, seed=epoch_rng)):
+        # The batches are drawn as sample indices, so that labels and weights follow the images.
+        for batch, (x_batch, index) in enumerate(
+                data.batches(x, np.arange(len(x)), batch_size, shuffle=shuffle, seed=epoch_rng)):
             callback_list.on_batch_begin(batch)
+            y_batch = y[index]
             inputs = convert(x_batch)
             if augmenter is not None:
                 inputs = augmenter(inputs, rng=epoch_rng)
             outputs = self.forward(inputs)
-            loss = self.loss(outputs, self._loss_targets(y_batch, num_classes, outputs.dtype))
+            loss = self._loss(outputs, y_batch, num_classes, None if weights is None else weights[index])
             if not math.isfinite(loss):
                 raise self._diverged(run, epoch, batch, loss, f"the loss is {loss}")
             run.last_finite_loss = loss
             self.backward(self.loss.backward(), input_grad=False)
+            self._add_regularization_gradients()
             self.optimizer.step()       # backward overwrote every .grad: no zero_grad needed
             total_loss += loss * len(y_batch)
             seen += len(y_batch)
@@ -583,46 +634,69 @@ class Model:
         confusion = np.zeros((num_classes, num_classes), np.int64)
         for x_batch, y_batch in data.batches(x, y, batch_size, shuffle=False):
             outputs = self.forward(convert(x_batch))
-            total_loss += self.loss(outputs, self._loss_targets(y_batch, num_classes, outputs.dtype)) \
-                * len(y_batch)
+            total_loss += self._loss(outputs, y_batch, num_classes) * len(y_batch)
             confusion += self._batch_confusion(y_batch, outputs, num_classes)
         return self._logs(total_loss / len(x), confusion)
 
-    def evaluate(self, x, y, batch_size=256):
-        """``{"loss": ..., "accuracy": ..., ...}`` over all of ``x`` (evaluation mode, batched)."""
+    def _loss(self, outputs, y_batch, num_classes, sample_weight=None):
+        """The loss of a batch, its gradient kept for backward, plus the layers' weight penalties."""
+        targets = self._loss_targets(y_batch, num_classes, outputs.dtype)
+        loss = self.loss(outputs, targets) if sample_weight is None else \
+            self.loss(outputs, targets, sample_weight=sample_weight)
+        return loss + self.regularization_loss()
+
+    def regularization_loss(self):
+        """The sum of every layer's ``kernel_regularizer`` penalty (0.0 without any), as fit
+        adds it to the loss (Keras's ``sum(model.losses)``)."""
+        return sum((regularizer(parameter.data) for parameter, regularizer in self.regularization_terms()), 0.0)
+
+    def _add_regularization_gradients(self):
+        for parameter, regularizer in self.regularization_terms():
+            parameter.grad += regularizer.gradient(parameter.data)
+
+    def evaluate(self, x, y, batch_size=256, verbose=0):
+        """``{"loss": ..., "accuracy": ..., ...}`` over all of ``x`` (evaluation mode, batched).
+
+        The loss includes the layers' weight penalties, as in ``fit`` and Keras. ``verbose``:
+        0 (the default) prints nothing, 1 or 2 one line with the scores, as Keras ends with.
+        """
         self._require_compiled("evaluate")
         batch_size = _check_count("evaluate", "batch_size", batch_size, 1)
+        verbose = _check_verbose("evaluate", verbose)
         prepared = self._prepare(x, y, "evaluate")
         previous = self.training
         self.eval()
         try:
-            return self._evaluate_batches(*prepared, batch_size=batch_size)
+            scores = self._evaluate_batches(*prepared, batch_size=batch_size)
         finally:
             self.train(previous)
+        if verbose:
+            print(f"{len(prepared[0])}/{len(prepared[0])} - " +
+                  " - ".join(f"{name}: {value:.4f}" for name, value in scores.items()))
+        return scores
 
     def _outputs_logits(self):
         """Whether outputs are logits to turn into probabilities: cross-entropy (or no loss yet)
         trains logits, unless the network already ends with a Softmax."""
-        from .layers.activations import Softmax
-        from .losses import CrossEntropyLoss
         layers = getattr(self, "layers", None)
         ends_with_softmax = bool(layers) and isinstance(layers[-1], Softmax)
-        return not ends_with_softmax and (self.loss is None or isinstance(self.loss, CrossEntropyLoss))
+        return not ends_with_softmax and (self.loss is None or isinstance(self.loss, losses.CrossEntropyLoss))
 
-    def predict(self, x, batch_size=256):
+    def predict(self, x, batch_size=256, verbose=0):
         """Class probabilities ``(N, classes)``, computed batch by batch in evaluation mode.
 
         The softmax of the outputs when the model outputs logits (see ``compile``), the outputs
         themselves otherwise. Memory stays bounded by ``batch_size``: only the result is
-        allocated for all of ``x``.
+        allocated for all of ``x``. ``verbose``: 0 (the default) prints nothing, 1 or 2 one line
+        when done.
         """
-        from .layers.activations import softmax
         batch_size = _check_count("predict", "batch_size", batch_size, 1)
+        verbose = _check_verbose("predict", verbose)
         x = _as_array(x, "predict", "x")
         convert = self._input_converter(x, "predict")
         _, output_shape = self._check_fits(x, convert, "predict")
         apply_softmax = self._outputs_logits()
-        result = np.empty((len(x),) + output_shape, dtype=self._dtype())
+        result = np.empty((len(x),) + output_shape, dtype=self.dtype)
         previous = self.training
         self.eval()
         try:
@@ -633,6 +707,8 @@ class Model:
                 start += len(outputs)
         finally:
             self.train(previous)
+        if verbose:
+            print(f"{len(x)}/{len(x)} samples predicted")
         return result
 
     def predict_classes(self, x, batch_size=256):
@@ -643,6 +719,5 @@ class Model:
     def save(self, path, include_optimizer=True, include_history=True, allow_nonfinite=False):
         """Write the model to one ``.npz`` file (see ``npconvnet.serialization.save_model``);
         returns the path. NaN or infinite weights raise ``ValueError`` unless ``allow_nonfinite``."""
-        from .serialization import save_model   # serialization imports the layers
-        return save_model(self, path, include_optimizer=include_optimizer,
+        return serialization.save_model(self, path, include_optimizer=include_optimizer,
                           include_history=include_history, allow_nonfinite=allow_nonfinite)

@@ -8,7 +8,7 @@
     recipe = zoo.recipe("lenet5")   # {"optimizer": "adam", "lr": 0.002, "epochs": 12, ...}
     print(zoo.describe("lenet5"))
 
-Every model is a fresh :class:`~npconvnet.layers.Sequential` (new weights on each call) whose
+Every model is a fresh :class:`npconvnet.Sequential` (new weights on each call) whose
 ``input_shape`` is set, and it outputs **logits**, one score per class: the softmax is left to
 ``CrossEntropyLoss`` (which applies log-softmax) and to ``model.predict``.
 
@@ -41,10 +41,10 @@ import inspect
 
 import numpy as np
 
-from . import data, losses, optim, rng, schedulers
+from . import data, layers, losses, optim, rng, schedulers
 from .layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
-                     ReLU, Residual, Sequential)
-from .training import scaled_pixels
+                     ReLU, Residual)
+from .models import Sequential
 
 #: The digit augmentation of the strong recipes: shifts up to 10%, rotations up to 10 degrees,
 #: zoom 0.9-1.1 (``data.default_augmenter()``); no flips, a mirrored digit is another symbol.
@@ -55,6 +55,8 @@ FASHION_AUGMENTATION = data.Augmenter(horizontal_flip=True).get_config()
 
 
 # ---------------------------------------------------------------------------- architectures
+# Layers that feed a ReLU (directly or through batch normalization) start He-normal; the
+# others keep the layers' default for no activation, Glorot-uniform.
 
 def _tiny(channels, height, width, num_classes):
     """The classic one-layer NumPy CNN tutorial network (as in Victor Zhou's "CNNs from scratch"):
@@ -65,15 +67,15 @@ def _tiny(channels, height, width, num_classes):
     no nonlinearity follows it.
     """
     conv = Conv2D(channels, 8, 3, padding="valid", bias=False)
-    flat = _flat_size(Sequential(conv, MaxPool2D(2)), (channels, height, width))
+    flat = _flat_size([conv, MaxPool2D(2)], (channels, height, width))
     return Sequential(conv, MaxPool2D(2), Flatten(), Dense(flat, num_classes))
 
 
 def _conv5(channels, height, width, num_classes):
     """``(C, 28, 28) -conv 5x5, 8 filters, same-> (8, 28, 28) -ReLU, max pool 2-> (8, 14, 14)
     -flatten-> 1568 -dense-> 10``."""
-    features = [Conv2D(channels, 8, 5, padding="same"), ReLU(), MaxPool2D(2)]
-    flat = _flat_size(Sequential(features), (channels, height, width))
+    features = [Conv2D(channels, 8, 5, padding="same", weight_init="he_normal"), ReLU(), MaxPool2D(2)]
+    flat = _flat_size(features, (channels, height, width))
     return Sequential(*features, Flatten(), Dense(flat, num_classes))
 
 
@@ -88,7 +90,7 @@ def _convnet(channels, height, width, num_classes):
     """
     features = [Conv2D(channels, 8, 3, padding=1), ReLU(), MaxPool2D(2),
                 Conv2D(8, 16, 3, padding=1), ReLU(), MaxPool2D(2)]
-    flat = _flat_size(Sequential(features), (channels, height, width))
+    flat = _flat_size(features, (channels, height, width))
     model = Sequential(*features, Flatten(), Dense(flat, num_classes))
     generator = rng.default_rng()
     for name, parameter in model.named_parameters():
@@ -108,11 +110,11 @@ def _lenet5(channels, height, width, num_classes):
 
     ReLU and max pooling replace LeCun's scaled tanh and subsampling; 61,706 parameters.
     """
-    features = [Conv2D(channels, 6, 5, padding=2), ReLU(), MaxPool2D(2),
-                Conv2D(6, 16, 5), ReLU(), MaxPool2D(2)]
-    flat = _flat_size(Sequential(features), (channels, height, width))
-    return Sequential(*features, Flatten(), Dense(flat, 120), ReLU(), Dense(120, 84), ReLU(),
-                      Dense(84, num_classes))
+    features = [Conv2D(channels, 6, 5, padding=2, weight_init="he_normal"), ReLU(), MaxPool2D(2),
+                Conv2D(6, 16, 5, weight_init="he_normal"), ReLU(), MaxPool2D(2)]
+    flat = _flat_size(features, (channels, height, width))
+    return Sequential(*features, Flatten(), Dense(flat, 120, weight_init="he_normal"), ReLU(),
+                      Dense(120, 84, weight_init="he_normal"), ReLU(), Dense(84, num_classes))
 
 
 VGG_CHANNELS = (16, 32, 64)
@@ -128,28 +130,29 @@ def _vgg_mini(channels, height, width, num_classes):
 
     Convolutions followed by batch normalization have no bias (BN's shift replaces it).
     """
-    layers, in_channels = [], channels
+    features, in_channels = [], channels
     for out_channels in VGG_CHANNELS:
-        layers += [Conv2D(in_channels, out_channels, 3, padding=1, bias=False), BatchNorm2D(out_channels),
-                   ReLU(), Conv2D(out_channels, out_channels, 3, padding=1, bias=False),
+        features += [Conv2D(in_channels, out_channels, 3, padding=1, bias=False, weight_init="he_normal"),
+                   BatchNorm2D(out_channels), ReLU(),
+                   Conv2D(out_channels, out_channels, 3, padding=1, bias=False, weight_init="he_normal"),
                    BatchNorm2D(out_channels), ReLU(), MaxPool2D(2), Dropout(0.1)]
         in_channels = out_channels
-    flat = _flat_size(Sequential(layers), (channels, height, width))
-    return Sequential(*layers, Flatten(), Dense(flat, VGG_HIDDEN, bias=False), BatchNorm1D(VGG_HIDDEN),
-                      ReLU(), Dropout(0.4), Dense(VGG_HIDDEN, num_classes))
+    flat = _flat_size(features, (channels, height, width))
+    return Sequential(*features, Flatten(), Dense(flat, VGG_HIDDEN, bias=False, weight_init="he_normal"),
+                      BatchNorm1D(VGG_HIDDEN), ReLU(), Dropout(0.4), Dense(VGG_HIDDEN, num_classes))
 
 
 def _basic_block(in_channels, out_channels, stride):
     """ResNet's basic block, ``ReLU(BN(conv(ReLU(BN(conv(x))))) + shortcut(x))``: an identity
     shortcut when the shape stays, else a projection (1x1 convolution with the stride, BN)."""
-    block = Sequential(Conv2D(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-                       BatchNorm2D(out_channels), ReLU(),
-                       Conv2D(out_channels, out_channels, 3, padding=1, bias=False),
-                       BatchNorm2D(out_channels))
+    block = layers.Sequential(
+        Conv2D(in_channels, out_channels, 3, stride=stride, padding=1, bias=False, weight_init="he_normal"),
+        BatchNorm2D(out_channels), ReLU(),
+        Conv2D(out_channels, out_channels, 3, padding=1, bias=False), BatchNorm2D(out_channels))
     shortcut = None
     if stride != 1 or in_channels != out_channels:
-        shortcut = Sequential(Conv2D(in_channels, out_channels, 1, stride=stride, bias=False),
-                              BatchNorm2D(out_channels))
+        shortcut = layers.Sequential(Conv2D(in_channels, out_channels, 1, stride=stride, bias=False),
+                                     BatchNorm2D(out_channels))
     return [Residual(block, shortcut), ReLU()]
 
 
@@ -162,13 +165,15 @@ def _resnet_mini(channels, height, width, num_classes):
         basic block 32 -> 64, stride 2, projection          (64, 4, 4)
         global average pooling 64, dense 10
     """
-    return Sequential(Conv2D(channels, 16, 3, padding=1, bias=False), BatchNorm2D(16), ReLU(),
+    return Sequential(Conv2D(channels, 16, 3, padding=1, bias=False, weight_init="he_normal"),
+                      BatchNorm2D(16), ReLU(),
                       MaxPool2D(2), *_basic_block(16, 16, 1), *_basic_block(16, 32, 2),
                       *_basic_block(32, 64, 2), GlobalAvgPool2D(), Dense(64, num_classes))
 
 
 def _flat_size(features, input_shape):
-    return int(np.prod(features.output_shape(input_shape)))
+    """The number of values the list of layers ``features`` makes of one sample."""
+    return int(np.prod(layers.Sequential(features).output_shape(input_shape)))
 
 
 # ---------------------------------------------------------------------------- recipes
@@ -346,4 +351,4 @@ def preprocess(recipe, x):
     """Images as the recipe's model takes them, computed up front: float32 pixels / 255, minus
     0.5 for ``"center"``; layout is kept. Only for a model whose ``preprocessing`` is None: one
     given :func:`build_preprocessing`'s value shifts its inputs itself, batch by batch."""
-    return scaled_pixels(x, build_preprocessing(recipe))
+    return data.scaled_pixels(x, build_preprocessing(recipe))

@@ -96,3 +96,9 @@ def test_integer_inputs_are_refused_rather_than_truncated(layer):
 def test_a_list_input_is_refused_with_the_layer_named():
     with pytest.raises(TypeError, match="Sigmoid.*NumPy array"):
         Sigmoid().forward([[1.0, 2.0]])
+
+
+@pytest.mark.parametrize("slope", [float("nan"), float("inf"), "0.1", None])
+def test_leaky_relu_refuses_a_slope_that_is_not_a_finite_number(slope):
+    with pytest.raises((ValueError, TypeError), match="negative_slope must be a finite number"):
+        LeakyReLU(slope)

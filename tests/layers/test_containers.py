@@ -5,7 +5,8 @@ import npconvnet
 from gradcheck import check_layer_gradients
 from npconvnet.layers import base, containers
 from npconvnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                              GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual, Sequential, Sigmoid, Tanh)
+                              GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual, Sigmoid, Tanh)
+from npconvnet import Sequential
 
 
 def small_network():
@@ -115,14 +116,75 @@ def test_summary_lists_output_shapes_and_parameter_counts():
     assert "13,530" in text and "Total params: 13,610" in text
 
 
-def test_auto_initialisation_is_he_before_relu_and_glorot_otherwise():
+def test_auto_initialisation_is_he_for_a_relu_activation_and_glorot_otherwise():
     npconvnet.manual_seed(0)
-    network = Sequential(Conv2D(16, 64, 3), BatchNorm2D(64), ReLU(), Flatten(), Dense(4096, 512), Sigmoid())
     he_std = np.sqrt(2 / (16 * 9))
+    assert abs(Conv2D(16, 64, 3, activation="relu").weight.data.std() / he_std - 1) < 0.05
     glorot_limit = np.sqrt(6 / (4096 + 512))
-    assert abs(network[0].weight.data.std() / he_std - 1) < 0.05
-    assert np.abs(network[4].weight.data).max() <= glorot_limit
-    assert abs(network[4].weight.data.std() / (glorot_limit / np.sqrt(3)) - 1) < 0.05
+    weight = Dense(4096, 512).weight.data
+    assert np.abs(weight).max() <= glorot_limit
+    assert abs(weight.std() / (glorot_limit / np.sqrt(3)) - 1) < 0.05
+
+
+def layers_with_set_weights():
+    """One layer of every kind that holds arrays, each array set to a recognisable value."""
+    made = [Conv2D(2, 3, 3, padding=1), BatchNorm2D(3), Dense(4, 3), BatchNorm1D(3),
+            Conv2D(3, 3, 1, activation="relu"), Dense(3, 3, activation="softmax")]
+    for index, layer in enumerate(made):
+        for name, parameter in layer.named_parameters():
+            parameter.data[...] = np.arange(parameter.data.size).reshape(parameter.data.shape) / 7 + index
+        for name in layer.buffer_names:
+            getattr(layer, name)[...] = index + 0.5
+    return made
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda layers: Sequential(*layers),
+    lambda layers: npconvnet.layers.Sequential(layers),
+    lambda layers: Sequential(*(Residual(npconvnet.layers.Sequential(layer)) for layer in layers)),
+    lambda layers: Sequential(Residual(layers[0], shortcut=npconvnet.layers.Sequential(layers[1:]))),
+    lambda layers: Sequential(npconvnet.layers.Sequential(npconvnet.layers.Sequential(layers[:3]), *layers[3:])),
+], ids=["model", "container", "residual-blocks", "residual-shortcut", "nested"])
+def test_containers_never_change_the_weights_they_are_given(wrap):
+    given = layers_with_set_weights()
+    before = [layer.state_dict() for layer in given]
+    wrap(given)
+    for layer, state in zip(given, before):
+        for name, value in layer.state_dict().items():
+            np.testing.assert_array_equal(value, state[name], err_msg=f"{layer!r} {name}")
+
+
+def test_a_network_of_layers_holding_pytorch_weights_matches_pytorch(rng, torch):
+    nn = torch.nn
+    reference = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(4 * 5 * 5, 3)).double()
+    with torch.no_grad():
+        reference[1].running_mean.uniform_(-1, 1), reference[1].running_var.uniform_(0.5, 2)
+    layers = [Conv2D(2, 4, 3, padding=1), BatchNorm2D(4), ReLU(), Flatten(), Dense(100, 3)]
+    for layer, module in zip(layers, reference):
+        layer.astype(np.float64)
+        layer.load_state_dict({name: value.detach().numpy() for name, value in module.state_dict().items()},
+                              strict=False)
+    network = Sequential(*layers).eval()
+    reference.eval()
+    x = rng.standard_normal((3, 2, 5, 5))
+    out = network.forward(x)
+    upstream = rng.standard_normal(out.shape)
+    grad_input = network.backward(upstream)
+    x_torch = torch.tensor(x, requires_grad=True)
+    expected = reference(x_torch)
+    expected.backward(torch.tensor(upstream))
+    np.testing.assert_allclose(out, expected.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grad_input, x_torch.grad.numpy(), rtol=1e-9, atol=1e-12)
+    torch_parameters = dict(reference.named_parameters())
+    for name, parameter in network.named_parameters():
+        np.testing.assert_allclose(parameter.grad, torch_parameters[name].grad.numpy(), rtol=1e-9,
+                                   atol=1e-12, err_msg=name)
+
+
+def test_the_layer_container_points_to_the_model_for_training():
+    with pytest.raises(AttributeError, match="npconvnet.Sequential"):
+        npconvnet.layers.Sequential(Dense(2, 2)).fit
 
 
 def test_manual_seed_makes_weights_repeatable():
@@ -303,3 +365,31 @@ def test_backward_after_switching_a_chunked_evaluation_to_training_mode_is_refus
     network.train()
     with pytest.raises(RuntimeError, match="call forward again"):
         network.backward(np.ones_like(out))
+
+
+def test_load_state_dict_strict_false_loads_what_matches_and_reports_the_rest():
+    network = Sequential(Conv2D(1, 2, 3), BatchNorm2D(2))
+    state = {name: value + 1 for name, value in network.state_dict().items()}
+    del state["1.bias"]
+    state["1.num_batches_tracked"] = np.array(7)
+    result = network.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["1.bias"] and result.unexpected_keys == ["1.num_batches_tracked"]
+    np.testing.assert_array_equal(network[1].running_var, state["1.running_var"])
+
+
+def test_load_state_dict_is_strict_by_default():
+    network = Sequential(Dense(2, 2))
+    with pytest.raises(ValueError, match=r"unexpected \['extra'\].*strict=False"):
+        network.load_state_dict({**network.state_dict(), "extra": np.zeros(1)})
+
+
+def test_summary_refuses_an_input_the_model_cannot_take():
+    network = Sequential(Conv2D(5, 2, 3), ReLU(), MaxPool2D(2))
+    with pytest.raises(ValueError, match=r"summary: layer 0 \(Conv2D\) cannot take samples of shape \(5, 1, 1\)"):
+        network.summary((5, 1, 1), print_fn=None)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.bool_, "not a dtype"])
+def test_astype_refuses_a_dtype_that_is_not_floating_point(dtype):
+    with pytest.raises(TypeError, match="floating-point dtype|expects a NumPy dtype"):
+        Sequential(Dense(2, 2)).astype(dtype)

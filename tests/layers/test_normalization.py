@@ -69,3 +69,14 @@ def test_running_statistics_are_buffers_not_parameters():
     layer = BatchNorm2D(3)
     assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
     assert [name for name, _ in layer.named_buffers()] == ["running_mean", "running_var"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"eps": -1}, "eps must be a finite number > 0"),
+    ({"eps": float("nan")}, "eps must be a finite number > 0"),
+    ({"momentum": 1.5}, r"momentum must be a finite number in \[0, 1\]"),
+    ({"num_features": True}, "num_features must be an int >= 1"),
+])
+def test_batch_norm_refuses_settings_that_cannot_work(arguments, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        BatchNorm2D(**{"num_features": 2, **arguments})

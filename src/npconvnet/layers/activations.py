@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from .. import checks
 from .base import Layer
 
 
@@ -41,7 +42,7 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = checks.number("LeakyReLU", "negative_slope", negative_slope)
 
     def forward(self, x):
         self._check_input(x, layout="(N, ...)")

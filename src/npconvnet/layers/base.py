@@ -1,5 +1,7 @@
 """The layer protocol: ``forward`` computes the output, ``backward`` applies the chain rule."""
 
+import inspect
+from collections import namedtuple
 from types import SimpleNamespace
 
 import numpy as np
@@ -7,12 +9,17 @@ import numpy as np
 from ..parameter import Parameter
 from ..rng import default_rng
 
-#: Every layer class by name, so that a model file can name its layers (see serialization).
+#: Every layer class by name, so that an architecture (and a model file) can name its layers.
 LAYER_CLASSES = {}
 
 #: Arrays a layer keeps for backward are kept from one call to the next from this size on
 #: (see ``Layer._workspace``).
 WORKSPACE_BYTES = 2 * 2**20
+
+
+#: What ``load_state_dict`` returns, as in PyTorch: the names it did not find in the state and
+#: the names in the state it did not know.
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 def init_weight(method, shape, fan_in, fan_out):
@@ -56,9 +63,11 @@ class Layer:
     #: ``Sequential.forward``). A custom layer is taken not to, unless its class says so.
     samplewise = False
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, register=True, **kwargs):
+        """Every public layer class is registered by name; ``register=False`` keeps a subclass
+        that adds no layer of its own (the trainable ``npconvnet.Sequential``) out of the table."""
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
+        if register and not cls.__name__.startswith("_"):
             LAYER_CLASSES[cls.__name__] = cls
 
     def __init__(self):
@@ -153,24 +162,50 @@ class Layer:
         state.update({name: np.array(b, copy=True) for name, b in self.named_buffers()})
         return state
 
-    def load_state_dict(self, state):
-        """Copy arrays from ``state`` into this layer; names and shapes must match exactly."""
-        targets = dict(self.named_parameters())
-        buffers = dict(self.named_buffers())
-        expected = set(targets) | set(buffers)
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
+    def load_state_dict(self, state, strict=True):
+        """Copy arrays from ``state`` (names as in :meth:`state_dict`) into this layer.
+
+        ``strict=True``: the names must match exactly. ``strict=False``: the arrays whose names
+        match are copied and the rest left as they are, as PyTorch does, so that a PyTorch
+        ``state_dict`` (its ``num_batches_tracked`` entries, say) loads. Either way the shapes of
+        the copied arrays must match, and a failed call changes nothing. Returns
+        ``IncompatibleKeys(missing_keys, unexpected_keys)``.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"{self!r}: load_state_dict expects a dict of arrays by name, "
+                            f"got {type(state).__name__}")
+        targets = {name: p.data for name, p in self.named_parameters()}
+        targets.update(self.named_buffers())
+        missing = sorted(set(targets) - set(state))
+        unexpected = sorted(set(state) - set(targets), key=str)
+        if strict and (missing or unexpected):
             raise ValueError(f"{self!r}: state does not match the layer: missing {missing}, "
-                             f"unexpected {unexpected}")
-        pairs = [(targets[name].data if name in targets else buffers[name], np.asarray(state[name]))
-                 for name in sorted(expected)]
-        # Every shape is checked before anything is copied: a bad state leaves the layer as it was.
-        for name, (current, value) in zip(sorted(expected), pairs):
-            if value.shape != current.shape:
+                             f"unexpected {unexpected} (strict=False loads the arrays that match)")
+        names = sorted(set(targets) & set(state))
+        values = {}
+        # Every value is checked before anything is copied: a bad state leaves the layer as it was.
+        for name in names:
+            value = np.asarray(state[name])
+            if value.shape != targets[name].shape:
                 raise ValueError(f"{self!r}: {name} has shape {value.shape} in the state, "
-                                 f"expected {current.shape}")
-        for current, value in pairs:
-            current[...] = value
+                                 f"expected {targets[name].shape}")
+            if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+                raise TypeError(f"{self!r}: {name} holds {value.dtype} values in the state, expected numbers")
+            values[name] = value
+        for name in names:
+            targets[name][...] = values[name]
+        return IncompatibleKeys(missing, unexpected)
+
+    def regularization_terms(self):
+        """``[(Parameter, regularizer), ...]`` of this layer and every layer inside it: the
+        weight penalties ``fit`` adds to the loss (see ``npconvnet.regularizers``)."""
+        terms = self._own_regularization_terms()
+        for _, child in self.children():
+            terms += child.regularization_terms()
+        return terms
+
+    def _own_regularization_terms(self):
+        return []
 
     def num_parameters(self):
         return sum(p.size for p in self.parameters())
@@ -192,6 +227,13 @@ class Layer:
 
     def astype(self, dtype):
         """Convert every parameter and buffer to ``dtype`` (e.g. ``np.float64`` for gradient checks)."""
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{self!r:.200}: astype expects a NumPy dtype, got {dtype!r:.100}") from None
+        if not np.issubdtype(dtype, np.floating):
+            raise TypeError(f"{self!r:.200}: astype expects a floating-point dtype (float32 or float64), "
+                            f"got {dtype}")
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = p.grad.astype(dtype)
@@ -208,11 +250,70 @@ class Layer:
         for p in self.parameters():
             p.zero_grad()
 
+    @property
+    def dtype(self):
+        """The dtype of the parameters (float32 unless converted with ``astype``)."""
+        parameters = self.parameters()
+        return parameters[0].data.dtype if parameters else np.dtype(np.float32)
+
     # Description.
     def get_config(self):
-        """Constructor arguments, as JSON-friendly values: ``type(self)(**get_config())`` rebuilds it."""
+        """Constructor arguments, as JSON-friendly values: ``from_config(get_config())`` rebuilds
+        the layer (with fresh weights), as in Keras."""
         return {}
+
+    @classmethod
+    def from_config(cls, config):
+        """A new layer from :meth:`get_config`'s output; the constructor checks every value."""
+        cls._check_arguments(config)
+        return cls(**config)
+
+    @classmethod
+    def _check_arguments(cls, config):
+        """A TypeError naming a missing or unexpected argument, before the constructor runs."""
+        signature = inspect.signature(cls)
+        try:
+            signature.bind(**config)
+        except TypeError as error:
+            raise TypeError(f"{error}; {cls.__name__} takes {list(signature.parameters) or 'no arguments'}") from None
 
     def __repr__(self):
         args = ", ".join(f"{key}={value!r}" for key, value in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+class ConfigError(ValueError):
+    """An architecture that does not describe layers; ``where`` is the path to the bad entry
+    (``"architecture.3.block"``) and ``reason`` what is wrong there."""
+
+    def __init__(self, where, reason):
+        super().__init__(f"{where}: {reason}")
+        self.where, self.reason = where, reason
+
+
+def layer_to_config(layer):
+    """``Conv2D(1, 8, 3) -> {"class": "Conv2D", "config": {"in_channels": 1, ...}}``."""
+    return {"class": type(layer).__name__, "config": layer.get_config()}
+
+
+def layer_from_config(config, where="architecture"):
+    """Rebuild a layer (with fresh weights) from :func:`layer_to_config`'s output.
+
+    The class is looked up among the registered layers (every ``Layer`` subclass, the program's
+    own included) and built by its ``from_config``, whose constructor checks every argument.
+    Unknown layer names, missing, unexpected or ill-typed arguments raise :class:`ConfigError`
+    naming the place in the architecture (``where``), never a bare ``TypeError`` from inside.
+    """
+    if not isinstance(config, dict) or set(config) != {"class", "config"}:
+        raise ConfigError(where, f"a layer must be {{'class': ..., 'config': {{...}}}}, got {config!r:.200}")
+    name, arguments = config["class"], config["config"]
+    if not isinstance(name, str) or name not in LAYER_CLASSES:
+        raise ConfigError(where, f"unknown layer {name!r:.100}; known layers: {', '.join(sorted(LAYER_CLASSES))}")
+    if not isinstance(arguments, dict) or not all(isinstance(key, str) for key in arguments):
+        raise ConfigError(where, f"the config of {name} must be a dict of arguments, got {arguments!r:.100}")
+    try:
+        return LAYER_CLASSES[name].from_config(arguments)
+    except ConfigError as error:        # from a layer inside this one: the path continues here
+        raise ConfigError(f"{where}.{error.where}", error.reason) from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(where, f"bad arguments for {name}: {error}") from None

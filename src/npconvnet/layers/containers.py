@@ -2,12 +2,7 @@
 
 import numpy as np
 
-from ..training import Model
-from .activations import LeakyReLU, ReLU
-from .base import Layer
-from .dense import Flatten
-from .dropout import Dropout
-from .normalization import _BatchNorm
+from .base import Layer, layer_from_config, layer_to_config
 
 #: In evaluation mode a Sequential runs a larger batch through its layers in chunks of at most
 #: this many samples (see ``Sequential.forward``).
@@ -55,9 +50,15 @@ class Residual(Layer):
         return grad_input + self.shortcut.backward(grad_output)
 
     def get_config(self):
-        from ..serialization import layer_to_config   # serialization imports the layers
         return {"block": layer_to_config(self.block),
                 "shortcut": None if self.shortcut is None else layer_to_config(self.shortcut)}
+
+    @classmethod
+    def from_config(cls, config):
+        cls._check_arguments(config)
+        shortcut = config.get("shortcut")
+        return cls(layer_from_config(config["block"], "block"),
+                   None if shortcut is None else layer_from_config(shortcut, "shortcut"))
 
 
 def _output_shape(layer, input_shape):
@@ -67,11 +68,21 @@ def _output_shape(layer, input_shape):
     return tuple(input_shape)
 
 
-class Sequential(Model, Layer):
+#: What the trainable model adds to a Sequential of layers (see ``Sequential.__getattr__``).
+_MODEL_METHODS = frozenset({"compile", "fit", "evaluate", "predict", "predict_classes", "save",
+                            "save_weights", "load_weights", "preprocess_input"})
+
+
+class Sequential(Layer):
     """Layers applied one after the other: ``y = f_n(... f_2(f_1(x)))``.
 
     Backward runs the chain rule in reverse: each layer turns dL/d(its output) into
     dL/d(its input). ``Sequential([a, b])`` and ``Sequential(a, b)`` are the same.
+
+    This is a container of layers, like ``torch.nn.Sequential``: it never changes the layers
+    it is given (their weights stay as they are). The model that trains, with Keras's
+    ``compile``/``fit``/``evaluate``/``predict``/``save``, is ``npconvnet.Sequential``, a
+    Sequential with the training methods added.
     """
 
     samplewise = True
@@ -85,29 +96,22 @@ class Sequential(Model, Layer):
         self._chunked_input = None          # the input of a forward run in chunks, for backward
         for layer in layers:
             self.add(layer)
-        self._use_glorot_where_no_relu_follows()
 
     def add(self, layer):
-        """Append a layer (Keras' ``model.add``).
-
-        The He/Glorot choice of ``weight_init="auto"`` is made once, by the constructor, so that
-        adding a layer never redraws weights that may already be trained: a layer appended here
-        keeps its He-normal start. Pass every layer to the constructor to get the choice made.
-        """
+        """Append a layer (Keras' ``model.add``); the layer is kept as it is."""
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential: expected Layer objects, got {type(layer).__name__} "
                             f"at position {len(self.layers)}")
         self.layers.append(layer)
 
-    def _use_glorot_where_no_relu_follows(self):
-        """He initialisation suits layers that feed a ReLU; Glorot suits the others."""
-        for index, layer in enumerate(self.layers):
-            if getattr(layer, "weight_init", None) != "auto":
-                continue
-            following = next((later for later in self.layers[index + 1:]
-                              if not isinstance(later, (_BatchNorm, Dropout, Flatten))), None)
-            if not isinstance(following, (ReLU, LeakyReLU)):
-                layer.reset_parameters("glorot_uniform")
+    def __getattr__(self, name):
+        # Only reached for a missing attribute: say where the training methods are.
+        if name in _MODEL_METHODS:
+            raise AttributeError(
+                f"npconvnet.layers.Sequential has no {name}(): it is a container of layers (as "
+                f"torch.nn.Sequential is); the model that trains is npconvnet.Sequential (from "
+                f"npconvnet import Sequential), built from the same layers")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __getitem__(self, index):
         return self.layers[index]
@@ -181,15 +185,16 @@ class Sequential(Model, Layer):
         """A table of each layer's output shape and parameter count, as Keras prints it.
 
         ``input_shape`` is the shape of one sample, e.g. ``(1, 28, 28)``; without it the shapes
-        of the model's ``input_shape`` attribute (set by the zoo and by ``fit``) are used.
-        Prints the table with ``print_fn`` and returns it as a string when ``print_fn`` is None.
+        of the model's ``input_shape`` attribute (set by the zoo and by ``fit``) are used, and
+        without either the shapes are left out. The shapes are those of one sample of zeros
+        run through the layers in evaluation mode, so an input the model cannot take raises the
+        ``ValueError`` that ``forward`` would. Prints the table with ``print_fn`` and returns it
+        as a string when ``print_fn`` is None.
         """
-        input_shape = input_shape or getattr(self, "input_shape", None)
+        input_shape = input_shape if input_shape is not None else getattr(self, "input_shape", None)
+        shapes = self._sample_shapes(input_shape) if input_shape is not None else [None] * len(self.layers)
         rows = [("Layer (type)", "Output Shape", "Param #")]
-        shape = tuple(input_shape) if input_shape else None
-        for index, layer in enumerate(self.layers):
-            if shape is not None:
-                shape = _output_shape(layer, shape)
+        for index, (layer, shape) in enumerate(zip(self.layers, shapes)):
             shown = "(None, " + ", ".join(map(str, shape)) + ")" if shape is not None else "?"
             rows.append((f"{index}: {type(layer).__name__}", shown, f"{layer.num_parameters():,}"))
         widths = [max(len(row[column]) for row in rows) + 2 for column in range(3)]
@@ -205,9 +210,39 @@ class Sequential(Model, Layer):
             return text
         print_fn(text)
 
+    def _sample_shapes(self, input_shape):
+        """Each layer's output shape for one sample of ``input_shape``, from a real forward pass."""
+        if (not isinstance(input_shape, (tuple, list)) or not input_shape
+                or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n > 0
+                           for n in input_shape)):
+            raise ValueError(f"summary: input_shape must be one sample's shape, a tuple of positive "
+                             f"ints such as (1, 28, 28), got {input_shape!r:.100}")
+        previous = self.training
+        self.eval()
+        try:
+            x = np.zeros((1, *input_shape), self.dtype)
+            shapes = []
+            for index, layer in enumerate(self.layers):
+                try:
+                    x = layer.forward(x)
+                except (ValueError, TypeError) as error:
+                    raise type(error)(f"summary: layer {index} ({type(layer).__name__}) cannot take "
+                                      f"samples of shape {tuple(x.shape[1:])}: {error}") from None
+                shapes.append(tuple(x.shape[1:]))
+            return shapes
+        finally:
+            self.train(previous)
+
     def get_config(self):
-        from ..serialization import layer_to_config   # serialization imports the layers
         return {"layers": [layer_to_config(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config):
+        if set(config) != {"layers"}:
+            raise TypeError(f"the config of a Sequential holds 'layers' alone, got {sorted(config)}")
+        if not isinstance(config["layers"], list):
+            raise ValueError(f"layers must be a list of layer configs, got {config['layers']!r:.100}")
+        return cls([layer_from_config(item, str(index)) for index, item in enumerate(config["layers"])])
 
     def __repr__(self):
         inner = "\n".join(f"  ({index}): {layer!r}".replace("\n", "\n  ")

@@ -2,11 +2,13 @@
 
 import numpy as np
 
+from .. import checks
 from ..parameter import Parameter
 from ..products import matmul, row_sums
 from ..windows import (as_matrix, as_pair, batch_last, check_padding, col2im, from_matrix, im2col, output_size, pad,
                        padded_shape, resolve_padding, to_batch_last, windows_of_outputs)
-from .base import Layer, init_weight
+from .affine import _AffineLayer
+from .base import init_weight
 
 
 #: The outputs are processed in blocks whose columns take about this many bytes: small enough
@@ -14,7 +16,7 @@ from .base import Layer, init_weight
 BLOCK_BYTES = 2 * 2**20
 
 
-class Conv2D(Layer):
+class Conv2D(_AffineLayer):
     """2-D convolution over many channels (a cross-correlation, as PyTorch's ``conv2d``).
 
     ``(N, C, H, W) -> (N, F, H', W')``, ``H' = (H + pad_top + pad_bottom - kh) // stride_h + 1``::
@@ -35,17 +37,16 @@ class Conv2D(Layer):
 
     ``padding``: an int, a pair, ``((top, bottom), (left, right))``, ``"valid"`` (none),
     ``"same"`` (output size ``ceil(input / stride)``) or ``"full"`` (``kernel - 1`` each side).
-    ``weight_init="auto"`` draws He-normal weights; a ``Sequential`` built with the layer switches
-    them to Glorot-uniform when no ReLU follows it.
+    ``activation``: None, or the name of an activation applied to the output
+    (``activation="relu"`` computes what ``Conv2D(...), ReLU()`` does). ``weight_init="auto"``:
+    He-normal for a ReLU activation, Glorot-uniform otherwise. ``kernel_regularizer``: a weight
+    penalty from ``npconvnet.regularizers``, added to the loss by ``fit``.
     """
 
-    samplewise = True
-    can_skip_input_grad = True
-
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 weight_init="auto"):
+                 weight_init="auto", activation=None, kernel_regularizer=None):
         super().__init__()
-        owner = f"Conv2D({in_channels}, {out_channels})"
+        owner = f"Conv2D({in_channels!r:.20}, {out_channels!r:.20})"
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
@@ -56,8 +57,9 @@ class Conv2D(Layer):
             raise ValueError(f"{owner}: kernel_size and stride must be positive, got "
                              f"kernel_size={kernel_size!r}, stride={stride!r}")
         self.padding = check_padding(padding, owner)
-        self.weight_init = weight_init
-        self.reset_parameters("he_normal" if weight_init == "auto" else weight_init)
+        bias = checks.boolean(owner, "bias", bias)
+        self._set_options(owner, activation, weight_init, kernel_regularizer)
+        self.reset_parameters(self._initial_method())
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
 
     def reset_parameters(self, method):
@@ -86,7 +88,7 @@ class Conv2D(Layer):
         # Handed on batch-last: the (N, F, H', W') view of the product.
         out = from_matrix(out, (x.shape[0], self.out_channels, out_h, out_w))
         self._remember(out, x_pad=x_pad, input_shape=x.shape, padding=padding)
-        return out
+        return self._activate(out)
 
     def _padded(self, name, x, padding):
         """``x`` padded with zeros, batch-last, in the layer's workspace ``name``."""
@@ -129,6 +131,7 @@ class Conv2D(Layer):
                 yield rows, columns, cols.reshape(window_size, -1)
 
     def backward(self, grad_output, input_grad=True):
+        grad_output = self._through_activation(grad_output)
         saved = self._recall(grad_output)
         n, _, out_h, out_w = grad_output.shape
         # (F, H', W'*N): the rows of the forward product (no copy for a batch-last gradient).
@@ -187,8 +190,7 @@ class Conv2D(Layer):
     def get_config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
-                "bias": self.bias is not None, "weight_init": self.weight_init}
-
+                "bias": self.bias is not None, **self._options_config()}
 
 
 def _evened(length, block):

@@ -2,31 +2,34 @@
 
 import numpy as np
 
+from .. import checks
 from ..parameter import Parameter
 from ..windows import is_batch_last, to_batch_last
+from .affine import _AffineLayer
 from .base import Layer, init_weight
 
 
-class Dense(Layer):
+class Dense(_AffineLayer):
     """``(N, in_features) -> (N, out_features)``: ``y = x @ weight.T + bias``.
 
     Backward: ``dL/dx = dL/dy @ weight``, ``dL/dweight = dL/dy.T @ x``, ``dL/dbias = sum_n dL/dy``.
-    ``weight_init="auto"`` draws He-normal weights; a ``Sequential`` built with the layer switches
-    them to Glorot-uniform when no ReLU follows it.
+    ``activation``: None, or the name of an activation applied to the output
+    (``activation="softmax"`` computes what ``Dense(...), Softmax()`` does). ``weight_init="auto"``:
+    He-normal for a ReLU activation, Glorot-uniform otherwise. ``kernel_regularizer``: a weight
+    penalty from ``npconvnet.regularizers``, added to the loss by ``fit``.
     """
 
-    samplewise = True
-    can_skip_input_grad = True
-
-    def __init__(self, in_features, out_features, bias=True, weight_init="auto"):
+    def __init__(self, in_features, out_features, bias=True, weight_init="auto", activation=None,
+                 kernel_regularizer=None):
         super().__init__()
+        owner = f"Dense({in_features!r:.20}, {out_features!r:.20})"
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Dense({in_features}, {out_features}): {name} must be a "
-                                 f"positive int, got {value!r}")
+                raise ValueError(f"{owner}: {name} must be a positive int, got {value!r:.100}")
+        bias = checks.boolean(owner, "bias", bias)
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.weight_init = weight_init
-        self.reset_parameters("he_normal" if weight_init == "auto" else weight_init)
+        self._set_options(owner, activation, weight_init, kernel_regularizer)
+        self.reset_parameters(self._initial_method())
         self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
 
     def reset_parameters(self, method):
@@ -42,9 +45,10 @@ class Dense(Layer):
         if self.bias is not None:
             out += self.bias.data
         self._remember(out, x=x)
-        return out
+        return self._activate(out)
 
     def backward(self, grad_output, input_grad=True):
+        grad_output = self._through_activation(grad_output)
         x = self._recall(grad_output).x
         self.weight.grad = grad_output.T @ x
         if self.bias is not None:
@@ -53,7 +57,7 @@ class Dense(Layer):
 
     def get_config(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, "weight_init": self.weight_init}
+                "bias": self.bias is not None, **self._options_config()}
 
 
 class Flatten(Layer):

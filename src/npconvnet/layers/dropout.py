@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from .. import checks
 from ..rng import default_rng
 from .base import Layer
 
@@ -14,9 +15,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if not 0 <= p <= 1:
-            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
-        self.p = float(p)
+        self.p = checks.number("Dropout", "p", p, at_least=0, at_most=1)
 
     def forward(self, x):
         self._check_input(x, layout="(N, ...)")

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from .. import checks
 from ..parameter import Parameter
 from ..products import row_sums
 from ..windows import as_matrix
@@ -29,10 +30,10 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
         super().__init__()
-        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
-            raise ValueError(f"{type(self).__name__}: num_features must be a positive int, "
-                             f"got {num_features!r}")
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
+        owner = type(self).__name__
+        self.num_features = checks.integer(owner, "num_features", num_features, at_least=1)
+        self.eps = checks.number(owner, "eps", eps, greater_than=0)
+        self.momentum = checks.number(owner, "momentum", momentum, at_least=0, at_most=1)
         self.weight = Parameter(np.ones(num_features, np.float32))
         self.bias = Parameter(np.zeros(num_features, np.float32))
         self.running_mean = np.zeros(num_features, np.float32)

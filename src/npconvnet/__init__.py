@@ -15,12 +15,13 @@ The public surface::
     npconvnet.zoo          get(name), names(), recipe(name): tiny ... resnet-mini
     npconvnet.imaging      load_image, prepare_digit (a photo of a digit made to look like MNIST)
     npconvnet.plots        training curves, confusion matrices, filters and feature maps
+    npconvnet.reference    conv2d, max_pool2d, avg_pool2d, dense (+ _backward): the layers' math, plainly
     npconvnet.load_model   rebuild a model saved with model.save(path)
 
 A ``Sequential`` model trains the Keras way: ``compile``, ``fit``, ``evaluate``, ``predict``.
 """
 
-from . import callbacks, data, datasets, imaging, layers, losses, metrics, optim, plots, schedulers, zoo
+from . import callbacks, data, datasets, imaging, layers, losses, metrics, optim, plots, reference, schedulers, zoo
 from .layers import Sequential
 from .parameter import Parameter
 from .rng import manual_seed
@@ -28,5 +29,5 @@ from .serialization import ModelFileError, load_model, save_model
 
 __version__ = "0.1.0"
 
-__all__ = ["callbacks", "data", "datasets", "imaging", "layers", "plots", "losses", "metrics", "optim", "schedulers", "zoo",
-           "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError"]
+__all__ = ["callbacks", "data", "datasets", "imaging", "layers", "plots", "losses", "metrics", "optim", "reference",
+           "schedulers", "zoo", "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError"]

@@ -8,7 +8,8 @@ from .base import Layer, init_weight
 
 
 class Dense(Layer):
-    """``(N, in_features) -> (N, out_features)``: ``y = x @ weight.T + bias``.
+    """``(N, in_features) -> (N, out_features)``: ``y = x @ weight.T + bias``, as
+    :func:`npconvnet.reference.dense`, which the tests hold the layer to.
 
     Backward: ``dL/dx = dL/dy @ weight``, ``dL/dweight = dL/dy.T @ x``, ``dL/dbias = sum_n dL/dy``.
     ``weight_init="auto"`` draws He-normal weights; a ``Sequential`` built with the layer switches

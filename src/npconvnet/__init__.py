@@ -17,6 +17,7 @@ The public surface::
     npconvnet.zoo          get(name), names(), recipe(name): tiny ... resnet-mini
     npconvnet.imaging      load_image, prepare_digit (a photo of a digit made to look like MNIST)
     npconvnet.plots        training curves, confusion matrices, filters and feature maps
+    npconvnet.reference    conv2d, max_pool2d, avg_pool2d, dense (+ _backward): the layers' math, plainly
     npconvnet.load_model   rebuild a model saved with model.save(path)
 
 The modules import one way: ``layers`` at the bottom (with ``windows``, ``products``,
@@ -25,8 +26,8 @@ and ``data``; then ``serialization`` (model files), ``training`` (fit and friend
 ``models`` (the trainable Sequential); then ``zoo``; the command line (``cli``) on top.
 """
 
-from . import (callbacks, data, datasets, imaging, layers, losses, metrics, models, optim, plots, regularizers,
-               schedulers, zoo)
+from . import (callbacks, data, datasets, imaging, layers, losses, metrics, models, optim, plots, reference,
+               regularizers, schedulers, zoo)
 from .models import Sequential, load_model
 from .parameter import Parameter
 from .rng import manual_seed
@@ -35,5 +36,5 @@ from .serialization import ModelFileError, save_model
 __version__ = "0.1.0"
 
 __all__ = ["callbacks", "data", "datasets", "imaging", "layers", "plots", "losses", "metrics", "models", "optim",
-           "regularizers", "schedulers", "zoo",
+           "reference", "regularizers", "schedulers", "zoo",
            "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError"]

@@ -35,6 +35,10 @@ class Conv2D(_AffineLayer):
     and read while they are still in the cache; backward builds them again from the saved input
     rather than keeping them.
 
+    The same convolution written as plainly as the formula, for the whole batch at once and
+    without blocks or buffers, is :func:`npconvnet.reference.conv2d` (and ``conv2d_backward``);
+    the tests hold this layer to it.
+
     ``padding``: an int, a pair, ``((top, bottom), (left, right))``, ``"valid"`` (none),
     ``"same"`` (output size ``ceil(input / stride)``) or ``"full"`` (``kernel - 1`` each side).
     ``activation``: None, or the name of an activation applied to the output
@@ -131,32 +135,33 @@ class Conv2D(_AffineLayer):
                 yield rows, columns, cols.reshape(window_size, -1)
 
     def backward(self, grad_output, input_grad=True):
+        """The chain rule through ``y = W @ cols + b``, one block of outputs at a time::
+
+            dL/db = sum over pixels of dL/dy      dL/dW = dL/dy @ cols^T      dL/dx = col2im(W^T @ dL/dy)
+
+        Each block's columns are built once, for both of its products. Where it is faster, dL/dx
+        is the transposed convolution of dL/dy instead (``_input_gradient_by_convolution``).
+        ``input_grad=False``: the parameters' gradients only, and None. With an ``activation``,
+        dL/dy first goes back through it. The same steps for the
+        whole batch at once, without blocks: :func:`npconvnet.reference.conv2d_backward`.
+        """
         grad_output = self._through_activation(grad_output)
         saved = self._recall(grad_output)
         n, _, out_h, out_w = grad_output.shape
         # (F, H', W'*N): the rows of the forward product (no copy for a batch-last gradient).
         grad_rows = as_matrix(grad_output).reshape(self.out_channels, out_h, -1)
-        weight_matrix = self.weight.data.reshape(self.out_channels, -1)
+        if self.bias is not None:
+            self.bias.grad = self._bias_gradient(grad_rows)
         by_convolution = input_grad and self._input_gradient_is_a_convolution(saved.padding)
         grad_x_pad = (batch_last(saved.x_pad.shape, grad_output.dtype)
                       if input_grad and not by_convolution else None)
         grad_weight = 0
         for rows, columns, cols in self._column_blocks(saved.x_pad, self.stride, (out_h, out_w)):
             grad_block = _block_of(grad_rows, rows, columns, n)
-            # dL/dW[f, k] = sum over every image and output pixel p of dL/dy[f, p] * cols[k, p],
-            # computed as (cols @ dL/dy^T)^T: BLAS runs this orientation faster.
-            grad_weight = grad_weight + matmul(cols, grad_block.T)
+            grad_weight = grad_weight + self._weight_gradient(grad_block, cols)
             if grad_x_pad is not None:
-                # dL/dcols = W^T @ dL/dy, written over the block's columns (read for the last
-                # time above); each column flows back onto the window it came from (col2im).
-                grad_cols = matmul(weight_matrix.T, grad_block, out=cols)
-                target = windows_of_outputs(grad_x_pad, rows, columns, self.kernel_size, self.stride)
-                col2im(grad_cols.reshape(self.in_channels, *self.kernel_size, rows.stop - rows.start,
-                                         columns.stop - columns.start, n),
-                       target.shape, self.kernel_size, self.stride, (0, 0, 0, 0), out=target)
-        self.weight.grad = grad_weight.T.reshape(self.weight.data.shape)
-        if self.bias is not None:
-            self.bias.grad = row_sums(grad_rows.reshape(self.out_channels, -1))
+                self._input_gradient(grad_block, cols, grad_x_pad, rows, columns)
+        self.weight.grad = grad_weight.reshape(self.weight.data.shape)
         if by_convolution:
             return self._input_gradient_by_convolution(grad_output, saved)
         if grad_x_pad is None:
@@ -164,6 +169,26 @@ class Conv2D(_AffineLayer):
         top, _, left, _ = saved.padding
         height, width = saved.input_shape[2:]
         return grad_x_pad[:, :, top:top + height, left:left + width]
+
+    def _bias_gradient(self, grad_rows):
+        """``dL/db[f]``: the sum of ``dL/dy[f]`` over every image and output pixel."""
+        return row_sums(grad_rows.reshape(self.out_channels, -1))
+
+    def _weight_gradient(self, grad_block, cols):
+        """A block's share of ``dL/dW = dL/dy @ cols^T``, ``(F, C*kh*kw)``: the sum over its images
+        and output pixels ``p`` of ``dL/dy[f, p] * cols[k, p]``, computed as
+        ``(cols @ dL/dy^T)^T`` (BLAS runs this orientation faster)."""
+        return matmul(cols, grad_block.T).T
+
+    def _input_gradient(self, grad_block, cols, grad_x_pad, rows, columns):
+        """Adds a block's share of dL/dx to the padded ``grad_x_pad``: ``dL/dcols = W^T @ dL/dy``,
+        written over the block's columns (read for the last time by ``_weight_gradient``), then
+        each column flows back onto the window it came from (col2im)."""
+        grad_cols = matmul(self.weight.data.reshape(self.out_channels, -1).T, grad_block, out=cols)
+        target = windows_of_outputs(grad_x_pad, rows, columns, self.kernel_size, self.stride)
+        col2im(grad_cols.reshape(self.in_channels, *self.kernel_size, rows.stop - rows.start,
+                                 columns.stop - columns.start, len(grad_x_pad)),
+               target.shape, self.kernel_size, self.stride, (0, 0, 0, 0), out=target)
 
     def _input_gradient_is_a_convolution(self, padding):
         """At stride 1, with no more than ``kernel - 1`` padding on a side, dL/dx can also be

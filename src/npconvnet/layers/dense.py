@@ -10,7 +10,8 @@ from .base import Layer, init_weight
 
 
 class Dense(_AffineLayer):
-    """``(N, in_features) -> (N, out_features)``: ``y = x @ weight.T + bias``.
+    """``(N, in_features) -> (N, out_features)``: ``y = x @ weight.T + bias``, as
+    :func:`npconvnet.reference.dense`, which the tests hold the layer to.
 
     Backward: ``dL/dx = dL/dy @ weight``, ``dL/dweight = dL/dy.T @ x``, ``dL/dbias = sum_n dL/dy``.
     ``activation``: None, or the name of an activation applied to the output

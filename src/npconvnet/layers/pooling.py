@@ -62,6 +62,8 @@ class MaxPool2D(_Pool2D):
 
     Forward keeps a running maximum over the kernel offsets and remembers, for every window,
     the offset ``k`` it came from; backward sends ``dL/dy`` to offset ``k`` of each window.
+    The same written plainly, window by window: :func:`npconvnet.reference.max_pool2d` (and
+    ``max_pool2d_backward``).
     """
 
     def forward(self, x):
@@ -119,7 +121,8 @@ class MaxPool2D(_Pool2D):
 class AvgPool2D(_Pool2D):
     """``y[n, c, i, j] = mean over the window (i, j) of x[n, c]`` (zero padding counts in the mean,
     PyTorch's ``count_include_pad=True``). Each input pixel gets ``dL/dy / (kh * kw)`` from
-    every window it belongs to."""
+    every window it belongs to. The same written plainly, window by window:
+    :func:`npconvnet.reference.avg_pool2d` (and ``avg_pool2d_backward``)."""
 
     def forward(self, x):
         x_pad, padding, out_size = self._padded(x, pad_value=0.0)

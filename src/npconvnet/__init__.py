@@ -33,7 +33,7 @@ from .parameter import Parameter
 from .rng import manual_seed
 from .serialization import ModelFileError, save_model
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["callbacks", "data", "datasets", "imaging", "layers", "plots", "losses", "metrics", "models", "optim",
            "reference", "regularizers", "schedulers", "zoo",

@@ -61,6 +61,7 @@ from . import losses, optim, rng
 from .callbacks import History
 from .data import PREPROCESSING, check_preprocessing
 from .layers.base import LAYER_CLASSES, ConfigError, layer_from_config, layer_to_config
+from .version import __version__
 
 FORMAT = "npconvnet-model"
 #: The newest format this module reads. Version 2 added "preprocessing"; a file whose model
@@ -103,7 +104,6 @@ def _object_config(value):
 
 
 def _header(model, include_history):
-    from . import __version__      # the package imports this module
     # A plain layers.Sequential has none of the model's attributes: it is saved as an uncompiled
     # model, with no recorded input, classes, preprocessing or history.
     attributes = {name: getattr(model, name, None) for name in

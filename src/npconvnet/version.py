@@ -1,0 +1,3 @@
+"""The version of npconvnet (written into model files and run records)."""
+
+__version__ = "0.1.0"

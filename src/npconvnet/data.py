@@ -6,6 +6,7 @@ Typical use::
     x = to_nchw(scale(x_uint8))                  # (N, H, W) uint8 -> (N, 1, H, W) float32 in [0, 1]
     y = one_hot(labels, num_classes=10)          # (N,) int -> (N, 10) float32
     (x_train, y_train), (x_val, y_val) = train_val_split(x, y, val_fraction=0.1, seed=0)
+    x_train, y_train = oversample(x_train, y_train, seed=0)     # every class as large as the largest
     rng = np.random.default_rng(0)
     augment = default_augmenter()
     for x_batch, y_batch in batches(x_train, y_train, batch_size=128, seed=rng):
@@ -244,6 +245,44 @@ def train_val_split(x, y, val_fraction=0.1, seed=0, stratify=False):
             f"both need at least one")
     train_index, val_index = np.sort(train_index), np.sort(val_index)
     return (x[train_index], y[train_index]), (x[val_index], y[val_index])
+
+
+def _class_indices(function, x, y):
+    """The sample indices of each class present in ``y`` (labels (N,) or one-hot (N, K))."""
+    x, y = np.asarray(x), np.asarray(y)
+    _check_same_length(function, x, y)
+    if y.ndim not in (1, 2) or (y.ndim == 1 and not np.issubdtype(y.dtype, np.integer)):
+        raise ValueError(f"{function}: y must be integer labels (N,) or one-hot rows (N, K), got "
+                         f"{y.dtype} of shape {y.shape}")
+    if len(y) == 0:
+        raise ValueError(f"{function}: no samples to balance")
+    classes = y if y.ndim == 1 else y.argmax(axis=1)
+    return x, y, [np.flatnonzero(classes == label) for label in np.unique(classes)]
+
+
+def oversample(x, y, seed=0):
+    """Balance the classes by drawing extra samples of the smaller ones (with replacement)
+    until every class present has as many as the largest; returns ``(x, y)`` in a seeded
+    random order. Every original sample is kept. seed: int, np.random.Generator or None (the
+    global generator)."""
+    x, y, by_class = _class_indices("oversample", x, y)
+    rng = _generator(seed)
+    largest = max(len(index) for index in by_class)
+    chosen = np.concatenate([np.concatenate([index, rng.choice(index, largest - len(index))])
+                             for index in by_class])
+    chosen = chosen[rng.permutation(len(chosen))]
+    return x[chosen], y[chosen]
+
+
+def undersample(x, y, seed=0):
+    """Balance the classes by keeping a seeded random subset of each, as many as the smallest
+    class present has (without replacement); returns ``(x, y)`` in a seeded random order."""
+    x, y, by_class = _class_indices("undersample", x, y)
+    rng = _generator(seed)
+    smallest = min(len(index) for index in by_class)
+    chosen = np.concatenate([rng.choice(index, smallest, replace=False) for index in by_class])
+    chosen = chosen[rng.permutation(len(chosen))]
+    return x[chosen], y[chosen]
 
 
 def batches(x, y=None, batch_size=128, shuffle=True, seed=None, drop_last=False):

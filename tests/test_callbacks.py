@@ -321,3 +321,37 @@ def test_history_pads_values_missing_in_some_epochs_with_nan():
     history.append(1, {"loss": 0.5, "val_loss": 0.7})
     assert history.history["loss"] == [1.0, 0.5]
     assert np.isnan(history.history["val_loss"][0]) and history.history["val_loss"][1] == 0.7
+
+
+# Constructor arguments
+
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("make,error,argument", [
+    (lambda: callbacks.EarlyStopping(patience=-1), ValueError, "patience"),
+    (lambda: callbacks.EarlyStopping(patience=2.5), TypeError, "patience"),
+    (lambda: callbacks.EarlyStopping(patience=True), TypeError, "patience"),
+    (lambda: callbacks.EarlyStopping(min_delta=NAN), ValueError, "min_delta"),
+    (lambda: callbacks.EarlyStopping(min_delta=INF), ValueError, "min_delta"),
+    (lambda: callbacks.EarlyStopping(min_delta="0.01"), TypeError, "min_delta"),
+    (lambda: callbacks.EarlyStopping(restore_best_weights="yes"), TypeError, "restore_best_weights"),
+    (lambda: callbacks.ReduceLROnPlateau(factor=1.0), ValueError, "factor"),
+    (lambda: callbacks.ReduceLROnPlateau(factor=NAN), ValueError, "factor"),
+    (lambda: callbacks.ReduceLROnPlateau(factor="0.5"), TypeError, "factor"),
+    (lambda: callbacks.ReduceLROnPlateau(patience=-3), ValueError, "patience"),
+    (lambda: callbacks.ReduceLROnPlateau(cooldown=-1), ValueError, "cooldown"),
+    (lambda: callbacks.ReduceLROnPlateau(cooldown=1.5), TypeError, "cooldown"),
+    (lambda: callbacks.ReduceLROnPlateau(min_lr=-1e-3), ValueError, "min_lr"),
+    (lambda: callbacks.ReduceLROnPlateau(min_lr=INF), ValueError, "min_lr"),
+    (lambda: callbacks.ReduceLROnPlateau(min_delta=NAN), ValueError, "min_delta"),
+    (lambda: callbacks.ModelCheckpoint("model.npz", save_best_only="no"), TypeError, "save_best_only"),
+    (lambda: callbacks.ModelCheckpoint("model.npz", include_optimizer=0), TypeError, "include_optimizer"),
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_a_callback_argument_that_cannot_work_is_refused_naming_it(make, error, argument):
+    with pytest.raises(error, match=f"^[A-Za-z]+: {argument} must be"):
+        make()
+
+
+def test_a_negative_min_delta_counts_by_its_size_as_in_keras():
+    assert callbacks.EarlyStopping(min_delta=-0.01).min_delta == 0.01

@@ -67,6 +67,17 @@ def test_a_diverging_loss_stops_fit_naming_the_epoch_batch_and_last_finite_loss(
     assert isinstance(error, RuntimeError)
 
 
+def test_at_learning_rate_0_the_message_suggests_no_lower_rate():
+    npconvnet.manual_seed(0)
+    model = Sequential(Flatten(), Dense(4, 2))
+    model.compile(optimizer=SGD(lr=0.0))
+    x = np.ones((8, 4), np.float32)
+    x[3, 0] = np.nan
+    with pytest.raises(TrainingDivergedError, match="The learning rate is 0: check that the inputs") as caught:
+        model.fit(x, np.arange(8) % 2, epochs=1, batch_size=4, verbose=0)
+    assert "Lower the learning rate" not in str(caught.value)
+
+
 def test_the_checkpoint_keeps_the_last_good_epoch_bit_for_bit(tmp_path):
     _, _, recorder = diverge(tmp_path)
     assert (tmp_path / "checkpoint.npz").read_bytes() == recorder.contents[2]

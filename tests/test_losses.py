@@ -2,6 +2,8 @@ import numpy as np
 import pytest
 
 from gradcheck import check_loss_gradient
+from npconvnet import Sequential
+from npconvnet.layers import Dense, Flatten
 from npconvnet.losses import CrossEntropyLoss, MSELoss, get
 
 
@@ -74,21 +76,6 @@ def test_loss_returns_a_python_float():
     assert type(CrossEntropyLoss()(np.zeros((2, 3), np.float32), np.array([0, 1]))) is float
 
 
-def test_labels_out_of_range_raise():
-    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
-        CrossEntropyLoss()(np.zeros((2, 3)), np.array([0, 3]))
-
-
-def test_label_count_mismatch_raises():
-    with pytest.raises(ValueError, match="3 labels for 2 outputs"):
-        CrossEntropyLoss()(np.zeros((2, 3)), np.array([0, 1, 2]))
-
-
-def test_float_labels_raise_a_type_error():
-    with pytest.raises(TypeError, match="integer class labels"):
-        CrossEntropyLoss()(np.zeros((2, 3)), np.array([0.0, 1.0]))
-
-
 def test_mse_shape_mismatch_raises():
     with pytest.raises(ValueError, match="does not match"):
         MSELoss()(np.zeros((2, 3)), np.zeros((3, 2)))
@@ -114,3 +101,82 @@ def test_cross_entropy_is_exact_when_logit_differences_overflow(dtype, huge):
     assert loss_fn(logits, np.array([0])) == 0.0
     assert loss_fn(logits, np.array([1])) == np.inf
     np.testing.assert_array_equal(loss_fn.backward(), [[1, -1, 0]])
+
+
+ONE_HOT = np.eye(3)[[0, 2, 1, 1]]
+
+
+def _with_row(row, values):
+    targets = ONE_HOT.copy()
+    targets[row] = values
+    return targets
+
+
+@pytest.mark.parametrize("targets,message", [
+    (np.full((4, 3), np.nan), "row 0 holds"),
+    (_with_row(2, [np.nan, 1, 0]), "row 2 holds"),
+    (_with_row(1, [1.5, -0.5, 0]), "row 1 holds"),
+    (_with_row(3, [np.inf, 0, 0]), "row 3 sums to inf"),
+    (_with_row(0, [-np.inf, 1, 1]), "row 0 holds"),
+    (ONE_HOT * 2, "row 0 sums to 2"),
+    (_with_row(1, [0.3, 0.3, 0.3]), "row 1 sums to 0.9"),
+    (np.random.default_rng(0).random((4, 3)) + 1, "row 0 sums to"),
+], ids=["all NaN", "a NaN", "negative", "infinite", "minus infinity", "doubled", "short of 1", "scores"])
+def test_targets_that_are_not_probabilities_are_refused_naming_the_row(targets, message):
+    with pytest.raises(ValueError, match=f"^CrossEntropyLoss: targets must be probabilities .*{message}"):
+        CrossEntropyLoss()(np.zeros((4, 3), np.float32), targets)
+
+
+@pytest.mark.parametrize("targets", [np.eye(4)[[0, 1, 2, 3]], np.eye(2)[[0, 1, 1, 0]], np.zeros((4, 3, 1))])
+def test_targets_of_the_wrong_width_or_rank_are_refused(targets):
+    with pytest.raises(ValueError, match=r"^CrossEntropyLoss: targets of shape .* do not match logits \(4, 3\)"):
+        CrossEntropyLoss()(np.zeros((4, 3)), targets)
+
+
+def test_targets_that_are_not_numbers_are_refused():
+    with pytest.raises(TypeError, match="^CrossEntropyLoss: targets must be numbers, got dtype <U1"):
+        CrossEntropyLoss()(np.zeros((2, 2)), np.array([["a", "b"], ["c", "d"]]))
+
+
+def test_rounded_float32_distributions_over_many_classes_are_accepted(rng):
+    logits = rng.standard_normal((8, 1000)).astype(np.float32)
+    soft = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert abs(soft.sum(axis=1, dtype=np.float64) - 1).max() > 0       # rounding, not exactness
+    loss = CrossEntropyLoss()(logits, soft)
+    assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("labels,error,message", [
+    (np.array([0, 3]), ValueError, r"labels must be in \[0, 3\), got values from 0 to 3"),
+    (np.array([-1, 0]), ValueError, r"labels must be in \[0, 3\), got values from -1 to 0"),
+    (np.array([0.0, 1.0]), TypeError, "integer class labels expected"),
+    (np.array([True, False]), TypeError, "integer class labels expected"),
+    (np.array([0, 1, 2]), ValueError, "3 labels for 2 outputs"),
+])
+def test_label_targets_that_cannot_be_classes_are_refused(labels, error, message):
+    with pytest.raises(error, match=f"^CrossEntropyLoss: {message}"):
+        CrossEntropyLoss()(np.zeros((2, 3)), labels)
+
+
+@pytest.mark.parametrize("label_smoothing,error", [(np.nan, ValueError), (1.5, ValueError), (-0.1, ValueError),
+                                                   ("0.1", TypeError)])
+def test_a_label_smoothing_outside_0_1_is_refused(label_smoothing, error):
+    with pytest.raises(error, match="^CrossEntropyLoss: label_smoothing must be a finite number in \\[0, 1\\]"):
+        CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("targets,error,message", [
+    (np.full((2, 3), np.nan), ValueError, "targets must be finite numbers, but 6 of the 6 are NaN or infinite"),
+    (np.array([[0, 1, np.inf], [0, 0, 0]]), ValueError, "targets must be finite numbers, but 1 of the 6"),
+    (np.array([["0", "1", "2"]] * 2), TypeError, "targets must be numbers"),
+])
+def test_mse_targets_that_are_not_finite_numbers_are_refused(targets, error, message):
+    with pytest.raises(error, match=f"^MSELoss: {message}"):
+        MSELoss()(np.zeros((2, 3)), targets)
+
+
+def test_fit_on_nan_one_hot_targets_names_the_targets_instead_of_diverging():
+    model = Sequential(Flatten(), Dense(4, 3))
+    model.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="^CrossEntropyLoss: targets must be probabilities"):
+        model.fit(np.zeros((4, 2, 2), np.float32), np.full((4, 3), np.nan), epochs=1, verbose=0)

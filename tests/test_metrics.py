@@ -99,20 +99,90 @@ def test_unknown_metric_name_lists_the_known_ones():
         metrics.get("f2_macro")
 
 
+LABEL_FUNCTIONS = [metrics.confusion_matrix, metrics.accuracy, metrics.precision, metrics.recall,
+                   metrics.f1_score, metrics.precision_recall_f1]
+
+
+@pytest.mark.parametrize("function", LABEL_FUNCTIONS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("y_true, y_pred, error, message", [
-    ([0, 1, 1], [0, 1], ValueError, "3 samples, y_pred 2"),
-    ([0, -1], [0, 1], ValueError, "must be >= 0"),
-    ([0.0, 1.0], [0, 1], TypeError, "integer class labels"),
-    ([[[0]]], [0], ValueError, "shape"),
-])
-def test_bad_labels_raise_clear_errors(y_true, y_pred, error, message):
+    ([0, 1, 1], [0, 1], ValueError, "y_true has 3 samples, y_pred 2"),
+    ([0, -1], [0, 1], ValueError, "y_true: class labels must be >= 0"),
+    ([0, 1], [-5, 1], ValueError, "y_pred: class labels must be >= 0"),
+    ([0.0, 1.0], [0, 1], TypeError, "y_true: expected integer class labels"),
+    ([0, 1], [True, False], TypeError, "y_pred: expected integer class labels"),
+    (["a", "b"], [0, 1], TypeError, "y_true: expected integer class labels"),
+    ([[[0]]], [0], ValueError, "y_true: expected labels of shape"),
+    ([0, [1, 2]], [0, 1], ValueError, "y_true: expected labels of shape"),
+    ([[0], [1]], [0, 1], ValueError, r"y_true: scores of shape \(2, 1\) need at least 2 columns"),
+    ([0, 1], [[0.9, np.nan], [0.1, 0.9]], ValueError, "y_pred: scores hold NaN"),
+    ([0, 1], [[0.9, np.inf], [0.1, 0.9]], ValueError, "y_pred: scores hold NaN or infinite"),
+], ids=["lengths", "negative true", "negative pred", "float", "bool", "str", "3-D", "ragged",
+        "column", "NaN scores", "inf scores"])
+def test_labels_that_cannot_be_classes_are_refused_by_every_metric(function, y_true, y_pred, error, message):
     with pytest.raises(error, match=message):
-        metrics.confusion_matrix(y_true, y_pred)
+        function(y_true, y_pred)
 
 
-def test_labels_beyond_num_classes_are_rejected():
-    with pytest.raises(ValueError, match="label 3 is out of range for num_classes=3"):
-        metrics.confusion_matrix([0, 3], [0, 1], num_classes=3)
+@pytest.mark.parametrize("function", [metrics.confusion_matrix] + LABEL_FUNCTIONS[2:], ids=lambda f: f.__name__)
+def test_a_huge_label_without_num_classes_is_refused_instead_of_allocating_its_matrix(function):
+    with pytest.raises(ValueError, match="the largest label, 100000000000000, would make a .* need num_classes"):
+        function([0], [10**14])
+
+
+def test_accuracy_needs_no_matrix_for_a_huge_label():
+    assert metrics.accuracy([0, 10**14], [0, 1]) == 0.5
+
+
+@pytest.mark.parametrize("function", LABEL_FUNCTIONS[2:], ids=lambda f: f.__name__)
+def test_labels_beyond_num_classes_are_rejected(function):
+    with pytest.raises(ValueError, match="y_true: label 3 is out of range for num_classes=3"):
+        function([0, 3], [0, 1], num_classes=3)
+
+
+def test_confusion_matrix_rejects_labels_beyond_num_classes():
+    with pytest.raises(ValueError, match="y_pred: label 10 is out of range for num_classes=3"):
+        metrics.confusion_matrix([0], [10], num_classes=3)
+
+
+@pytest.mark.parametrize("num_classes,error", [(0, ValueError), (-2, ValueError), (2.0, TypeError),
+                                               (True, TypeError), ("3", TypeError),
+                                               (10**14, ValueError)])
+def test_a_number_of_classes_that_cannot_work_is_refused(num_classes, error):
+    with pytest.raises(error, match="^confusion_matrix: num_classes"):
+        metrics.confusion_matrix([0], [1], num_classes=num_classes)
+
+
+def test_labels_above_the_inference_limit_need_num_classes(monkeypatch):
+    monkeypatch.setattr(metrics, "MAX_INFERRED_CLASSES", 5)
+    assert metrics.confusion_matrix([0], [4]).shape == (5, 5)
+    with pytest.raises(ValueError, match="labels above 4 need num_classes"):
+        metrics.confusion_matrix([0], [5])
+    assert metrics.confusion_matrix([0], [5], num_classes=6).shape == (6, 6)
+
+
+def test_no_samples_give_an_empty_matrix_or_zeros_of_num_classes():
+    assert metrics.confusion_matrix([], []).shape == (0, 0)
+    np.testing.assert_array_equal(metrics.confusion_matrix([], [], num_classes=2), np.zeros((2, 2)))
+
+
+def test_accuracy_of_no_samples_is_refused():
+    with pytest.raises(ValueError, match="accuracy: no samples"):
+        metrics.accuracy([], [])
+
+
+@pytest.mark.parametrize("function", [metrics.accuracy_from_confusion, metrics.scores_from_confusion],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("confusion,error,message", [
+    (np.array([1, 2, 3]), ValueError, r"square \(K, K\) confusion matrix, got shape \(3,\)"),
+    (np.ones((2, 3), np.int64), ValueError, r"square \(K, K\) confusion matrix, got shape \(2, 3\)"),
+    (np.array([[1, -1], [0, 2]]), ValueError, "counts >= 0"),
+    (np.array([[1.0, np.nan], [0, 2]]), ValueError, "counts >= 0"),
+    (np.array([[1.0, np.inf], [0, 2]]), ValueError, "counts >= 0"),
+    (np.array([["1", "0"], ["0", "1"]]), TypeError, "confusion matrix of counts"),
+])
+def test_a_confusion_matrix_that_cannot_hold_counts_is_refused(function, confusion, error, message):
+    with pytest.raises(error, match=f"^{function.__name__}: .*{message}"):
+        function(confusion)
 
 
 def test_unknown_average_is_rejected():

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from . import schedulers
+from . import checks, schedulers
 
 try:
     from tqdm.auto import tqdm
@@ -305,7 +305,8 @@ class _Monitor(Callback):
                             f"e.g. 'val_loss', got {monitor!r}")
         self.monitor = monitor
         self.mode = _resolve_mode(type(self).__name__, mode, monitor)
-        self.min_delta = abs(float(min_delta))
+        # Keras takes the size of min_delta, whatever its sign.
+        self.min_delta = abs(checks.number(type(self).__name__, "min_delta", min_delta))
 
     def _check_monitor_is_logged(self):
         """Fail before the first epoch when the monitored value will never be logged."""
@@ -348,10 +349,9 @@ class EarlyStopping(_Monitor):
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
                  restore_best_weights=False, verbose=0):
         super().__init__(monitor, mode, min_delta)
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping: patience must be an int >= 0, got {patience!r}")
-        self.patience = patience
-        self.restore_best_weights = bool(restore_best_weights)
+        self.patience = checks.integer("EarlyStopping", "patience", patience, at_least=0)
+        self.restore_best_weights = checks.boolean("EarlyStopping", "restore_best_weights",
+                                                   restore_best_weights)
         self.verbose = verbose
 
     def on_train_begin(self, logs=None):
@@ -417,11 +417,10 @@ class ReduceLROnPlateau(_Monitor):
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4,
                  cooldown=0, min_lr=0.0, verbose=0):
         super().__init__(monitor, mode, min_delta)
-        if not 0 < factor < 1:
-            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"ReduceLROnPlateau: patience must be an int >= 0, got {patience!r}")
-        self.factor, self.patience, self.cooldown, self.min_lr = factor, patience, cooldown, min_lr
+        self.factor = checks.number("ReduceLROnPlateau", "factor", factor, greater_than=0, less_than=1)
+        self.patience = checks.integer("ReduceLROnPlateau", "patience", patience, at_least=0)
+        self.cooldown = checks.integer("ReduceLROnPlateau", "cooldown", cooldown, at_least=0)
+        self.min_lr = checks.number("ReduceLROnPlateau", "min_lr", min_lr, at_least=0)
         self.verbose = verbose
         self.scheduler = None
 
@@ -519,8 +518,8 @@ class ModelCheckpoint(_Monitor):
                  include_optimizer=True, verbose=0):
         super().__init__(monitor, mode)
         self.filepath = os.fspath(filepath)
-        self.save_best_only = bool(save_best_only)
-        self.include_optimizer = bool(include_optimizer)
+        self.save_best_only = checks.boolean("ModelCheckpoint", "save_best_only", save_best_only)
+        self.include_optimizer = checks.boolean("ModelCheckpoint", "include_optimizer", include_optimizer)
         self.verbose = verbose
         self.best = self._worst()
         self.saved = []

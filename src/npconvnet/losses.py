@@ -7,7 +7,13 @@ when every weight is 1. ``fit(sample_weight=..., class_weight=...)`` passes each
 
 import numpy as np
 
+from . import checks
 from .layers.activations import log_softmax
+
+# How far a row of probability targets may sum from 1: rounding in float32 (or float16) soft
+# targets stays well inside it, while any real mistake (logits or counts passed as targets,
+# a weighted row) is far outside. The gradient (softmax - t) / N is only right for sums of 1.
+_PROBABILITY_SUM_TOLERANCE = 1e-3
 
 
 class Loss:
@@ -50,7 +56,8 @@ class Loss:
 class CrossEntropyLoss(Loss):
     """Cross-entropy of softmax(logits) against integer labels or target distributions.
 
-    ``(N, K)`` logits and ``(N,)`` labels in ``[0, K)``, or ``(N, K)`` one-hot / probability targets::
+    ``(N, K)`` logits and ``(N,)`` integer labels in ``[0, K)``, or ``(N, K)`` one-hot /
+    probability targets (finite, >= 0, each row summing to 1; anything else raises ValueError)::
 
         L = -(1/N) sum_n sum_k t[n, k] * log_softmax(logits)[n, k]
         dL/dlogits = (softmax(logits) - t) / N
@@ -62,9 +69,8 @@ class CrossEntropyLoss(Loss):
 
     def __init__(self, label_smoothing=0.0):
         super().__init__()
-        if not 0 <= label_smoothing <= 1:
-            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = checks.number("CrossEntropyLoss", "label_smoothing", label_smoothing,
+                                             at_least=0, at_most=1)
 
     def forward(self, logits, target, sample_weight=None):
         self._check_output(logits)
@@ -104,7 +110,11 @@ class CrossEntropyLoss(Loss):
         if target.shape != logits.shape:
             raise ValueError(f"CrossEntropyLoss: targets of shape {target.shape} do not match logits "
                              f"{logits.shape}; give (N,) labels or (N, classes) probabilities")
-        return target.astype(logits.dtype, copy=False)
+        if target.dtype.kind not in "biuf":
+            raise TypeError(f"CrossEntropyLoss: targets must be numbers, got dtype {target.dtype}")
+        target = target.astype(logits.dtype, copy=False)
+        _check_probabilities(target)
+        return target
 
     def get_config(self):
         return {"label_smoothing": self.label_smoothing}
@@ -118,6 +128,12 @@ class MSELoss(Loss):
         target = np.asarray(target)
         if target.shape != output.shape:
             raise ValueError(f"MSELoss: target shape {target.shape} does not match output shape {output.shape}")
+        if target.dtype.kind not in "biuf":
+            raise TypeError(f"MSELoss: targets must be numbers, got dtype {target.dtype}")
+        finite = np.isfinite(target)
+        if not finite.all():
+            raise ValueError(f"MSELoss: targets must be finite numbers, but {finite.size - np.count_nonzero(finite)} "
+                             f"of the {finite.size} are NaN or infinite")
         difference = output - target.astype(output.dtype, copy=False)
         self._grad = (2 * difference / difference.size).astype(output.dtype)
         weights = self._sample_weights(sample_weight, len(output), output.dtype)
@@ -127,6 +143,25 @@ class MSELoss(Loss):
         per_sample = weights.reshape((-1,) + (1,) * (output.ndim - 1))
         self._grad *= per_sample
         return float(np.sum(np.square(difference, dtype=np.float64) * per_sample) / difference.size)
+
+
+def _check_probabilities(target):
+    """``(N, K)`` targets as rows of probabilities: finite, >= 0, each summing to 1.
+
+    Two passes over the batch (its minimum and its row sums), so every batch can afford it."""
+    expected = ("must be probabilities (one-hot rows or distributions: finite numbers >= 0, each "
+                "row summing to 1; integer classes go as labels of shape (N,))")
+    if not target.size:
+        return
+    if not target.min() >= 0:              # NaN fails this too
+        row = int(np.flatnonzero(~(target >= 0).all(axis=1))[0])
+        raise ValueError(f"CrossEntropyLoss: targets {expected}, but row {row} holds "
+                         f"{np.array2string(target[row], threshold=8)}")
+    sums = target.sum(axis=1, dtype=np.float64)
+    off = np.abs(sums - 1) > _PROBABILITY_SUM_TOLERANCE
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise ValueError(f"CrossEntropyLoss: targets {expected}, but row {row} sums to {sums[row]:.6g}")
 
 
 LOSSES = {"cross_entropy": CrossEntropyLoss, "categorical_crossentropy": CrossEntropyLoss,

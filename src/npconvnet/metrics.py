@@ -26,17 +26,29 @@ import numbers
 
 import numpy as np
 
+from . import checks
+
 AVERAGES = ("macro", "micro", "weighted")
+
+#: The most classes ``confusion_matrix`` infers from the labels when ``num_classes`` is not
+#: given (a matrix of 10,000 x 10,000 counts is 800 MB): a larger label is far more often a
+#: mistake than a class. Pass ``num_classes`` for more.
+MAX_INFERRED_CLASSES = 10_000
 
 
 def _labels(values, name, num_classes):
     """``values`` as a 1-D integer label array (``argmax`` of 2-D scores), checked."""
-    values = np.asarray(values)
+    try:
+        values = np.asarray(values)
+    except ValueError as error:           # ragged nested lists
+        raise ValueError(f"{name}: expected labels of shape (N,) or scores of shape (N, K) ({error})") from None
     if values.ndim == 2:
-        values = values.argmax(axis=1)
+        values = _argmax(values, name)
     if values.ndim != 1:
         raise ValueError(f"{name}: expected labels of shape (N,) or scores of shape (N, K), "
                          f"got shape {values.shape}")
+    if values.size == 0 and values.dtype == np.float64:
+        values = values.astype(np.int64)  # np.asarray([]): no labels, not float ones
     if not np.issubdtype(values.dtype, np.integer):
         raise TypeError(f"{name}: expected integer class labels, got dtype {values.dtype} "
                         "(use .astype(int) for whole numbers)")
@@ -48,23 +60,42 @@ def _labels(values, name, num_classes):
     return values
 
 
+def _argmax(scores, name):
+    """The class of each row of ``(N, K)`` scores, refusing what has no class to give."""
+    if scores.shape[1] < 2:
+        raise ValueError(f"{name}: scores of shape {scores.shape} need at least 2 columns, one per "
+                         "class (for labels of shape (N, 1), pass labels.ravel())")
+    if scores.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected numeric scores, got dtype {scores.dtype}")
+    if scores.dtype.kind == "f" and not np.isfinite(scores).all():
+        raise ValueError(f"{name}: scores hold NaN or infinite values, which have no argmax class")
+    return scores.argmax(axis=1)
+
+
 def confusion_matrix(y_true, y_pred, num_classes=None):
     """``(K, K)`` int64 counts: entry ``[i, j]`` is the number of samples of true class ``i``
     predicted as class ``j`` (sklearn's layout).
 
-    ``K`` is ``num_classes``, or one more than the largest label seen. Unlike sklearn, classes
-    are indexed by their label, so a class that occurs nowhere still has its (zero) row.
+    ``K`` is ``num_classes``, or one more than the largest label seen, at most
+    :data:`MAX_INFERRED_CLASSES` (a larger label raises ValueError: pass ``num_classes`` if it
+    is meant). Unlike sklearn, classes are indexed by their label, so a class that occurs
+    nowhere still has its (zero) row.
     """
-    if num_classes is not None and (isinstance(num_classes, bool)
-                                    or not isinstance(num_classes, numbers.Integral)
-                                    or num_classes < 1):
-        raise ValueError(f"confusion_matrix: num_classes must be a positive int, got {num_classes!r}")
+    if num_classes is not None:
+        num_classes = checks.integer("confusion_matrix", "num_classes", num_classes, at_least=1)
+        if num_classes > math.isqrt(np.iinfo(np.int64).max):     # the cell index would overflow
+            raise ValueError(f"confusion_matrix: num_classes={num_classes} makes a matrix of "
+                             f"{num_classes ** 2:.3g} cells, more than an int64 index reaches")
     y_true = _labels(y_true, "y_true", num_classes)
     y_pred = _labels(y_pred, "y_pred", num_classes)
     if len(y_true) != len(y_pred):
         raise ValueError(f"confusion_matrix: y_true has {len(y_true)} samples, y_pred {len(y_pred)}")
     if num_classes is None:
         num_classes = int(max(y_true.max(initial=-1), y_pred.max(initial=-1))) + 1
+        if num_classes > MAX_INFERRED_CLASSES:
+            raise ValueError(f"confusion_matrix: the largest label, {num_classes - 1}, would make a "
+                             f"{num_classes:,} x {num_classes:,} matrix; labels above "
+                             f"{MAX_INFERRED_CLASSES - 1} need num_classes=... given explicitly")
     # Each (true, pred) pair is one cell of the flattened matrix: one bincount counts them all.
     cells = y_true.astype(np.int64) * num_classes + y_pred
     return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
@@ -80,8 +111,22 @@ def accuracy(y_true, y_pred):
     return float(np.mean(y_true == y_pred))
 
 
+def _checked_confusion(confusion, where):
+    """``confusion`` as a square array of finite counts >= 0."""
+    confusion = np.asarray(confusion)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"{where}: expected a square (K, K) confusion matrix, got shape {confusion.shape}")
+    if confusion.dtype.kind not in "iuf":
+        raise TypeError(f"{where}: expected a confusion matrix of counts, got dtype {confusion.dtype}")
+    if confusion.size and not (confusion.min() >= 0 and np.isfinite(confusion.max())):   # NaN fails too
+        raise ValueError(f"{where}: a confusion matrix holds counts >= 0, got negative, NaN or "
+                         "infinite entries")
+    return confusion
+
+
 def accuracy_from_confusion(confusion):
-    """``trace(C) / sum(C)``."""
+    """``trace(C) / sum(C)`` (NaN for an empty matrix)."""
+    confusion = _checked_confusion(confusion, "accuracy_from_confusion")
     total = confusion.sum()
     return float(np.trace(confusion) / total) if total else math.nan
 
@@ -112,9 +157,10 @@ def scores_from_confusion(confusion, average=None, zero_division=0.0):
     """
     if average not in (None,) + AVERAGES:
         raise ValueError(f"average must be None, 'macro', 'micro' or 'weighted', got {average!r}")
-    if not (zero_division in (0, 1) or (isinstance(zero_division, float) and math.isnan(zero_division))):
-        raise ValueError(f"zero_division must be 0.0, 1.0 or np.nan, got {zero_division!r}")
-    confusion = np.asarray(confusion)
+    if isinstance(zero_division, bool) or not isinstance(zero_division, numbers.Real) \
+            or not (zero_division in (0, 1) or math.isnan(zero_division)):
+        raise ValueError(f"zero_division must be 0.0, 1.0 or np.nan, got {zero_division!r:.100}")
+    confusion = _checked_confusion(confusion, "scores_from_confusion")
     true_positive = np.diag(confusion)
     predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
     if average is None:

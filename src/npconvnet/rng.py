@@ -2,13 +2,19 @@
 
 import numpy as np
 
+from . import checks
+
 _generator = np.random.default_rng()
 
 
-def manual_seed(seed):
-    """Reseed the global generator, as ``torch.manual_seed`` does."""
+def manual_seed(seed: int) -> None:
+    """Reseed the global generator, as ``torch.manual_seed`` does.
+
+    ``seed``: an int >= 0 (Python or NumPy, of any size); anything else raises TypeError or
+    ValueError. (NumPy's generators take no negative seeds, so unlike PyTorch's, -1 is refused.)
+    """
     global _generator
-    _generator = np.random.default_rng(seed)
+    _generator = np.random.default_rng(checks.integer("manual_seed", "seed", seed, at_least=0))
 
 
 def default_rng():

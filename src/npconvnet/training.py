@@ -560,10 +560,12 @@ class Model:
             kept = f"{run.checkpoint} still holds the model after epoch {run.saved_epochs}"
         else:
             kept = f"{run.checkpoint} still holds the model before training"
+        # The optimizer keeps lr finite, so lr / 10 is a real suggestion; below 0 there is none.
+        advice = (f"Lower the learning rate (now {lr:g}), e.g. to {lr / 10:g}, and check" if lr > 0
+                  else "The learning rate is 0: check")
         message = (f"fit: training diverged in epoch {epoch + 1}/{run.epochs}, batch {batch + 1}/"
-                   f"{run.steps}: {what} ({last}). Lower the learning rate (now {lr:g}), e.g. to "
-                   f"{lr / 10:g}, and check that the inputs are scaled (e.g. to [0, 1]) and hold no "
-                   f"NaN or huge values. {kept}; the weights in memory are not usable.")
+                   f"{run.steps}: {what} ({last}). {advice} that the inputs are scaled (e.g. to "
+                   f"[0, 1]) and hold no NaN or huge values. {kept}; the weights in memory are not usable.")
         return TrainingDivergedError(message, epoch, batch, loss, run.last_finite_loss, lr, run.checkpoint)
 
     def _check_weights_are_finite(self, epoch, run):

@@ -188,3 +188,9 @@ def test_a_confusion_matrix_that_cannot_hold_counts_is_refused(function, confusi
 def test_unknown_average_is_rejected():
     with pytest.raises(ValueError, match="average must be"):
         metrics.f1_score(Y_TRUE, Y_PRED, average="samples")
+
+
+def test_unsigned_labels_such_as_mnists_uint8_ones_are_counted():
+    y_true, y_pred = np.array([0, 1, 2, 2], np.uint8), np.array([0, 2, 2, 1], np.uint8)
+    np.testing.assert_array_equal(metrics.confusion_matrix(y_true, y_pred),
+                                  metrics.confusion_matrix(y_true.astype(int), y_pred.astype(int)))

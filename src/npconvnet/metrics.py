@@ -91,7 +91,8 @@ def confusion_matrix(y_true, y_pred, num_classes=None):
     if len(y_true) != len(y_pred):
         raise ValueError(f"confusion_matrix: y_true has {len(y_true)} samples, y_pred {len(y_pred)}")
     if num_classes is None:
-        num_classes = int(max(y_true.max(initial=-1), y_pred.max(initial=-1))) + 1
+        # initial=0, not -1: unsigned labels (MNIST's are uint8) cannot hold -1.
+        num_classes = int(max(y_true.max(initial=0), y_pred.max(initial=0))) + 1 if len(y_true) else 0
         if num_classes > MAX_INFERRED_CLASSES:
             raise ValueError(f"confusion_matrix: the largest label, {num_classes - 1}, would make a "
                              f"{num_classes:,} x {num_classes:,} matrix; labels above "

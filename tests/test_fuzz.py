@@ -436,6 +436,12 @@ def test_a_zip_member_that_cannot_be_unpacked_is_a_model_file_error(files, offse
         load_model(write(files, "unpackable.npz", content))
 
 
+def test_a_zip_directory_entry_of_an_unknown_zip_version_is_a_model_file_error(files):
+    content = with_central_field(files["checkpoint"], "model.json.npy", 6, 172)   # version 17.2
+    with pytest.raises(ModelFileError, match=r"not a readable .npz archive: zip file version 17.2"):
+        load_checkpoint(write(files, "version.npz", content))
+
+
 def test_a_zip_member_with_invalid_lzma_options_is_a_model_file_error(files):
     members = members_of(files["model"])
     members["model.json.npy"] = b"\x09\x14\x05\x00" + b"\xff" * 5 + bytes(100)  # LZMA properties

@@ -319,6 +319,12 @@ def huge_declared_shape(members):
     members["weights/4.weight.npy"] = buffer.getvalue() + bytes(800)      # the real size
 
 
+def huge_declared_header(members):
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": (2**40,)})
+    members["model.json.npy"] = buffer.getvalue() + members["model.json.npy"][128:]
+
+
 def pickled_object_array(members):
     members["weights/4.weight.npy"] = npy_bytes(np.array(["pickled"] * 200, dtype=object), allow_pickle=True)
 
@@ -376,6 +382,7 @@ def bad_history(members):
     (wrong_shape, r"weights/4.weight has shape \(2, 99\).*expected \(2, 100\) float32"),
     (wrong_dtype, "weights/4.weight has shape .* and dtype float64"),
     (huge_declared_shape, r"weights/4.weight has shape \(1099511627776, 100\)"),
+    (huge_declared_header, "the model.json header declares 1,099,511,627,776 bytes in a member of"),
     (pickled_object_array, "dtype object"),
     (pickled_header, "header must be a 1-D uint8 array, got object"),
     (huge_architecture, r"declares at least 4,000,000,000,\d+ bytes of weights"),

@@ -285,7 +285,8 @@ def _open(path, compile, read_training, model_class):
         raise ModelFileError(f"{path}: not an npconvnet model file ({what})")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
+    # zipfile raises NotImplementedError for a directory entry of a newer zip version.
+    except (ValueError, EOFError, OSError, NotImplementedError, zipfile.BadZipFile) as error:
         raise ModelFileError(f"{path}: not an npconvnet model file (not a readable .npz archive: "
                              f"{error})") from None
     with archive:
@@ -389,6 +390,9 @@ def _read_header(archive, sizes, fail):
     shape, dtype = _peek(archive, HEADER, fail)
     if dtype != np.uint8 or len(shape) != 1:
         raise fail(f"the {HEADER} header must be a 1-D uint8 array, got {dtype} of shape {shape}")
+    # NumPy allocates the array its .npy header declares before reading a byte of it.
+    if shape[0] > sizes[HEADER]:
+        raise fail(f"the {HEADER} header declares {shape[0]:,} bytes in a member of {sizes[HEADER]:,}")
     raw = archive[HEADER]
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))

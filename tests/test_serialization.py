@@ -17,6 +17,7 @@ from npconvnet.optim import SGD, Adam
 from npconvnet.layers.base import layer_from_config, layer_to_config
 from npconvnet.models import load_model
 from npconvnet.serialization import ModelFileError
+from model_files import digest_of, edit_header, header_of, npy_bytes, read_members, write_members
 from synthetic import bar_images
 
 
@@ -154,11 +155,38 @@ def test_the_file_stores_the_documented_members(tmp_path):
         names = set(archive.namelist())
         assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
     assert "model.json.npy" in names and "weights/0.weight.npy" in names
-    assert "optimizer/0.exp_avg.npy" in names
+    assert "optimizer/0.exp_avg.npy" in names and "digest.npy" in names
     with np.load(tmp_path / "model.npz") as archive:
         header = json.loads(archive["model.json"].tobytes())
-    assert header["format"] == "npconvnet-model" and header["format_version"] == 1
+    assert header["format"] == "npconvnet-model" and header["format_version"] == 3
     assert header["architecture"]["class"] == "Sequential" and header["dtype"] == "float32"
+
+
+def test_the_digest_is_the_sha256_the_module_docstring_defines(tmp_path):
+    model = trained(plain_net, epochs=1)
+    model.save(tmp_path / "model.npz")
+    members = read_members(tmp_path / "model.npz")
+    with np.load(tmp_path / "model.npz") as archive:
+        stored = archive["digest"]
+    assert stored.dtype == np.uint8 and stored.shape == (32,)
+    assert stored.tobytes() == digest_of(members)
+
+
+def test_the_digest_covers_every_array_and_the_header():
+    members = {"model.json.npy": npy_bytes(np.frombuffer(b"{}", np.uint8)),
+               "weights/w.npy": npy_bytes(np.arange(6, dtype=np.float32).reshape(2, 3))}
+    changes = [("model.json.npy", np.frombuffer(b"{ }", np.uint8)),
+               ("weights/w.npy", np.arange(6, dtype=np.float32).reshape(3, 2)),
+               ("weights/w.npy", np.arange(6, dtype=np.float32).reshape(2, 3).view(np.int32)),
+               ("weights/w.npy", np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))),
+               ("weights/v.npy", np.arange(6, dtype=np.float32).reshape(2, 3))]
+    digests = {digest_of(members)}
+    for name, array in changes:
+        changed = {**members, name: npy_bytes(array)}
+        if name == "weights/v.npy":
+            del changed["weights/w.npy"]
+        digests.add(digest_of(changed))
+    assert len(digests) == 1 + len(changes)
 
 
 def test_preprocessing_is_saved_and_restored(tmp_path):
@@ -171,17 +199,17 @@ def test_preprocessing_is_saved_and_restored(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
 
 
-def test_a_centered_model_is_format_version_2_so_that_older_readers_refuse_it(tmp_path):
+def test_every_file_is_format_version_3_so_that_readers_without_the_digest_refuse_it(tmp_path, monkeypatch):
     model = trained(plain_net, epochs=1)
     model.save(tmp_path / "plain.npz")
     model.preprocessing = "center"
     model.save(tmp_path / "centered.npz")
-    headers = {}
-    for name in ("plain", "centered"):
-        with np.load(tmp_path / f"{name}.npz") as archive:
-            headers[name] = json.loads(archive["model.json"].tobytes())
-    assert (headers["plain"]["format_version"], headers["plain"]["preprocessing"]) == (1, None)
-    assert (headers["centered"]["format_version"], headers["centered"]["preprocessing"]) == (2, "center")
+    for name, preprocessing in [("plain", None), ("centered", "center")]:
+        header = header_of(read_members(tmp_path / f"{name}.npz"))
+        assert (header["format_version"], header["preprocessing"]) == (3, preprocessing)
+    monkeypatch.setattr(serialization, "FORMAT_VERSION", 2)     # the reader of version 2
+    with pytest.raises(ModelFileError, match="format version 3, newer than this npconvnet reads"):
+        load_model(tmp_path / "plain.npz")
 
 
 def test_a_file_written_before_preprocessing_was_recorded_loads_with_the_default(tmp_path):
@@ -267,30 +295,8 @@ def test_a_new_file_is_readable_by_others_like_any_file(tmp_path):
     assert os.stat(tmp_path / "model.npz").st_mode & 0o777 == 0o644
 
 
-# Bad files
-
-def read_members(path):
-    with zipfile.ZipFile(path) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
-
-
-def write_members(path, members):
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-
-
-def npy_bytes(array, allow_pickle=False):
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=allow_pickle)
-    return buffer.getvalue()
-
-
-def edit_header(members, change):
-    header = json.loads(np.load(io.BytesIO(members["model.json.npy"])).tobytes())
-    change(header)
-    members["model.json.npy"] = npy_bytes(np.frombuffer(json.dumps(header).encode(), np.uint8))
-
+# Bad files: each is sealed with a matching digest, as a file edited on purpose can be, so that
+# what loading checks beyond the digest is tested.
 
 def unknown_layer(members):
     edit_header(members, lambda h: h["architecture"]["config"]["layers"][1].update({"class": "Swish"}))
@@ -593,3 +599,4 @@ def test_a_text_file_is_refused_without_talk_of_pickles(tmp_path):
     with pytest.raises(ModelFileError, match="not an .npz archive") as error:
         load_model(path)
     assert "pickle" not in str(error.value)
+

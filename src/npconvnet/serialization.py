@@ -8,10 +8,11 @@ A model file (``model.save(path)``, ``load_model(path)``) is an uncompressed Num
     model.json             the header: UTF-8 JSON, stored as a uint8 array
     weights/<name>         every parameter and buffer, named as in state_dict() ("0.weight")
     optimizer/<i>.<name>   the optimizer's buffers, as in optimizer.state_dict() (optional)
+    digest                 the integrity digest of all the others: SHA-256, 32 uint8
 
 The header::
 
-    {"format": "npconvnet-model", "format_version": 1 or 2, "npconvnet_version": "0.1.0",
+    {"format": "npconvnet-model", "format_version": 3, "npconvnet_version": "0.1.0",
      "architecture": {"class": "Sequential", "config": {"layers": [...]}},
      "dtype": "float32", "input_shape": [1, 28, 28] or null, "class_names": [...] or null,
      "preprocessing": null or "center",        (how the model wants its pixels; see training.py)
@@ -29,6 +30,21 @@ reads it as a model, :func:`load_checkpoint` also returns the training state::
                  "callbacks": [{"class": "EarlyStopping", "state": {...}}, ...],
                  "arrays": 2}            (callback states refer to array i as {"__ndarray__": i})
 
+The digest (format version 3 on) is SHA-256 over every other member of the archive, the header
+included, in the order of their names as Python sorts them ("model.json" < "optimizer/..." <
+"weights/..."). Each member adds one line of JSON naming it and giving the dtype, memory order
+and shape of its ``.npy`` header, then its data bytes as stored::
+
+    {"descr": "<f4", "fortran_order": false, "name": "weights/0.weight", "shape": [4, 1, 3, 3]}\n
+
+(``json.dumps`` of that dict with ``sort_keys=True``, UTF-8, and a newline). Loading checks it
+as soon as the header's format and version are read, before anything else in the header is used
+or any array is taken, reading each member in chunks of at most 1 MiB: any change to a file,
+however it came about, is refused in one line saying so. The digest guards against damage, not
+against an author: a deliberately edited file can carry a recomputed one, so everything below
+is checked all the same. Files of versions 1 and 2, written before the digest existed, have none
+and load without that check; npconvnet older than version 3 refuses version 3 files.
+
 Saving writes a temporary file beside the target, flushes it to disk, then renames it over
 the target: a crash never leaves a half-written model under the real name. Weights holding
 NaN or infinity are refused (``allow_nonfinite=True`` writes them anyway), so that a diverged
@@ -45,6 +61,7 @@ Any problem raises :class:`ModelFileError` naming the file.
 """
 
 import contextlib
+import hashlib
 import inspect
 import json
 import lzma
@@ -64,16 +81,20 @@ from .layers.base import LAYER_CLASSES, ConfigError, layer_from_config, layer_to
 from .version import __version__
 
 FORMAT = "npconvnet-model"
-#: The newest format this module reads. Version 2 added "preprocessing"; a file whose model
-#: needs none is still written as version 1, readable by older npconvnet, while one that does
-#: is version 2, which older npconvnet refuses rather than feeding the model unshifted pixels.
-FORMAT_VERSION = 2
+#: The format this module writes, and the newest it reads. Version 2 added "preprocessing",
+#: version 3 the digest; files of versions 1 and 2 still load (without a digest).
+FORMAT_VERSION = 3
+#: The first version whose files carry a digest.
+DIGEST_VERSION = 3
 HEADER = "model.json"
+DIGEST = "digest"
 _MAX_HEADER_BYTES = 16 * 2**20
 # An .npy member is its header (numpy reads at most 10,000 bytes of it) and then the data.
 _MAX_NPY_HEADER_BYTES = 16 * 2**10
 # Deflate cannot expand data more than ~1032 times: a larger declared size is a lie.
 _MAX_EXPANSION = 1100
+# The digest reads a member this much at a time, however large the member says it is.
+_DIGEST_CHUNK_BYTES = 2**20
 _DTYPES = ("float32", "float64")
 # One sample's largest activation, in values: far above any real network (a 224x224 image with
 # 64 channels is 3.2M), far below what a huge padding in a tiny hostile file would allocate.
@@ -117,8 +138,7 @@ def _header(model, include_history):
     compiled = attributes["optimizer"] is not None and attributes["loss"] is not None
     input_shape, history = attributes["input_shape"], attributes["history"]
     return {
-        "format": FORMAT, "format_version": 1 if preprocessing is None else 2,
-        "npconvnet_version": __version__,
+        "format": FORMAT, "format_version": FORMAT_VERSION, "npconvnet_version": __version__,
         "architecture": layer_to_config(model),
         "dtype": model.dtype.name,
         "input_shape": None if input_shape is None else [int(n) for n in input_shape],
@@ -168,8 +188,7 @@ def _save(model, path, include_optimizer, include_history, allow_nonfinite, trai
         header["training"] = {**training, "callbacks": _pack_arrays(training["callbacks"], training_arrays),
                               "arrays": len(training_arrays)}
         arrays.update((f"training/{index}", value) for index, value in enumerate(training_arrays))
-    arrays[HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    _write_atomically(path, arrays)
+    _write_file(path, header, arrays)
     return path
 
 
@@ -210,6 +229,32 @@ def _unpack_arrays(value, arrays, fail):
     return value
 
 
+def _write_file(path, header, arrays):
+    """Write ``arrays``, the ``header`` and their digest as one archive at ``path``, atomically."""
+    # C order throughout, so that every .npy header says fortran_order false, as the digest does.
+    arrays = {name: np.asarray(value, order="C") for name, value in arrays.items()}
+    arrays[HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    arrays[DIGEST] = _digest(arrays)
+    _write_atomically(path, arrays)
+
+
+def _digest(arrays):
+    """The digest of ``{name: C-ordered array}`` (defined in the module docstring)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = arrays[name]
+        digest.update(_digest_line(name, array.dtype, False, array.shape))
+        digest.update(array.reshape(-1).view(np.uint8))
+    return np.frombuffer(digest.digest(), dtype=np.uint8)
+
+
+def _digest_line(name, dtype, fortran_order, shape):
+    """What the digest reads of a member before its data: its name and .npy header as JSON."""
+    line = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": bool(fortran_order),
+            "name": name, "shape": [int(n) for n in shape]}
+    return json.dumps(line, sort_keys=True).encode("utf-8") + b"\n"
+
+
 def _write_atomically(path, arrays):
     """Write into a temporary file in the target's folder, fsync it, then rename it over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -248,7 +293,7 @@ def load_model(path, compile=True, *, model_class):
     training methods (``npconvnet.load_model`` passes ``npconvnet.Sequential``).
 
     Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
-    is not a valid model.
+    is not a valid model or has changed since it was written (its digest).
     """
     model, _ = _open(path, compile, read_training=False, model_class=model_class)
     return model
@@ -260,7 +305,8 @@ def load_checkpoint(path, *, model_class):
     module docstring) with its arrays back in the callback states.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
-    is not a valid checkpoint (a model file without training state included).
+    is not a valid checkpoint (a model file without training state included) or has changed
+    since it was written.
     """
     model, training = _open(path, compile=True, read_training=True, model_class=model_class)
     if training is None:
@@ -305,12 +351,27 @@ def _open(path, compile, read_training, model_class):
                                  f"{error})") from None
 
 
+def _read_archive(archive, path, fail):
+    """``(member sizes, header)`` of a model file, its digest checked before the header is
+    used; the sizes leave the digest out."""
+    sizes = _member_sizes(archive, path, fail)
+    header = _read_header(archive, sizes, fail)
+    version = header["format_version"]
+    if version >= DIGEST_VERSION:
+        _check_digest(archive, sizes, fail)
+    elif DIGEST in sizes:
+        raise fail(f"the header says format version {version}, which has no digest, but the file "
+                   f"holds one (digests came with version {DIGEST_VERSION}): the header was changed")
+    sizes.pop(DIGEST, None)
+    return sizes, header
+
+
 def _load(archive, path, compile, read_training, model_class):
     def fail(message):
         return ModelFileError(f"{path}: {message}")
 
-    sizes = _member_sizes(archive, path, fail)
-    header = _read_header(archive, sizes, fail)
+    sizes, header = _read_archive(archive, path, fail)
+    _check_model_header(header, fail)
     dtype = np.dtype(header["dtype"])
     declared = _declared_parameter_count(header["architecture"]) * dtype.itemsize
     stored = sum(size for key, size in sizes.items() if key.startswith("weights/"))
@@ -384,6 +445,7 @@ def _member_sizes(archive, path, fail):
 
 
 def _read_header(archive, sizes, fail):
+    """The header, checked as far as the digest needs it: its format and version."""
     if sizes[HEADER] > _MAX_HEADER_BYTES:
         raise fail(f"the {HEADER} header declares {sizes[HEADER]:,} bytes (at most "
                    f"{_MAX_HEADER_BYTES:,} expected)")
@@ -402,17 +464,45 @@ def _read_header(archive, sizes, fail):
         raise fail(f"not an npconvnet model file (the header's format is not {FORMAT!r})")
     version = header.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise fail(f"invalid format_version {version!r}")
+        raise fail(f"invalid format_version {version!r:.100}")
     if version > FORMAT_VERSION:
         raise fail(f"written in model format version {version}, newer than this npconvnet reads "
                    f"({FORMAT_VERSION}); upgrade npconvnet")
+    return header
+
+
+def _check_digest(archive, sizes, fail):
+    """Recompute the digest from the stored members, each read in chunks, and compare."""
+    if DIGEST not in sizes:
+        raise fail(f"no {DIGEST} member, which every file of format version {DIGEST_VERSION} or "
+                   "newer carries: the file was changed or damaged after it was written")
+    _check_member(archive, DIGEST, sizes[DIGEST], [((32,), np.dtype(np.uint8))], fail)
+    digest = hashlib.sha256()
+    for name in sorted(set(sizes) - {DIGEST}):
+        with archive.zip.open(name + ".npy") as stream:
+            shape, fortran_order, dtype = _read_npy_header(stream, name, fail)
+            digest.update(_digest_line(name, dtype, fortran_order, shape))
+            remaining = math.prod(shape) * dtype.itemsize
+            while remaining > 0:
+                chunk = stream.read(min(remaining, _DIGEST_CHUNK_BYTES))
+                if not chunk:
+                    break               # cut short: the digest cannot match
+                digest.update(chunk)
+                remaining -= len(chunk)
+    if digest.digest() != archive[DIGEST].tobytes():
+        raise fail("the file was changed or damaged after it was written: its contents do not "
+                   "match the SHA-256 digest stored in it")
+
+
+def _check_model_header(header, fail):
+    """The entries of a model file's header that loading uses before building the model."""
     required = ("architecture", "dtype", "input_shape", "class_names", "compile", "optimizer_state",
                 "history")
     missing = [key for key in required if key not in header]
     if missing:
         raise fail(f"the header lacks {missing}")
     if header["dtype"] not in _DTYPES:
-        raise fail(f"dtype must be one of {_DTYPES}, got {header['dtype']!r}")
+        raise fail(f"dtype must be one of {_DTYPES}, got {header['dtype']!r:.100}")
     shape = header["input_shape"]
     if shape is not None and not (isinstance(shape, list) and all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
@@ -428,7 +518,6 @@ def _read_header(archive, sizes, fail):
     if compiled is not None and not (isinstance(compiled, dict)
                                      and set(compiled) == {"loss", "optimizer", "metrics"}):
         raise fail("compile must be null or {'loss': ..., 'optimizer': ..., 'metrics': [...]}")
-    return header
 
 
 def _is_generator_state(value):
@@ -563,14 +652,18 @@ def _optimizer_keys(header, model, fail):
 def _peek(archive, key, fail):
     """The shape and dtype in the .npy header of member ``key``, reading nothing more."""
     with archive.zip.open(key + ".npy") as stream:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise fail(f"{key} uses .npy format version {version}, expected 1.0 or 2.0")
+        shape, _, dtype = _read_npy_header(stream, key, fail)
     return shape, dtype
+
+
+def _read_npy_header(stream, key, fail):
+    """``(shape, fortran_order, dtype)`` from the .npy header at the start of ``stream``."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise fail(f"{key} uses .npy format version {version}, expected 1.0 or 2.0")
 
 
 def _check_member(archive, key, size, allowed, fail):

@@ -15,7 +15,7 @@ from npconvnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense
 from npconvnet import Sequential
 from npconvnet.optim import SGD, Adam
 from npconvnet.layers.base import layer_from_config, layer_to_config
-from npconvnet.models import load_model
+from npconvnet.models import load_checkpoint, load_model
 from npconvnet.serialization import ModelFileError
 from model_files import digest_of, edit_header, header_of, npy_bytes, read_members, write_members
 from synthetic import bar_images
@@ -599,4 +599,41 @@ def test_a_text_file_is_refused_without_talk_of_pickles(tmp_path):
     with pytest.raises(ModelFileError, match="not an .npz archive") as error:
         load_model(path)
     assert "pickle" not in str(error.value)
+
+
+# Non-finite weights: refused on load as on save, unless asked for
+
+def diverged(path):
+    """A model file (written with allow_nonfinite=True) with a NaN and an infinite weight."""
+    model = trained(plain_net, epochs=1)
+    model.layers[0].weight.data[0, 0, 0, 0] = np.nan
+    model.layers[4].bias.data[1] = np.inf
+    model.save(path, allow_nonfinite=True)
+    return model
+
+
+def test_a_model_file_with_nonfinite_weights_is_refused_naming_them(tmp_path):
+    diverged(tmp_path / "model.npz")
+    with pytest.raises(ModelFileError, match=r"weights/0.weight, weights/4.bias hold NaN or infinite "
+                                             r"values .*allow_nonfinite=True") as caught:
+        load_model(tmp_path / "model.npz")
+    assert str(caught.value).startswith(str(tmp_path / "model.npz"))
+
+
+def test_allow_nonfinite_loads_nonfinite_weights(tmp_path):
+    model = diverged(tmp_path / "model.npz")
+    assert_same_state(load_model(tmp_path / "model.npz", allow_nonfinite=True), model)
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_refused_unless_allowed(tmp_path):
+    model = trained(plain_net, epochs=1)
+    x, y = bar_images(32)
+    model.fit(x, y, epochs=2, initial_epoch=1, batch_size=16, seed=0, verbose=0, checkpoint_dir=tmp_path)
+    members = read_members(tmp_path / "checkpoint.npz")
+    members["weights/4.weight.npy"] = npy_bytes(np.full((2, 100), np.nan, np.float32))
+    write_members(tmp_path / "checkpoint.npz", members)
+    with pytest.raises(ModelFileError, match="weights/4.weight hold NaN or infinite values"):
+        load_checkpoint(tmp_path / "checkpoint.npz")
+    restored, training = load_checkpoint(tmp_path / "checkpoint.npz", allow_nonfinite=True)
+    assert np.isnan(restored.layers[4].weight.data).all() and training["next_epoch"] == 2
 

@@ -48,7 +48,7 @@ and load without that check; npconvnet older than version 3 refuses version 3 fi
 Saving writes a temporary file beside the target, flushes it to disk, then renames it over
 the target: a crash never leaves a half-written model under the real name. Weights holding
 NaN or infinity are refused (``allow_nonfinite=True`` writes them anyway), so that a diverged
-run never replaces a good model file.
+run never replaces a good model file; loading refuses them the same way.
 
 Loading never unpickles and trusts nothing in the file. Before any array is read it checks
 the format and version, the sizes the zip directory declares (against the file size and
@@ -192,12 +192,17 @@ def _save(model, path, include_optimizer, include_history, allow_nonfinite, trai
     return path
 
 
+def _nonfinite(arrays):
+    """The names of the arrays in ``arrays`` holding NaN or infinity, as a phrase, or None."""
+    bad = [name for name, value in arrays.items() if not np.isfinite(value).all()]
+    return f"{', '.join(bad[:5])}{' and more' if len(bad) > 5 else ''}" if bad else None
+
+
 def _refuse_nonfinite(weights, path):
-    bad = [name for name, value in weights.items() if not np.isfinite(value).all()]
+    bad = _nonfinite(weights)
     if bad:
         kept = "the file already there is left as it was" if os.path.exists(path) else "nothing was written"
-        raise ValueError(f"save_model: refusing to write {path}: {', '.join(bad[:5])}"
-                         f"{' and more' if len(bad) > 5 else ''} hold NaN or infinite values "
+        raise ValueError(f"save_model: refusing to write {path}: {bad} hold NaN or infinite values "
                          f"(training diverged?); {kept}. Pass allow_nonfinite=True to save them anyway.")
 
 
@@ -283,7 +288,7 @@ def _write_atomically(path, arrays):
 
 # Loading.
 
-def load_model(path, compile=True, *, model_class):
+def load_model(path, compile=True, allow_nonfinite=False, *, model_class):
     """Rebuild the model saved in ``path``: same architecture and weights (predictions match
     to the bit), ``input_shape``, ``class_names``, ``preprocessing`` and ``history``; compiled
     with the saved loss, optimizer (with its state, when saved) and metrics unless
@@ -293,22 +298,25 @@ def load_model(path, compile=True, *, model_class):
     training methods (``npconvnet.load_model`` passes ``npconvnet.Sequential``).
 
     Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
-    is not a valid model or has changed since it was written (its digest).
+    is not a valid model, has changed since it was written (its digest), or holds NaN or
+    infinite weights (unless ``allow_nonfinite=True``, e.g. to look into a diverged run).
     """
-    model, _ = _open(path, compile, read_training=False, model_class=model_class)
+    model, _ = _open(path, compile, read_training=False, model_class=model_class,
+                     allow_nonfinite=allow_nonfinite)
     return model
 
 
-def load_checkpoint(path, *, model_class):
+def load_checkpoint(path, allow_nonfinite=False, *, model_class):
     """``(model, training)`` from a checkpoint written by ``fit(checkpoint_dir=...)``: the
     compiled model with its optimizer state and history, and the training state (see the
     module docstring) with its arrays back in the callback states.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
-    is not a valid checkpoint (a model file without training state included) or has changed
-    since it was written.
+    is not a valid checkpoint (a model file without training state included), has changed since
+    it was written, or holds NaN or infinite weights (unless ``allow_nonfinite=True``).
     """
-    model, training = _open(path, compile=True, read_training=True, model_class=model_class)
+    model, training = _open(path, compile=True, read_training=True, model_class=model_class,
+                            allow_nonfinite=allow_nonfinite)
     if training is None:
         raise ModelFileError(f"{os.fspath(path)}: a model file without training state, not a "
                              "checkpoint (fit(checkpoint_dir=...) writes checkpoints; to train a "
@@ -318,7 +326,7 @@ def load_checkpoint(path, *, model_class):
     return model, training
 
 
-def _open(path, compile, read_training, model_class):
+def _open(path, compile, read_training, model_class, allow_nonfinite):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load_model: no such file: {path!r}")
@@ -337,7 +345,7 @@ def _open(path, compile, read_training, model_class):
                              f"{error})") from None
     with archive:
         try:
-            return _load(archive, path, compile, read_training, model_class)
+            return _load(archive, path, compile, read_training, model_class, allow_nonfinite)
         except ModelFileError:
             raise
         # What the zip and .npy readers raise for damaged data: NumPy lets tokenize.TokenError
@@ -366,7 +374,7 @@ def _read_archive(archive, path, fail):
     return sizes, header
 
 
-def _load(archive, path, compile, read_training, model_class):
+def _load(archive, path, compile, read_training, model_class, allow_nonfinite):
     def fail(message):
         return ModelFileError(f"{path}: {message}")
 
@@ -412,7 +420,12 @@ def _load(archive, path, compile, read_training, model_class):
             _check_training_member(archive, key, sizes[key], limit, fail)
 
     # Everything matches: now read the arrays and copy them in.
-    model.load_state_dict({key[len("weights/"):]: archive[key] for key in expected})
+    weights = {key: archive[key] for key in expected}
+    bad = None if allow_nonfinite else _nonfinite(weights)
+    if bad:
+        raise fail(f"{bad} hold NaN or infinite values (saved from a diverged run?); pass "
+                   "allow_nonfinite=True to load them anyway")
+    model.load_state_dict({key[len("weights/"):]: value for key, value in weights.items()})
     model.input_shape = None if header["input_shape"] is None else tuple(header["input_shape"])
     model.class_names = header["class_names"]
     model.preprocessing = header.get("preprocessing")

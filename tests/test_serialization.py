@@ -17,7 +17,7 @@ from npconvnet.optim import SGD, Adam
 from npconvnet.layers.base import layer_from_config, layer_to_config
 from npconvnet.models import load_checkpoint, load_model
 from npconvnet.serialization import ModelFileError
-from model_files import digest_of, edit_header, header_of, npy_bytes, read_members, write_members
+from model_files import as_format_version, digest_of, edit_header, header_of, npy_bytes, read_members, write_members
 from synthetic import bar_images
 
 
@@ -637,3 +637,157 @@ def test_a_checkpoint_with_nonfinite_weights_is_refused_unless_allowed(tmp_path)
     restored, training = load_checkpoint(tmp_path / "checkpoint.npz", allow_nonfinite=True)
     assert np.isnan(restored.layers[4].weight.data).all() and training["next_epoch"] == 2
 
+
+# Weights files: Keras's save_weights and load_weights
+
+def test_weights_load_into_a_model_built_the_same_way(tmp_path):
+    model = trained(batchnorm_dropout_net)
+    assert serialization.save_weights(model, tmp_path / "weights.npz") == str(tmp_path / "weights.npz")
+    npconvnet.manual_seed(1)
+    other = batchnorm_dropout_net()
+    assert serialization.load_weights(other, tmp_path / "weights.npz") is other
+    assert_same_state(other, model)
+    x, _ = bar_images(20, seed=1)
+    np.testing.assert_array_equal(other.predict(x), model.predict(x))
+
+
+def test_a_weights_file_holds_the_header_every_parameter_and_buffer_and_the_digest(tmp_path):
+    model = trained(batchnorm_dropout_net, epochs=1)
+    serialization.save_weights(model, tmp_path / "weights.npz")
+    members = read_members(tmp_path / "weights.npz")
+    assert set(members) == ({"model.json.npy", "digest.npy"}
+                            | {f"weights/{name}.npy" for name in model.state_dict()})
+    assert "weights/1.running_mean.npy" in members
+    assert header_of(members) == {"format": "npconvnet-weights", "format_version": 3,
+                                  "npconvnet_version": npconvnet.__version__}
+    assert np.load(io.BytesIO(members["digest.npy"])).tobytes() == digest_of(members)
+
+
+def test_weights_load_from_a_model_file_and_from_a_checkpoint(tmp_path):
+    model = trained(plain_net, epochs=1)
+    model.save(tmp_path / "model.npz")
+    x, y = bar_images(32)
+    model.fit(x, y, epochs=2, initial_epoch=1, batch_size=16, seed=0, verbose=0, checkpoint_dir=tmp_path)
+    for name, expected in [("model.npz", load_model(tmp_path / "model.npz")), ("checkpoint.npz", model)]:
+        npconvnet.manual_seed(1)
+        assert_same_state(serialization.load_weights(plain_net(), tmp_path / name), expected)
+
+
+def test_weights_load_from_a_model_file_of_format_version_1(tmp_path):
+    model = trained(plain_net, epochs=1)
+    model.save(tmp_path / "model.npz")
+    write_members(tmp_path / "model.npz", as_format_version(read_members(tmp_path / "model.npz"), 1))
+    npconvnet.manual_seed(1)
+    assert_same_state(serialization.load_weights(plain_net(), tmp_path / "model.npz"), model)
+
+
+def wider_first_layer():
+    return Sequential(Conv2D(1, 8, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(200, 2))
+
+
+def more_classes():
+    return Sequential(Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(100, 3))
+
+
+def one_more_layer():
+    return Sequential(Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(100, 2), ReLU(),
+                      Dense(2, 2))
+
+
+def one_layer_less():
+    return Sequential(Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten())
+
+
+def float64_net():
+    return plain_net().astype(np.float64)
+
+
+@pytest.mark.parametrize("build, message", [
+    (wider_first_layer, r"weights/0.weight has shape \(4, 1, 3, 3\) and dtype float32; expected \(8, 1, 3, 3\) float32"),
+    (more_classes, r"weights/4.weight has shape \(2, 100\) and dtype float32; expected \(3, 100\) float32"),
+    (one_more_layer, r"the model's 6.weight \(shape \(2, 2\), float32\) is not in the file"),
+    (one_layer_less, r"weights/4.weight is not in the model \(the file holds 4 weight arrays, the model 2\)"),
+    (float64_net, r"weights/0.weight has shape \(4, 1, 3, 3\) and dtype float32; expected \(4, 1, 3, 3\) float64"),
+])
+def test_weights_of_another_architecture_are_refused_naming_the_first_mismatch_and_change_nothing(
+        build, message, tmp_path):
+    serialization.save_weights(trained(plain_net, epochs=1), tmp_path / "weights.npz")
+    npconvnet.manual_seed(1)
+    model = build()
+    before = model.state_dict()
+    with pytest.raises(ModelFileError, match="the weights do not fit this model .*: " + message) as caught:
+        serialization.load_weights(model, tmp_path / "weights.npz")
+    assert str(caught.value).startswith(str(tmp_path / "weights.npz"))
+    after = model.state_dict()
+    assert all(np.array_equal(before[name], after[name]) for name in before)
+
+
+def test_a_changed_weights_file_is_refused_and_changes_nothing(tmp_path):
+    serialization.save_weights(trained(plain_net, epochs=1), tmp_path / "weights.npz")
+    members = read_members(tmp_path / "weights.npz")
+    data = bytearray(members["weights/4.weight.npy"])
+    data[-1] ^= 0x10
+    members["weights/4.weight.npy"] = bytes(data)
+    write_members(tmp_path / "weights.npz", members, seal=False)
+    npconvnet.manual_seed(1)
+    model = plain_net()
+    before = model.state_dict()
+    with pytest.raises(ModelFileError, match="changed or damaged after it was written"):
+        serialization.load_weights(model, tmp_path / "weights.npz")
+    assert all(np.array_equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_a_weights_file_with_other_arrays_is_refused(tmp_path):
+    serialization.save_weights(trained(plain_net, epochs=1), tmp_path / "weights.npz")
+    members = read_members(tmp_path / "weights.npz")
+    members["optimizer/0.exp_avg.npy"] = npy_bytes(np.zeros((4, 1, 3, 3), np.float32))
+    write_members(tmp_path / "weights.npz", members)
+    with pytest.raises(ModelFileError, match=r"unexpected members \['optimizer/0.exp_avg'\]"):
+        serialization.load_weights(plain_net(), tmp_path / "weights.npz")
+
+
+def test_nonfinite_weights_are_refused_by_save_weights_and_load_weights_unless_allowed(tmp_path):
+    model = diverged(tmp_path / "model.npz")
+    with pytest.raises(ValueError, match="save_weights: refusing to write .*0.weight, 4.bias hold NaN"):
+        serialization.save_weights(model, tmp_path / "weights.npz")
+    assert not (tmp_path / "weights.npz").exists()
+    serialization.save_weights(model, tmp_path / "weights.npz", allow_nonfinite=True)
+    npconvnet.manual_seed(1)
+    other = plain_net()
+    before = other.state_dict()
+    with pytest.raises(ModelFileError, match="weights/0.weight, weights/4.bias hold NaN or infinite values"):
+        serialization.load_weights(other, tmp_path / "weights.npz")
+    assert all(np.array_equal(before[name], value) for name, value in other.state_dict().items())
+    assert_same_state(serialization.load_weights(other, tmp_path / "weights.npz", allow_nonfinite=True), model)
+
+
+def test_load_model_explains_that_a_weights_file_holds_no_architecture(tmp_path):
+    serialization.save_weights(plain_net(), tmp_path / "weights.npz")
+    with pytest.raises(ModelFileError, match=r"a weights file \(written by save_weights\) holds no "
+                                             r"architecture: build the model and call load_weights"):
+        load_model(tmp_path / "weights.npz")
+
+
+def test_a_crash_while_saving_weights_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "weights.npz"
+    serialization.save_weights(trained(plain_net, epochs=1), path)
+    previous = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk unplugged")
+
+    monkeypatch.setattr(serialization.os, "replace", crash)
+    with pytest.raises(OSError, match="disk unplugged"):
+        serialization.save_weights(trained(plain_net, epochs=2), path)
+    assert path.read_bytes() == previous and os.listdir(tmp_path) == ["weights.npz"]
+
+
+@pytest.mark.parametrize("call", [serialization.save_weights, serialization.load_weights])
+def test_weights_functions_take_a_layer(call, tmp_path):
+    with pytest.raises(TypeError, match=f"{call.__name__}: expected a layer or model, got dict"):
+        call({"0.weight": np.zeros(3)}, tmp_path / "weights.npz")
+
+
+def test_load_weights_of_a_missing_file_raises_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="load_weights: no such file: .*nothing.npz"):
+        serialization.load_weights(plain_net(), tmp_path / "nothing.npz")

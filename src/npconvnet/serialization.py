@@ -30,6 +30,11 @@ reads it as a model, :func:`load_checkpoint` also returns the training state::
                  "callbacks": [{"class": "EarlyStopping", "state": {...}}, ...],
                  "arrays": 2}            (callback states refer to array i as {"__ndarray__": i})
 
+A weights file (:func:`save_weights`, :func:`load_weights`, as Keras's ``model.save_weights``)
+is the same archive with only ``model.json``, ``weights/<name>`` and ``digest``, its header
+``{"format": "npconvnet-weights", "format_version": 3, "npconvnet_version": "0.1.0"}``.
+``load_weights`` takes the weights of a model file or a checkpoint too.
+
 The digest (format version 3 on) is SHA-256 over every other member of the archive, the header
 included, in the order of their names as Python sorts them ("model.json" < "optimizer/..." <
 "weights/..."). Each member adds one line of JSON naming it and giving the dtype, memory order
@@ -77,12 +82,13 @@ import numpy as np
 from . import losses, optim, rng
 from .callbacks import History
 from .data import PREPROCESSING, check_preprocessing
-from .layers.base import LAYER_CLASSES, ConfigError, layer_from_config, layer_to_config
+from .layers.base import LAYER_CLASSES, ConfigError, Layer, layer_from_config, layer_to_config
 from .version import __version__
 
 FORMAT = "npconvnet-model"
+WEIGHTS_FORMAT = "npconvnet-weights"
 #: The format this module writes, and the newest it reads. Version 2 added "preprocessing",
-#: version 3 the digest; files of versions 1 and 2 still load (without a digest).
+#: version 3 the digest and weights files; versions 1 and 2 still load (without a digest).
 FORMAT_VERSION = 3
 #: The first version whose files carry a digest.
 DIGEST_VERSION = 3
@@ -176,7 +182,7 @@ def _save(model, path, include_optimizer, include_history, allow_nonfinite, trai
     path = os.fspath(path)
     weights = model.state_dict()
     if not allow_nonfinite:
-        _refuse_nonfinite(weights, path)
+        _refuse_nonfinite(weights, path, "save_model")
     header = _header(model, include_history)
     arrays = {f"weights/{name}": value for name, value in weights.items()}
     if include_optimizer and header["compile"] is not None:
@@ -192,17 +198,37 @@ def _save(model, path, include_optimizer, include_history, allow_nonfinite, trai
     return path
 
 
+def save_weights(model, path, allow_nonfinite=False):
+    """Write the weights of ``model`` (every parameter and buffer, as in ``state_dict()``) to
+    the ``.npz`` file ``path``, atomically and with a digest; returns ``path``. As Keras's
+    ``model.save_weights``: no architecture, optimizer or history (:func:`save_model` keeps
+    those); :func:`load_weights` reads them into a model built the same way. Weights holding
+    NaN or infinity raise ``ValueError`` and leave any file at ``path`` as it was, unless
+    ``allow_nonfinite=True``.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"save_weights: expected a layer or model, got {type(model).__name__}")
+    path = os.fspath(path)
+    weights = model.state_dict()
+    if not allow_nonfinite:
+        _refuse_nonfinite(weights, path, "save_weights")
+    header = {"format": WEIGHTS_FORMAT, "format_version": FORMAT_VERSION,
+              "npconvnet_version": __version__}
+    _write_file(path, header, {f"weights/{name}": value for name, value in weights.items()})
+    return path
+
+
 def _nonfinite(arrays):
     """The names of the arrays in ``arrays`` holding NaN or infinity, as a phrase, or None."""
     bad = [name for name, value in arrays.items() if not np.isfinite(value).all()]
     return f"{', '.join(bad[:5])}{' and more' if len(bad) > 5 else ''}" if bad else None
 
 
-def _refuse_nonfinite(weights, path):
+def _refuse_nonfinite(weights, path, caller):
     bad = _nonfinite(weights)
     if bad:
         kept = "the file already there is left as it was" if os.path.exists(path) else "nothing was written"
-        raise ValueError(f"save_model: refusing to write {path}: {bad} hold NaN or infinite values "
+        raise ValueError(f"{caller}: refusing to write {path}: {bad} hold NaN or infinite values "
                          f"(training diverged?); {kept}. Pass allow_nonfinite=True to save them anyway.")
 
 
@@ -301,8 +327,9 @@ def load_model(path, compile=True, allow_nonfinite=False, *, model_class):
     is not a valid model, has changed since it was written (its digest), or holds NaN or
     infinite weights (unless ``allow_nonfinite=True``, e.g. to look into a diverged run).
     """
-    model, _ = _open(path, compile, read_training=False, model_class=model_class,
-                     allow_nonfinite=allow_nonfinite)
+    model, _ = _open(path, "load_model", "model", lambda archive, fail: _load(
+        archive, path, fail, compile, read_training=False, model_class=model_class,
+        allow_nonfinite=allow_nonfinite))
     return model
 
 
@@ -315,8 +342,9 @@ def load_checkpoint(path, allow_nonfinite=False, *, model_class):
     is not a valid checkpoint (a model file without training state included), has changed since
     it was written, or holds NaN or infinite weights (unless ``allow_nonfinite=True``).
     """
-    model, training = _open(path, compile=True, read_training=True, model_class=model_class,
-                            allow_nonfinite=allow_nonfinite)
+    model, training = _open(path, "load_checkpoint", "model", lambda archive, fail: _load(
+        archive, path, fail, compile=True, read_training=True, model_class=model_class,
+        allow_nonfinite=allow_nonfinite))
     if training is None:
         raise ModelFileError(f"{os.fspath(path)}: a model file without training state, not a "
                              "checkpoint (fit(checkpoint_dir=...) writes checkpoints; to train a "
@@ -326,26 +354,49 @@ def load_checkpoint(path, allow_nonfinite=False, *, model_class):
     return model, training
 
 
-def _open(path, compile, read_training, model_class, allow_nonfinite):
+def load_weights(model, path, allow_nonfinite=False):
+    """Copy the weights saved in ``path`` into ``model`` and return it, as Keras's
+    ``model.load_weights``: a weights file from :func:`save_weights`, or the weights of a model
+    file or a checkpoint (its architecture, optimizer and history are left unused).
+
+    Every array's name, shape and dtype is checked against ``model`` before any is read, and
+    the first that does not fit is named; NaN or infinite weights are refused unless
+    ``allow_nonfinite=True``. A failed load leaves ``model`` as it was. Raises
+    ``FileNotFoundError`` for a missing file and :class:`ModelFileError` otherwise.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"load_weights: expected a layer or model, got {type(model).__name__}")
+    return _open(path, "load_weights", "weights or model",
+                 lambda archive, fail: _load_weights(model, archive, path, fail, allow_nonfinite))
+
+
+def _open(path, caller, kind, read):
+    """``read(archive, fail)`` on the archive at ``path``, a ``kind`` file for ``caller``;
+    whatever a damaged file makes the zip and .npy readers raise becomes a ModelFileError
+    naming the file, as ``fail(message)`` does."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"load_model: no such file: {path!r}")
+        raise FileNotFoundError(f"{caller}: no such file: {path!r}")
     # Checked first: for any other bytes np.load's own message speaks of pickles.
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as file:
             single_array = file.read(6) == b"\x93NUMPY"
         what = ("a single .npy array, not an .npz archive" if single_array else
-                "not an .npz archive: model files are written by model.save or npconvnet train")
-        raise ModelFileError(f"{path}: not an npconvnet model file ({what})")
+                "not an .npz archive, as model.save, save_weights and npconvnet train write")
+        raise ModelFileError(f"{path}: not an npconvnet {kind} file ({what})")
     try:
         archive = np.load(path, allow_pickle=False)
     # zipfile raises NotImplementedError for a directory entry of a newer zip version.
     except (ValueError, EOFError, OSError, NotImplementedError, zipfile.BadZipFile) as error:
-        raise ModelFileError(f"{path}: not an npconvnet model file (not a readable .npz archive: "
+        raise ModelFileError(f"{path}: not an npconvnet {kind} file (not a readable .npz archive: "
                              f"{error})") from None
+
+    def fail(message):
+        return ModelFileError(f"{path}: {message}")
+
     with archive:
         try:
-            return _load(archive, path, compile, read_training, model_class, allow_nonfinite)
+            return read(archive, fail)
         except ModelFileError:
             raise
         # What the zip and .npy readers raise for damaged data: NumPy lets tokenize.TokenError
@@ -355,15 +406,15 @@ def _open(path, compile, read_training, model_class, allow_nonfinite):
         except (ValueError, TypeError, KeyError, EOFError, OSError, OverflowError, RecursionError,
                 NotImplementedError, RuntimeError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
                 tokenize.TokenError) as error:
-            raise ModelFileError(f"{path}: damaged or invalid model file ({type(error).__name__}: "
+            raise ModelFileError(f"{path}: damaged or invalid {kind} file ({type(error).__name__}: "
                                  f"{error})") from None
 
 
-def _read_archive(archive, path, fail):
-    """``(member sizes, header)`` of a model file, its digest checked before the header is
-    used; the sizes leave the digest out."""
-    sizes = _member_sizes(archive, path, fail)
-    header = _read_header(archive, sizes, fail)
+def _read_archive(archive, path, fail, formats, kind):
+    """``(member sizes, header)`` of an archive of one of ``formats``, its digest checked
+    before the header is used; the sizes leave the digest out."""
+    sizes = _member_sizes(archive, path, fail, kind)
+    header = _read_header(archive, sizes, fail, formats, kind)
     version = header["format_version"]
     if version >= DIGEST_VERSION:
         _check_digest(archive, sizes, fail)
@@ -374,11 +425,8 @@ def _read_archive(archive, path, fail):
     return sizes, header
 
 
-def _load(archive, path, compile, read_training, model_class, allow_nonfinite):
-    def fail(message):
-        return ModelFileError(f"{path}: {message}")
-
-    sizes, header = _read_archive(archive, path, fail)
+def _load(archive, path, fail, compile, read_training, model_class, allow_nonfinite):
+    sizes, header = _read_archive(archive, path, fail, (FORMAT,), "model")
     _check_model_header(header, fail)
     dtype = np.dtype(header["dtype"])
     declared = _declared_parameter_count(header["architecture"]) * dtype.itemsize
@@ -390,8 +438,7 @@ def _load(archive, path, compile, read_training, model_class, allow_nonfinite):
     model = _build_model(header, dtype, fail, model_class)
     if header["input_shape"] is not None:
         _check_input_shape(model, tuple(header["input_shape"]), fail)
-    expected = {f"weights/{name}": (p.data.shape, p.data.dtype) for name, p in model.named_parameters()}
-    expected.update((f"weights/{name}", (np.shape(b), np.asarray(b).dtype)) for name, b in model.named_buffers())
+    expected = _expected_weights(model)
     optimizer_keys = _optimizer_keys(header, model, fail)
     training = _training_header(header, fail)
     if training is not None and training["arrays"] > len(sizes):
@@ -420,12 +467,7 @@ def _load(archive, path, compile, read_training, model_class, allow_nonfinite):
             _check_training_member(archive, key, sizes[key], limit, fail)
 
     # Everything matches: now read the arrays and copy them in.
-    weights = {key: archive[key] for key in expected}
-    bad = None if allow_nonfinite else _nonfinite(weights)
-    if bad:
-        raise fail(f"{bad} hold NaN or infinite values (saved from a diverged run?); pass "
-                   "allow_nonfinite=True to load them anyway")
-    model.load_state_dict({key[len("weights/"):]: value for key, value in weights.items()})
+    model.load_state_dict(_read_weights(archive, expected, fail, allow_nonfinite))
     model.input_shape = None if header["input_shape"] is None else tuple(header["input_shape"])
     model.class_names = header["class_names"]
     model.preprocessing = header.get("preprocessing")
@@ -440,25 +482,71 @@ def _load(archive, path, compile, read_training, model_class, allow_nonfinite):
     return model, {**training, "callbacks": _unpack_arrays(training["callbacks"], arrays, fail)}
 
 
-def _member_sizes(archive, path, fail):
+def _load_weights(model, archive, path, fail, allow_nonfinite):
+    sizes, header = _read_archive(archive, path, fail, (FORMAT, WEIGHTS_FORMAT), "weights or model")
+    stored = [key for key in sizes if key.startswith("weights/")]
+    if header["format"] == FORMAT:
+        _check_model_header(header, fail)
+    else:
+        others = sorted(set(sizes) - set(stored) - {HEADER})
+        if others:
+            raise fail(f"unexpected members {others[:5]} (a weights file holds only weights/ arrays)")
+
+    def mismatch(message):
+        return fail(f"the weights do not fit this model (saved from another architecture?): {message}")
+
+    # In the model's order, so that the first difference between two architectures is named.
+    expected = _expected_weights(model)
+    for key, (shape, dtype) in expected.items():
+        if key not in sizes:
+            raise mismatch(f"the model's {key[len('weights/'):]} (shape {shape}, {dtype}) is not in "
+                           f"the file")
+        _check_member(archive, key, sizes[key], [(shape, dtype)], mismatch)
+    extra = [key for key in stored if key not in expected]
+    if extra:
+        raise mismatch(f"{extra[0]} is not in the model (the file holds {len(stored)} weight arrays, "
+                       f"the model {len(expected)})")
+    model.load_state_dict(_read_weights(archive, expected, fail, allow_nonfinite))
+    return model
+
+
+def _expected_weights(model):
+    """``{"weights/<name>": (shape, dtype)}`` for every parameter and buffer of ``model``, in order."""
+    expected = {f"weights/{name}": (p.data.shape, p.data.dtype) for name, p in model.named_parameters()}
+    expected.update((f"weights/{name}", (np.shape(b), np.asarray(b).dtype)) for name, b in model.named_buffers())
+    return expected
+
+
+def _read_weights(archive, expected, fail, allow_nonfinite):
+    """The ``weights/`` arrays named in ``expected`` (checked already), as a state_dict; NaN or
+    infinity refused unless ``allow_nonfinite``."""
+    weights = {key: archive[key] for key in expected}
+    bad = None if allow_nonfinite else _nonfinite(weights)
+    if bad:
+        raise fail(f"{bad} hold NaN or infinite values (saved from a diverged run?); pass "
+                   "allow_nonfinite=True to load them anyway")
+    return {key[len("weights/"):]: value for key, value in weights.items()}
+
+
+def _member_sizes(archive, path, fail, kind):
     """``{array name: declared uncompressed size}`` from the zip directory, checked for sanity."""
     infos = archive.zip.infolist()
     names = [info.filename for info in infos]
     if len(set(names)) != len(names):
         raise fail("the archive holds the same member twice")
     if HEADER + ".npy" not in names:
-        raise fail(f"not an npconvnet model file (no {HEADER} header; members: {names[:5]})")
+        raise fail(f"not an npconvnet {kind} file (no {HEADER} header; members: {names[:5]})")
     strange = [name for name in names if not name.endswith(".npy")]
     if strange:
-        raise fail(f"unexpected members {strange[:5]} (a model file holds only .npy arrays)")
+        raise fail(f"unexpected members {strange[:5]} (an npconvnet file holds only .npy arrays)")
     total, file_size = sum(info.file_size for info in infos), os.path.getsize(path)
     if total > _MAX_EXPANSION * file_size:
         raise fail(f"the archive declares {total:,} bytes of content in a file of {file_size:,} bytes")
     return {info.filename[:-len(".npy")]: info.file_size for info in infos}
 
 
-def _read_header(archive, sizes, fail):
-    """The header, checked as far as the digest needs it: its format and version."""
+def _read_header(archive, sizes, fail, formats, kind):
+    """The header, checked as far as every format shares it: its format and version."""
     if sizes[HEADER] > _MAX_HEADER_BYTES:
         raise fail(f"the {HEADER} header declares {sizes[HEADER]:,} bytes (at most "
                    f"{_MAX_HEADER_BYTES:,} expected)")
@@ -473,14 +561,21 @@ def _read_header(archive, sizes, fail):
         header = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise fail(f"the {HEADER} header is not valid UTF-8 JSON ({error})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise fail(f"not an npconvnet model file (the header's format is not {FORMAT!r})")
+    found = header.get("format") if isinstance(header, dict) else None
+    if found == WEIGHTS_FORMAT and found not in formats:
+        raise fail("a weights file (written by save_weights) holds no architecture: build the model "
+                   "and call load_weights(model, path)")
+    if found not in formats:
+        raise fail(f"not an npconvnet {kind} file (the header's format is not "
+                   f"{' or '.join(map(repr, formats))})")
     version = header.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise fail(f"invalid format_version {version!r:.100}")
     if version > FORMAT_VERSION:
         raise fail(f"written in model format version {version}, newer than this npconvnet reads "
                    f"({FORMAT_VERSION}); upgrade npconvnet")
+    if found == WEIGHTS_FORMAT and version < DIGEST_VERSION:
+        raise fail(f"invalid format_version {version} (weights files begin at {DIGEST_VERSION})")
     return header
 
 

@@ -20,6 +20,7 @@ from npconvnet import Sequential
 from npconvnet.optim import SGD, Adam
 from npconvnet.models import load_checkpoint, load_model
 from npconvnet.serialization import ModelFileError
+from model_files import edit_header, read_members, write_members
 from synthetic import bar_images
 
 
@@ -372,19 +373,10 @@ def test_resuming_from_a_missing_file_raises_file_not_found(tmp_path):
 
 
 def test_a_damaged_training_state_raises_model_file_error(tmp_path):
-    import io
-    import zipfile
     checkpoint = killed_run(tmp_path)
-    with zipfile.ZipFile(checkpoint) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    header = json.loads(np.load(io.BytesIO(members["model.json.npy"])).tobytes())
-    header["training"]["rng_state"] = {"bit_generator": "MT19937"}
-    buffer = io.BytesIO()
-    np.save(buffer, np.frombuffer(json.dumps(header).encode(), np.uint8))
-    members["model.json.npy"] = buffer.getvalue()
-    with zipfile.ZipFile(checkpoint, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
+    members = read_members(checkpoint)
+    edit_header(members, lambda header: header["training"].update(rng_state={"bit_generator": "MT19937"}))
+    write_members(checkpoint, members)          # with a recomputed digest
     with pytest.raises(ModelFileError, match="rng_state must be a state of the global random generator"):
         train(build(), tmp_path, resume_from=checkpoint)
 

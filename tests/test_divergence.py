@@ -154,7 +154,7 @@ def test_saving_nan_weights_to_a_new_path_writes_nothing(tmp_path):
 
 def test_allow_nonfinite_saves_nan_weights_anyway(tmp_path):
     nan_model().save(tmp_path / "model.npz", allow_nonfinite=True)
-    assert np.isnan(load_model(tmp_path / "model.npz").parameters()[1].data[0])
+    assert np.isnan(load_model(tmp_path / "model.npz", allow_nonfinite=True).parameters()[1].data[0])
 
 
 def test_model_checkpoint_never_writes_nan_weights(tmp_path):

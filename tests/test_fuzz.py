@@ -28,6 +28,7 @@ from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPo
 from npconvnet import Sequential
 from npconvnet.models import load_checkpoint, load_model
 from npconvnet.serialization import ModelFileError
+from model_files import as_format_version, header_of, npy_bytes, npy_parts, read_members, sealed, set_header, zipped
 
 EXAMPLES = int(os.environ.get("NPCONVNET_FUZZ_EXAMPLES", "0"))
 SEED = os.environ.get("NPCONVNET_FUZZ_SEED")
@@ -136,48 +137,62 @@ def files(tmp_path_factory):
               checkpoint_dir=folder, callbacks=[npconvnet.callbacks.EarlyStopping(restore_best_weights=True)])
     model.save(folder / "model.npz")
     return Corpus(model=(folder / "model.npz").read_bytes(), trained=model,
-                  checkpoint=(folder / "checkpoint.npz").read_bytes(), folder=folder)
+                  checkpoint=(folder / "checkpoint.npz").read_bytes(), folder=folder,
+                  checkpointed=load_checkpoint(folder / "checkpoint.npz")[0])
 
 
 ZIP_MARKERS = [b"PK\x01\x02", b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY"]
 
 
 def members_of(content):
-    with zipfile.ZipFile(io.BytesIO(content)) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
-
-
-def zipped(members):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
-
-
-def npy(array):
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def header_of(content):
-    return json.loads(np.load(io.BytesIO(members_of(content)["model.json.npy"])).tobytes())
+    return read_members(io.BytesIO(content))
 
 
 def with_header(content, header):
+    """``content`` with another header, sealed with a matching digest as a deliberate edit can be."""
     members = members_of(content)
-    members["model.json.npy"] = npy(np.frombuffer(json.dumps(header).encode(), np.uint8))
-    return zipped(members)
+    set_header(members, header)
+    return zipped(sealed(members))
 
 
-def check_model_file(path, checkpoint=False):
-    """Load ``path``: a ModelFileError, or a model that runs on its input_shape."""
+def saved_state(model):
+    """What a model file holds of ``model``: weights, optimizer state and header entries."""
+    optimizer = model.optimizer.state_dict()["buffers"] if model.optimizer is not None else None
+    history = model.history.to_dict() if model.history is not None else None
+    return (model.state_dict(), optimizer, history, model.input_shape, model.class_names,
+            model.preprocessing)
+
+
+def assert_same_saved_state(first, second):
+    first, second = saved_state(first), saved_state(second)
+    for arrays in (0, 1):
+        assert (first[arrays] is None) == (second[arrays] is None)
+        if first[arrays] is not None:
+            assert first[arrays].keys() == second[arrays].keys()
+            for name in first[arrays]:
+                np.testing.assert_array_equal(first[arrays][name], second[arrays][name], err_msg=name)
+                assert first[arrays][name].dtype == second[arrays][name].dtype
+    assert first[2:] == second[2:]
+
+
+def same_model(first, second):
+    try:
+        assert_same_saved_state(first, second)
+    except AssertionError:
+        return False
+    return repr(first) == repr(second)
+
+
+def check_model_file(path, checkpoint=False, original=None):
+    """Load ``path``: a ModelFileError, or a model that runs on its input_shape (and, when
+    ``path`` is a mutation of a file written now, the ``original`` model unchanged)."""
     try:
         model = load_checkpoint(path)[0] if checkpoint else load_model(path)
     except ModelFileError:
         return
     assert isinstance(model, Sequential)
+    if original is not None:
+        assert_same_saved_state(model, original)
     if model.input_shape is not None:
         outputs = model.predict(np.zeros((2, *model.input_shape), np.float32))
         assert outputs.shape[0] == 2
@@ -205,7 +220,7 @@ def test_random_bytes_are_no_model(files, content):
 def test_mutated_model_files_load_or_raise_model_file_error(files, data):
     original = files["model"]
     content = data.draw(mutated(original, hot_spots(original, ZIP_MARKERS)))
-    check_model_file(write(files, "mutated.npz", content))
+    check_model_file(write(files, "mutated.npz", content), original=files["trained"])
 
 
 @seeded
@@ -213,7 +228,7 @@ def test_mutated_model_files_load_or_raise_model_file_error(files, data):
 @given(data=st.data())
 def test_model_files_with_an_edited_header_load_or_raise_model_file_error(files, data):
     original = files["model"]
-    header = data.draw(edited_json(header_of(original)))
+    header = data.draw(edited_json(header_of(members_of(original))))
     check_model_file(write(files, "edited.npz", with_header(original, header)))
 
 
@@ -222,7 +237,7 @@ def test_model_files_with_an_edited_header_load_or_raise_model_file_error(files,
 @given(data=st.data())
 def test_checkpoints_with_an_edited_training_state_load_or_raise_model_file_error(files, data):
     original = files["checkpoint"]
-    header = header_of(original)
+    header = header_of(members_of(original))
     header["training"] = data.draw(edited_json(header["training"]))
     check_model_file(write(files, "checkpoint.npz", with_header(original, header)), checkpoint=True)
 
@@ -233,7 +248,8 @@ def test_checkpoints_with_an_edited_training_state_load_or_raise_model_file_erro
 def test_mutated_checkpoints_load_or_raise_model_file_error(files, data):
     original = files["checkpoint"]
     content = data.draw(mutated(original, hot_spots(original, ZIP_MARKERS)))
-    check_model_file(write(files, "mutated-checkpoint.npz", content), checkpoint=True)
+    check_model_file(write(files, "mutated-checkpoint.npz", content), checkpoint=True,
+                     original=files["checkpointed"])
 
 
 any_array = st.builds(
@@ -248,8 +264,8 @@ any_array = st.builds(
 def test_model_files_with_a_replaced_array_load_or_raise_model_file_error(files, data, replacement):
     members = members_of(files["checkpoint"])
     name = data.draw(st.sampled_from(sorted(name for name in members if name != "model.json.npy")))
-    members[name] = npy(replacement)
-    check_model_file(write(files, "replaced.npz", zipped(members)), checkpoint=data.draw(st.booleans()))
+    members[name] = npy_bytes(replacement)
+    check_model_file(write(files, "replaced.npz", zipped(sealed(members))), checkpoint=data.draw(st.booleans()))
 
 
 # IDX files
@@ -395,7 +411,7 @@ def test_image_folders_with_random_and_mutated_images_load_or_raise_dataset_erro
 # .npy inputs to predict
 
 def npy_contents():
-    sample = npy(np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8))
+    sample = npy_bytes(np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8))
     return st.one_of(st.binary(max_size=300), mutated(sample, hot_spots(sample, [b"\x93NUMPY", b"{"], 128)))
 
 
@@ -436,6 +452,12 @@ def test_a_zip_member_that_cannot_be_unpacked_is_a_model_file_error(files, offse
         load_model(write(files, "unpackable.npz", content))
 
 
+def test_a_zip_directory_entry_of_an_unknown_zip_version_is_a_model_file_error(files):
+    content = with_central_field(files["checkpoint"], "model.json.npy", 6, 172)   # version 17.2
+    with pytest.raises(ModelFileError, match=r"not a readable .npz archive: zip file version 17.2"):
+        load_checkpoint(write(files, "version.npz", content))
+
+
 def test_a_zip_member_with_invalid_lzma_options_is_a_model_file_error(files):
     members = members_of(files["model"])
     members["model.json.npy"] = b"\x09\x14\x05\x00" + b"\xff" * 5 + bytes(100)  # LZMA properties
@@ -445,7 +467,7 @@ def test_a_zip_member_with_invalid_lzma_options_is_a_model_file_error(files):
 
 
 def test_a_training_state_listing_absurdly_many_arrays_is_refused_before_listing_them(files):
-    header = header_of(files["checkpoint"])
+    header = header_of(members_of(files["checkpoint"]))
     header["training"]["arrays"] = 10**20
     path = write(files, "many.npz", with_header(files["checkpoint"], header))
     with pytest.raises(ModelFileError, match="lists 100,000,000,000,000,000,000 arrays, but the file holds"):
@@ -467,3 +489,83 @@ def test_a_png_with_a_broken_chunk_in_an_image_folder_is_a_dataset_error(files):
     (files["folder"] / "broken" / "digit" / "image.png").write_bytes(bytes(image))
     with pytest.raises(DatasetError, match="cannot read this image"):
         datasets.load_image_folder(files["folder"] / "broken")
+
+
+# Files changed after they were written: the digest refuses each change, which a file without
+# one (format versions 1 and 2) cannot tell from the real thing.
+
+def swapped_npy_headers(members):
+    """The .npy headers of Adam's step count for parameter 1 and its first moment exchanged,
+    each member keeping its data: both still pass as a scalar and as a (2,) array."""
+    step, moment = "optimizer/1.step.npy", "optimizer/1.exp_avg.npy"
+    header_size = {name: len(members[name]) - len(npy_parts(members[name])[3]) for name in (step, moment)}
+    members[step], members[moment] = (members[moment][:header_size[moment]] + members[step][header_size[step]:],
+                                      members[step][:header_size[step]] + members[moment][header_size[moment]:])
+
+
+def fortran_order_set(members):
+    content = members["weights/6.weight.npy"]
+    members["weights/6.weight.npy"] = content.replace(b"'fortran_order': False", b"'fortran_order': True ")
+
+
+def flipped_data_byte(members):
+    content = bytearray(members["weights/6.weight.npy"])
+    content[-1] ^= 0x01
+    members["weights/6.weight.npy"] = bytes(content)
+
+
+def edited_dropout(members):
+    header = header_of(members)
+    header["architecture"]["config"]["layers"][5]["config"]["p"] = 0.5
+    set_header(members, header)
+
+
+CHANGES = [swapped_npy_headers, fortran_order_set, flipped_data_byte, edited_dropout]
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_a_file_changed_after_it_was_written_is_refused_by_its_digest(files, change):
+    members = members_of(files["model"])
+    change(members)
+    path = write(files, "changed.npz", zipped(members))
+    with pytest.raises(ModelFileError) as caught:
+        load_model(path)
+    assert str(caught.value) == (f"{path}: the file was changed or damaged after it was written: "
+                                 "its contents do not match the SHA-256 digest stored in it")
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_the_same_change_to_a_file_without_digest_loads_as_another_model(files, change):
+    members = as_format_version(members_of(files["model"]), 2)
+    change(members)
+    changed = load_model(write(files, "changed.npz", zipped(members)))
+    assert not same_model(changed, files["trained"])
+
+
+def test_a_file_of_format_version_3_without_its_digest_is_refused(files):
+    members = members_of(files["model"])
+    del members["digest.npy"]
+    with pytest.raises(ModelFileError, match="no digest member, which every file of format version 3"):
+        load_model(write(files, "undigested.npz", zipped(members)))
+
+
+def test_a_digest_in_a_file_whose_header_claims_an_older_version_is_refused(files):
+    members = members_of(files["model"])
+    header = header_of(members)
+    header["format_version"] = 2
+    set_header(members, header)
+    with pytest.raises(ModelFileError, match="format version 2, which has no digest, but the file holds one"):
+        load_model(write(files, "downgraded.npz", zipped(sealed(members))))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("kind", ["model", "checkpoint"])
+def test_files_of_format_versions_1_and_2_load_without_a_digest(files, version, kind):
+    members = as_format_version(members_of(files[kind]), version)
+    path = write(files, f"version-{version}.npz", zipped(members))
+    if kind == "model":
+        assert_same_saved_state(load_model(path), files["trained"])
+    else:
+        model, training = load_checkpoint(path)
+        assert_same_saved_state(model, files["checkpointed"])
+        assert training["next_epoch"] == 2

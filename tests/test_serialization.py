@@ -15,8 +15,9 @@ from npconvnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense
 from npconvnet import Sequential
 from npconvnet.optim import SGD, Adam
 from npconvnet.layers.base import layer_from_config, layer_to_config
-from npconvnet.models import load_model
+from npconvnet.models import load_checkpoint, load_model
 from npconvnet.serialization import ModelFileError
+from model_files import as_format_version, digest_of, edit_header, header_of, npy_bytes, read_members, write_members
 from synthetic import bar_images
 
 
@@ -154,11 +155,38 @@ def test_the_file_stores_the_documented_members(tmp_path):
         names = set(archive.namelist())
         assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
     assert "model.json.npy" in names and "weights/0.weight.npy" in names
-    assert "optimizer/0.exp_avg.npy" in names
+    assert "optimizer/0.exp_avg.npy" in names and "digest.npy" in names
     with np.load(tmp_path / "model.npz") as archive:
         header = json.loads(archive["model.json"].tobytes())
-    assert header["format"] == "npconvnet-model" and header["format_version"] == 1
+    assert header["format"] == "npconvnet-model" and header["format_version"] == 3
     assert header["architecture"]["class"] == "Sequential" and header["dtype"] == "float32"
+
+
+def test_the_digest_is_the_sha256_the_module_docstring_defines(tmp_path):
+    model = trained(plain_net, epochs=1)
+    model.save(tmp_path / "model.npz")
+    members = read_members(tmp_path / "model.npz")
+    with np.load(tmp_path / "model.npz") as archive:
+        stored = archive["digest"]
+    assert stored.dtype == np.uint8 and stored.shape == (32,)
+    assert stored.tobytes() == digest_of(members)
+
+
+def test_the_digest_covers_every_array_and_the_header():
+    members = {"model.json.npy": npy_bytes(np.frombuffer(b"{}", np.uint8)),
+               "weights/w.npy": npy_bytes(np.arange(6, dtype=np.float32).reshape(2, 3))}
+    changes = [("model.json.npy", np.frombuffer(b"{ }", np.uint8)),
+               ("weights/w.npy", np.arange(6, dtype=np.float32).reshape(3, 2)),
+               ("weights/w.npy", np.arange(6, dtype=np.float32).reshape(2, 3).view(np.int32)),
+               ("weights/w.npy", np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))),
+               ("weights/v.npy", np.arange(6, dtype=np.float32).reshape(2, 3))]
+    digests = {digest_of(members)}
+    for name, array in changes:
+        changed = {**members, name: npy_bytes(array)}
+        if name == "weights/v.npy":
+            del changed["weights/w.npy"]
+        digests.add(digest_of(changed))
+    assert len(digests) == 1 + len(changes)
 
 
 def test_preprocessing_is_saved_and_restored(tmp_path):
@@ -171,17 +199,17 @@ def test_preprocessing_is_saved_and_restored(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
 
 
-def test_a_centered_model_is_format_version_2_so_that_older_readers_refuse_it(tmp_path):
+def test_every_file_is_format_version_3_so_that_readers_without_the_digest_refuse_it(tmp_path, monkeypatch):
     model = trained(plain_net, epochs=1)
     model.save(tmp_path / "plain.npz")
     model.preprocessing = "center"
     model.save(tmp_path / "centered.npz")
-    headers = {}
-    for name in ("plain", "centered"):
-        with np.load(tmp_path / f"{name}.npz") as archive:
-            headers[name] = json.loads(archive["model.json"].tobytes())
-    assert (headers["plain"]["format_version"], headers["plain"]["preprocessing"]) == (1, None)
-    assert (headers["centered"]["format_version"], headers["centered"]["preprocessing"]) == (2, "center")
+    for name, preprocessing in [("plain", None), ("centered", "center")]:
+        header = header_of(read_members(tmp_path / f"{name}.npz"))
+        assert (header["format_version"], header["preprocessing"]) == (3, preprocessing)
+    monkeypatch.setattr(serialization, "FORMAT_VERSION", 2)     # the reader of version 2
+    with pytest.raises(ModelFileError, match="format version 3, newer than this npconvnet reads"):
+        load_model(tmp_path / "plain.npz")
 
 
 def test_a_file_written_before_preprocessing_was_recorded_loads_with_the_default(tmp_path):
@@ -267,30 +295,8 @@ def test_a_new_file_is_readable_by_others_like_any_file(tmp_path):
     assert os.stat(tmp_path / "model.npz").st_mode & 0o777 == 0o644
 
 
-# Bad files
-
-def read_members(path):
-    with zipfile.ZipFile(path) as archive:
-        return {name: archive.read(name) for name in archive.namelist()}
-
-
-def write_members(path, members):
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, content in members.items():
-            archive.writestr(name, content)
-
-
-def npy_bytes(array, allow_pickle=False):
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=allow_pickle)
-    return buffer.getvalue()
-
-
-def edit_header(members, change):
-    header = json.loads(np.load(io.BytesIO(members["model.json.npy"])).tobytes())
-    change(header)
-    members["model.json.npy"] = npy_bytes(np.frombuffer(json.dumps(header).encode(), np.uint8))
-
+# Bad files: each is sealed with a matching digest, as a file edited on purpose can be, so that
+# what loading checks beyond the digest is tested.
 
 def unknown_layer(members):
     edit_header(members, lambda h: h["architecture"]["config"]["layers"][1].update({"class": "Swish"}))
@@ -317,6 +323,12 @@ def huge_declared_shape(members):
     np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False,
                                                   "shape": (2**40, 100)})
     members["weights/4.weight.npy"] = buffer.getvalue() + bytes(800)      # the real size
+
+
+def huge_declared_header(members):
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": (2**40,)})
+    members["model.json.npy"] = buffer.getvalue() + members["model.json.npy"][128:]
 
 
 def pickled_object_array(members):
@@ -376,6 +388,7 @@ def bad_history(members):
     (wrong_shape, r"weights/4.weight has shape \(2, 99\).*expected \(2, 100\) float32"),
     (wrong_dtype, "weights/4.weight has shape .* and dtype float64"),
     (huge_declared_shape, r"weights/4.weight has shape \(1099511627776, 100\)"),
+    (huge_declared_header, "the model.json header declares 1,099,511,627,776 bytes in a member of"),
     (pickled_object_array, "dtype object"),
     (pickled_header, "header must be a 1-D uint8 array, got object"),
     (huge_architecture, r"declares at least 4,000,000,000,\d+ bytes of weights"),
@@ -586,3 +599,195 @@ def test_a_text_file_is_refused_without_talk_of_pickles(tmp_path):
     with pytest.raises(ModelFileError, match="not an .npz archive") as error:
         load_model(path)
     assert "pickle" not in str(error.value)
+
+
+# Non-finite weights: refused on load as on save, unless asked for
+
+def diverged(path):
+    """A model file (written with allow_nonfinite=True) with a NaN and an infinite weight."""
+    model = trained(plain_net, epochs=1)
+    model.layers[0].weight.data[0, 0, 0, 0] = np.nan
+    model.layers[4].bias.data[1] = np.inf
+    model.save(path, allow_nonfinite=True)
+    return model
+
+
+def test_a_model_file_with_nonfinite_weights_is_refused_naming_them(tmp_path):
+    diverged(tmp_path / "model.npz")
+    with pytest.raises(ModelFileError, match=r"weights/0.weight, weights/4.bias hold NaN or infinite "
+                                             r"values .*allow_nonfinite=True") as caught:
+        load_model(tmp_path / "model.npz")
+    assert str(caught.value).startswith(str(tmp_path / "model.npz"))
+
+
+def test_allow_nonfinite_loads_nonfinite_weights(tmp_path):
+    model = diverged(tmp_path / "model.npz")
+    assert_same_state(load_model(tmp_path / "model.npz", allow_nonfinite=True), model)
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_refused_unless_allowed(tmp_path):
+    model = trained(plain_net, epochs=1)
+    x, y = bar_images(32)
+    model.fit(x, y, epochs=2, initial_epoch=1, batch_size=16, seed=0, verbose=0, checkpoint_dir=tmp_path)
+    members = read_members(tmp_path / "checkpoint.npz")
+    members["weights/4.weight.npy"] = npy_bytes(np.full((2, 100), np.nan, np.float32))
+    write_members(tmp_path / "checkpoint.npz", members)
+    with pytest.raises(ModelFileError, match="weights/4.weight hold NaN or infinite values"):
+        load_checkpoint(tmp_path / "checkpoint.npz")
+    restored, training = load_checkpoint(tmp_path / "checkpoint.npz", allow_nonfinite=True)
+    assert np.isnan(restored.layers[4].weight.data).all() and training["next_epoch"] == 2
+
+
+# Weights files: Keras's save_weights and load_weights
+
+def test_weights_load_into_a_model_built_the_same_way(tmp_path):
+    model = trained(batchnorm_dropout_net)
+    assert serialization.save_weights(model, tmp_path / "weights.npz") == str(tmp_path / "weights.npz")
+    npconvnet.manual_seed(1)
+    other = batchnorm_dropout_net()
+    assert serialization.load_weights(other, tmp_path / "weights.npz") is other
+    assert_same_state(other, model)
+    x, _ = bar_images(20, seed=1)
+    np.testing.assert_array_equal(other.predict(x), model.predict(x))
+
+
+def test_a_weights_file_holds_the_header_every_parameter_and_buffer_and_the_digest(tmp_path):
+    model = trained(batchnorm_dropout_net, epochs=1)
+    serialization.save_weights(model, tmp_path / "weights.npz")
+    members = read_members(tmp_path / "weights.npz")
+    assert set(members) == ({"model.json.npy", "digest.npy"}
+                            | {f"weights/{name}.npy" for name in model.state_dict()})
+    assert "weights/1.running_mean.npy" in members
+    assert header_of(members) == {"format": "npconvnet-weights", "format_version": 3,
+                                  "npconvnet_version": npconvnet.__version__}
+    assert np.load(io.BytesIO(members["digest.npy"])).tobytes() == digest_of(members)
+
+
+def test_weights_load_from_a_model_file_and_from_a_checkpoint(tmp_path):
+    model = trained(plain_net, epochs=1)
+    model.save(tmp_path / "model.npz")
+    x, y = bar_images(32)
+    model.fit(x, y, epochs=2, initial_epoch=1, batch_size=16, seed=0, verbose=0, checkpoint_dir=tmp_path)
+    for name, expected in [("model.npz", load_model(tmp_path / "model.npz")), ("checkpoint.npz", model)]:
+        npconvnet.manual_seed(1)
+        assert_same_state(serialization.load_weights(plain_net(), tmp_path / name), expected)
+
+
+def test_weights_load_from_a_model_file_of_format_version_1(tmp_path):
+    model = trained(plain_net, epochs=1)
+    model.save(tmp_path / "model.npz")
+    write_members(tmp_path / "model.npz", as_format_version(read_members(tmp_path / "model.npz"), 1))
+    npconvnet.manual_seed(1)
+    assert_same_state(serialization.load_weights(plain_net(), tmp_path / "model.npz"), model)
+
+
+def wider_first_layer():
+    return Sequential(Conv2D(1, 8, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(200, 2))
+
+
+def more_classes():
+    return Sequential(Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(100, 3))
+
+
+def one_more_layer():
+    return Sequential(Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(100, 2), ReLU(),
+                      Dense(2, 2))
+
+
+def one_layer_less():
+    return Sequential(Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten())
+
+
+def float64_net():
+    return plain_net().astype(np.float64)
+
+
+@pytest.mark.parametrize("build, message", [
+    (wider_first_layer, r"weights/0.weight has shape \(4, 1, 3, 3\) and dtype float32; expected \(8, 1, 3, 3\) float32"),
+    (more_classes, r"weights/4.weight has shape \(2, 100\) and dtype float32; expected \(3, 100\) float32"),
+    (one_more_layer, r"the model's 6.weight \(shape \(2, 2\), float32\) is not in the file"),
+    (one_layer_less, r"weights/4.weight is not in the model \(the file holds 4 weight arrays, the model 2\)"),
+    (float64_net, r"weights/0.weight has shape \(4, 1, 3, 3\) and dtype float32; expected \(4, 1, 3, 3\) float64"),
+])
+def test_weights_of_another_architecture_are_refused_naming_the_first_mismatch_and_change_nothing(
+        build, message, tmp_path):
+    serialization.save_weights(trained(plain_net, epochs=1), tmp_path / "weights.npz")
+    npconvnet.manual_seed(1)
+    model = build()
+    before = model.state_dict()
+    with pytest.raises(ModelFileError, match="the weights do not fit this model .*: " + message) as caught:
+        serialization.load_weights(model, tmp_path / "weights.npz")
+    assert str(caught.value).startswith(str(tmp_path / "weights.npz"))
+    after = model.state_dict()
+    assert all(np.array_equal(before[name], after[name]) for name in before)
+
+
+def test_a_changed_weights_file_is_refused_and_changes_nothing(tmp_path):
+    serialization.save_weights(trained(plain_net, epochs=1), tmp_path / "weights.npz")
+    members = read_members(tmp_path / "weights.npz")
+    data = bytearray(members["weights/4.weight.npy"])
+    data[-1] ^= 0x10
+    members["weights/4.weight.npy"] = bytes(data)
+    write_members(tmp_path / "weights.npz", members, seal=False)
+    npconvnet.manual_seed(1)
+    model = plain_net()
+    before = model.state_dict()
+    with pytest.raises(ModelFileError, match="changed or damaged after it was written"):
+        serialization.load_weights(model, tmp_path / "weights.npz")
+    assert all(np.array_equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_a_weights_file_with_other_arrays_is_refused(tmp_path):
+    serialization.save_weights(trained(plain_net, epochs=1), tmp_path / "weights.npz")
+    members = read_members(tmp_path / "weights.npz")
+    members["optimizer/0.exp_avg.npy"] = npy_bytes(np.zeros((4, 1, 3, 3), np.float32))
+    write_members(tmp_path / "weights.npz", members)
+    with pytest.raises(ModelFileError, match=r"unexpected members \['optimizer/0.exp_avg'\]"):
+        serialization.load_weights(plain_net(), tmp_path / "weights.npz")
+
+
+def test_nonfinite_weights_are_refused_by_save_weights_and_load_weights_unless_allowed(tmp_path):
+    model = diverged(tmp_path / "model.npz")
+    with pytest.raises(ValueError, match="save_weights: refusing to write .*0.weight, 4.bias hold NaN"):
+        serialization.save_weights(model, tmp_path / "weights.npz")
+    assert not (tmp_path / "weights.npz").exists()
+    serialization.save_weights(model, tmp_path / "weights.npz", allow_nonfinite=True)
+    npconvnet.manual_seed(1)
+    other = plain_net()
+    before = other.state_dict()
+    with pytest.raises(ModelFileError, match="weights/0.weight, weights/4.bias hold NaN or infinite values"):
+        serialization.load_weights(other, tmp_path / "weights.npz")
+    assert all(np.array_equal(before[name], value) for name, value in other.state_dict().items())
+    assert_same_state(serialization.load_weights(other, tmp_path / "weights.npz", allow_nonfinite=True), model)
+
+
+def test_load_model_explains_that_a_weights_file_holds_no_architecture(tmp_path):
+    serialization.save_weights(plain_net(), tmp_path / "weights.npz")
+    with pytest.raises(ModelFileError, match=r"a weights file \(written by save_weights\) holds no "
+                                             r"architecture: build the model and call load_weights"):
+        load_model(tmp_path / "weights.npz")
+
+
+def test_a_crash_while_saving_weights_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "weights.npz"
+    serialization.save_weights(trained(plain_net, epochs=1), path)
+    previous = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk unplugged")
+
+    monkeypatch.setattr(serialization.os, "replace", crash)
+    with pytest.raises(OSError, match="disk unplugged"):
+        serialization.save_weights(trained(plain_net, epochs=2), path)
+    assert path.read_bytes() == previous and os.listdir(tmp_path) == ["weights.npz"]
+
+
+@pytest.mark.parametrize("call", [serialization.save_weights, serialization.load_weights])
+def test_weights_functions_take_a_layer(call, tmp_path):
+    with pytest.raises(TypeError, match=f"{call.__name__}: expected a layer or model, got dict"):
+        call({"0.weight": np.zeros(3)}, tmp_path / "weights.npz")
+
+
+def test_load_weights_of_a_missing_file_raises_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="load_weights: no such file: .*nothing.npz"):
+        serialization.load_weights(plain_net(), tmp_path / "nothing.npz")

@@ -8,10 +8,11 @@ A model file (``model.save(path)``, ``load_model(path)``) is an uncompressed Num
     model.json             the header: UTF-8 JSON, stored as a uint8 array
     weights/<name>         every parameter and buffer, named as in state_dict() ("0.weight")
     optimizer/<i>.<name>   the optimizer's buffers, as in optimizer.state_dict() (optional)
+    digest                 the integrity digest of all the others: SHA-256, 32 uint8
 
 The header::
 
-    {"format": "npconvnet-model", "format_version": 1 or 2, "npconvnet_version": "0.1.0",
+    {"format": "npconvnet-model", "format_version": 3, "npconvnet_version": "0.1.0",
      "architecture": {"class": "Sequential", "config": {"layers": [...]}},
      "dtype": "float32", "input_shape": [1, 28, 28] or null, "class_names": [...] or null,
      "preprocessing": null or "center",        (how the model wants its pixels; see training.py)
@@ -29,10 +30,30 @@ reads it as a model, :func:`load_checkpoint` also returns the training state::
                  "callbacks": [{"class": "EarlyStopping", "state": {...}}, ...],
                  "arrays": 2}            (callback states refer to array i as {"__ndarray__": i})
 
+A weights file (:func:`save_weights`, :func:`load_weights`, as Keras's ``model.save_weights``)
+is the same archive with only ``model.json``, ``weights/<name>`` and ``digest``, its header
+``{"format": "npconvnet-weights", "format_version": 3, "npconvnet_version": "0.1.0"}``.
+``load_weights`` takes the weights of a model file or a checkpoint too.
+
+The digest (format version 3 on) is SHA-256 over every other member of the archive, the header
+included, in the order of their names as Python sorts them ("model.json" < "optimizer/..." <
+"weights/..."). Each member adds one line of JSON naming it and giving the dtype, memory order
+and shape of its ``.npy`` header, then its data bytes as stored::
+
+    {"descr": "<f4", "fortran_order": false, "name": "weights/0.weight", "shape": [4, 1, 3, 3]}\n
+
+(``json.dumps`` of that dict with ``sort_keys=True``, UTF-8, and a newline). Loading checks it
+as soon as the header's format and version are read, before anything else in the header is used
+or any array is taken, reading each member in chunks of at most 1 MiB: any change to a file,
+however it came about, is refused in one line saying so. The digest guards against damage, not
+against an author: a deliberately edited file can carry a recomputed one, so everything below
+is checked all the same. Files of versions 1 and 2, written before the digest existed, have none
+and load without that check; npconvnet older than version 3 refuses version 3 files.
+
 Saving writes a temporary file beside the target, flushes it to disk, then renames it over
 the target: a crash never leaves a half-written model under the real name. Weights holding
 NaN or infinity are refused (``allow_nonfinite=True`` writes them anyway), so that a diverged
-run never replaces a good model file.
+run never replaces a good model file; loading refuses them the same way.
 
 Loading never unpickles and trusts nothing in the file. Before any array is read it checks
 the format and version, the sizes the zip directory declares (against the file size and
@@ -45,6 +66,7 @@ Any problem raises :class:`ModelFileError` naming the file.
 """
 
 import contextlib
+import hashlib
 import inspect
 import json
 import lzma
@@ -60,20 +82,25 @@ import numpy as np
 from . import losses, optim, rng
 from .callbacks import History
 from .data import PREPROCESSING, check_preprocessing
-from .layers.base import LAYER_CLASSES, ConfigError, layer_from_config, layer_to_config
+from .layers.base import LAYER_CLASSES, ConfigError, Layer, layer_from_config, layer_to_config
 from .version import __version__
 
 FORMAT = "npconvnet-model"
-#: The newest format this module reads. Version 2 added "preprocessing"; a file whose model
-#: needs none is still written as version 1, readable by older npconvnet, while one that does
-#: is version 2, which older npconvnet refuses rather than feeding the model unshifted pixels.
-FORMAT_VERSION = 2
+WEIGHTS_FORMAT = "npconvnet-weights"
+#: The format this module writes, and the newest it reads. Version 2 added "preprocessing",
+#: version 3 the digest and weights files; versions 1 and 2 still load (without a digest).
+FORMAT_VERSION = 3
+#: The first version whose files carry a digest.
+DIGEST_VERSION = 3
 HEADER = "model.json"
+DIGEST = "digest"
 _MAX_HEADER_BYTES = 16 * 2**20
 # An .npy member is its header (numpy reads at most 10,000 bytes of it) and then the data.
 _MAX_NPY_HEADER_BYTES = 16 * 2**10
 # Deflate cannot expand data more than ~1032 times: a larger declared size is a lie.
 _MAX_EXPANSION = 1100
+# The digest reads a member this much at a time, however large the member says it is.
+_DIGEST_CHUNK_BYTES = 2**20
 _DTYPES = ("float32", "float64")
 # One sample's largest activation, in values: far above any real network (a 224x224 image with
 # 64 channels is 3.2M), far below what a huge padding in a tiny hostile file would allocate.
@@ -117,8 +144,7 @@ def _header(model, include_history):
     compiled = attributes["optimizer"] is not None and attributes["loss"] is not None
     input_shape, history = attributes["input_shape"], attributes["history"]
     return {
-        "format": FORMAT, "format_version": 1 if preprocessing is None else 2,
-        "npconvnet_version": __version__,
+        "format": FORMAT, "format_version": FORMAT_VERSION, "npconvnet_version": __version__,
         "architecture": layer_to_config(model),
         "dtype": model.dtype.name,
         "input_shape": None if input_shape is None else [int(n) for n in input_shape],
@@ -156,7 +182,7 @@ def _save(model, path, include_optimizer, include_history, allow_nonfinite, trai
     path = os.fspath(path)
     weights = model.state_dict()
     if not allow_nonfinite:
-        _refuse_nonfinite(weights, path)
+        _refuse_nonfinite(weights, path, "save_model")
     header = _header(model, include_history)
     arrays = {f"weights/{name}": value for name, value in weights.items()}
     if include_optimizer and header["compile"] is not None:
@@ -168,17 +194,41 @@ def _save(model, path, include_optimizer, include_history, allow_nonfinite, trai
         header["training"] = {**training, "callbacks": _pack_arrays(training["callbacks"], training_arrays),
                               "arrays": len(training_arrays)}
         arrays.update((f"training/{index}", value) for index, value in enumerate(training_arrays))
-    arrays[HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    _write_atomically(path, arrays)
+    _write_file(path, header, arrays)
     return path
 
 
-def _refuse_nonfinite(weights, path):
-    bad = [name for name, value in weights.items() if not np.isfinite(value).all()]
+def save_weights(model, path, allow_nonfinite=False):
+    """Write the weights of ``model`` (every parameter and buffer, as in ``state_dict()``) to
+    the ``.npz`` file ``path``, atomically and with a digest; returns ``path``. As Keras's
+    ``model.save_weights``: no architecture, optimizer or history (:func:`save_model` keeps
+    those); :func:`load_weights` reads them into a model built the same way. Weights holding
+    NaN or infinity raise ``ValueError`` and leave any file at ``path`` as it was, unless
+    ``allow_nonfinite=True``.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"save_weights: expected a layer or model, got {type(model).__name__}")
+    path = os.fspath(path)
+    weights = model.state_dict()
+    if not allow_nonfinite:
+        _refuse_nonfinite(weights, path, "save_weights")
+    header = {"format": WEIGHTS_FORMAT, "format_version": FORMAT_VERSION,
+              "npconvnet_version": __version__}
+    _write_file(path, header, {f"weights/{name}": value for name, value in weights.items()})
+    return path
+
+
+def _nonfinite(arrays):
+    """The names of the arrays in ``arrays`` holding NaN or infinity, as a phrase, or None."""
+    bad = [name for name, value in arrays.items() if not np.isfinite(value).all()]
+    return f"{', '.join(bad[:5])}{' and more' if len(bad) > 5 else ''}" if bad else None
+
+
+def _refuse_nonfinite(weights, path, caller):
+    bad = _nonfinite(weights)
     if bad:
         kept = "the file already there is left as it was" if os.path.exists(path) else "nothing was written"
-        raise ValueError(f"save_model: refusing to write {path}: {', '.join(bad[:5])}"
-                         f"{' and more' if len(bad) > 5 else ''} hold NaN or infinite values "
+        raise ValueError(f"{caller}: refusing to write {path}: {bad} hold NaN or infinite values "
                          f"(training diverged?); {kept}. Pass allow_nonfinite=True to save them anyway.")
 
 
@@ -210,6 +260,32 @@ def _unpack_arrays(value, arrays, fail):
     return value
 
 
+def _write_file(path, header, arrays):
+    """Write ``arrays``, the ``header`` and their digest as one archive at ``path``, atomically."""
+    # C order throughout, so that every .npy header says fortran_order false, as the digest does.
+    arrays = {name: np.asarray(value, order="C") for name, value in arrays.items()}
+    arrays[HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    arrays[DIGEST] = _digest(arrays)
+    _write_atomically(path, arrays)
+
+
+def _digest(arrays):
+    """The digest of ``{name: C-ordered array}`` (defined in the module docstring)."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = arrays[name]
+        digest.update(_digest_line(name, array.dtype, False, array.shape))
+        digest.update(array.reshape(-1).view(np.uint8))
+    return np.frombuffer(digest.digest(), dtype=np.uint8)
+
+
+def _digest_line(name, dtype, fortran_order, shape):
+    """What the digest reads of a member before its data: its name and .npy header as JSON."""
+    line = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": bool(fortran_order),
+            "name": name, "shape": [int(n) for n in shape]}
+    return json.dumps(line, sort_keys=True).encode("utf-8") + b"\n"
+
+
 def _write_atomically(path, arrays):
     """Write into a temporary file in the target's folder, fsync it, then rename it over ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -238,7 +314,7 @@ def _write_atomically(path, arrays):
 
 # Loading.
 
-def load_model(path, compile=True, *, model_class):
+def load_model(path, compile=True, allow_nonfinite=False, *, model_class):
     """Rebuild the model saved in ``path``: same architecture and weights (predictions match
     to the bit), ``input_shape``, ``class_names``, ``preprocessing`` and ``history``; compiled
     with the saved loss, optimizer (with its state, when saved) and metrics unless
@@ -248,21 +324,27 @@ def load_model(path, compile=True, *, model_class):
     training methods (``npconvnet.load_model`` passes ``npconvnet.Sequential``).
 
     Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
-    is not a valid model.
+    is not a valid model, has changed since it was written (its digest), or holds NaN or
+    infinite weights (unless ``allow_nonfinite=True``, e.g. to look into a diverged run).
     """
-    model, _ = _open(path, compile, read_training=False, model_class=model_class)
+    model, _ = _open(path, "load_model", "model", lambda archive, fail: _load(
+        archive, path, fail, compile, read_training=False, model_class=model_class,
+        allow_nonfinite=allow_nonfinite))
     return model
 
 
-def load_checkpoint(path, *, model_class):
+def load_checkpoint(path, allow_nonfinite=False, *, model_class):
     """``(model, training)`` from a checkpoint written by ``fit(checkpoint_dir=...)``: the
     compiled model with its optimizer state and history, and the training state (see the
     module docstring) with its arrays back in the callback states.
 
     Raises ``FileNotFoundError`` for a missing file and :class:`ModelFileError` for a file that
-    is not a valid checkpoint (a model file without training state included).
+    is not a valid checkpoint (a model file without training state included), has changed since
+    it was written, or holds NaN or infinite weights (unless ``allow_nonfinite=True``).
     """
-    model, training = _open(path, compile=True, read_training=True, model_class=model_class)
+    model, training = _open(path, "load_checkpoint", "model", lambda archive, fail: _load(
+        archive, path, fail, compile=True, read_training=True, model_class=model_class,
+        allow_nonfinite=allow_nonfinite))
     if training is None:
         raise ModelFileError(f"{os.fspath(path)}: a model file without training state, not a "
                              "checkpoint (fit(checkpoint_dir=...) writes checkpoints; to train a "
@@ -272,25 +354,49 @@ def load_checkpoint(path, *, model_class):
     return model, training
 
 
-def _open(path, compile, read_training, model_class):
+def load_weights(model, path, allow_nonfinite=False):
+    """Copy the weights saved in ``path`` into ``model`` and return it, as Keras's
+    ``model.load_weights``: a weights file from :func:`save_weights`, or the weights of a model
+    file or a checkpoint (its architecture, optimizer and history are left unused).
+
+    Every array's name, shape and dtype is checked against ``model`` before any is read, and
+    the first that does not fit is named; NaN or infinite weights are refused unless
+    ``allow_nonfinite=True``. A failed load leaves ``model`` as it was. Raises
+    ``FileNotFoundError`` for a missing file and :class:`ModelFileError` otherwise.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"load_weights: expected a layer or model, got {type(model).__name__}")
+    return _open(path, "load_weights", "weights or model",
+                 lambda archive, fail: _load_weights(model, archive, path, fail, allow_nonfinite))
+
+
+def _open(path, caller, kind, read):
+    """``read(archive, fail)`` on the archive at ``path``, a ``kind`` file for ``caller``;
+    whatever a damaged file makes the zip and .npy readers raise becomes a ModelFileError
+    naming the file, as ``fail(message)`` does."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"load_model: no such file: {path!r}")
+        raise FileNotFoundError(f"{caller}: no such file: {path!r}")
     # Checked first: for any other bytes np.load's own message speaks of pickles.
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as file:
             single_array = file.read(6) == b"\x93NUMPY"
         what = ("a single .npy array, not an .npz archive" if single_array else
-                "not an .npz archive: model files are written by model.save or npconvnet train")
-        raise ModelFileError(f"{path}: not an npconvnet model file ({what})")
+                "not an .npz archive, as model.save, save_weights and npconvnet train write")
+        raise ModelFileError(f"{path}: not an npconvnet {kind} file ({what})")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
-        raise ModelFileError(f"{path}: not an npconvnet model file (not a readable .npz archive: "
+    # zipfile raises NotImplementedError for a directory entry of a newer zip version.
+    except (ValueError, EOFError, OSError, NotImplementedError, zipfile.BadZipFile) as error:
+        raise ModelFileError(f"{path}: not an npconvnet {kind} file (not a readable .npz archive: "
                              f"{error})") from None
+
+    def fail(message):
+        return ModelFileError(f"{path}: {message}")
+
     with archive:
         try:
-            return _load(archive, path, compile, read_training, model_class)
+            return read(archive, fail)
         except ModelFileError:
             raise
         # What the zip and .npy readers raise for damaged data: NumPy lets tokenize.TokenError
@@ -300,16 +406,28 @@ def _open(path, compile, read_training, model_class):
         except (ValueError, TypeError, KeyError, EOFError, OSError, OverflowError, RecursionError,
                 NotImplementedError, RuntimeError, zipfile.BadZipFile, zlib.error, lzma.LZMAError,
                 tokenize.TokenError) as error:
-            raise ModelFileError(f"{path}: damaged or invalid model file ({type(error).__name__}: "
+            raise ModelFileError(f"{path}: damaged or invalid {kind} file ({type(error).__name__}: "
                                  f"{error})") from None
 
 
-def _load(archive, path, compile, read_training, model_class):
-    def fail(message):
-        return ModelFileError(f"{path}: {message}")
+def _read_archive(archive, path, fail, formats, kind):
+    """``(member sizes, header)`` of an archive of one of ``formats``, its digest checked
+    before the header is used; the sizes leave the digest out."""
+    sizes = _member_sizes(archive, path, fail, kind)
+    header = _read_header(archive, sizes, fail, formats, kind)
+    version = header["format_version"]
+    if version >= DIGEST_VERSION:
+        _check_digest(archive, sizes, fail)
+    elif DIGEST in sizes:
+        raise fail(f"the header says format version {version}, which has no digest, but the file "
+                   f"holds one (digests came with version {DIGEST_VERSION}): the header was changed")
+    sizes.pop(DIGEST, None)
+    return sizes, header
 
-    sizes = _member_sizes(archive, path, fail)
-    header = _read_header(archive, sizes, fail)
+
+def _load(archive, path, fail, compile, read_training, model_class, allow_nonfinite):
+    sizes, header = _read_archive(archive, path, fail, (FORMAT,), "model")
+    _check_model_header(header, fail)
     dtype = np.dtype(header["dtype"])
     declared = _declared_parameter_count(header["architecture"]) * dtype.itemsize
     stored = sum(size for key, size in sizes.items() if key.startswith("weights/"))
@@ -320,8 +438,7 @@ def _load(archive, path, compile, read_training, model_class):
     model = _build_model(header, dtype, fail, model_class)
     if header["input_shape"] is not None:
         _check_input_shape(model, tuple(header["input_shape"]), fail)
-    expected = {f"weights/{name}": (p.data.shape, p.data.dtype) for name, p in model.named_parameters()}
-    expected.update((f"weights/{name}", (np.shape(b), np.asarray(b).dtype)) for name, b in model.named_buffers())
+    expected = _expected_weights(model)
     optimizer_keys = _optimizer_keys(header, model, fail)
     training = _training_header(header, fail)
     if training is not None and training["arrays"] > len(sizes):
@@ -350,7 +467,7 @@ def _load(archive, path, compile, read_training, model_class):
             _check_training_member(archive, key, sizes[key], limit, fail)
 
     # Everything matches: now read the arrays and copy them in.
-    model.load_state_dict({key[len("weights/"):]: archive[key] for key in expected})
+    model.load_state_dict(_read_weights(archive, expected, fail, allow_nonfinite))
     model.input_shape = None if header["input_shape"] is None else tuple(header["input_shape"])
     model.class_names = header["class_names"]
     model.preprocessing = header.get("preprocessing")
@@ -365,50 +482,135 @@ def _load(archive, path, compile, read_training, model_class):
     return model, {**training, "callbacks": _unpack_arrays(training["callbacks"], arrays, fail)}
 
 
-def _member_sizes(archive, path, fail):
+def _load_weights(model, archive, path, fail, allow_nonfinite):
+    sizes, header = _read_archive(archive, path, fail, (FORMAT, WEIGHTS_FORMAT), "weights or model")
+    stored = [key for key in sizes if key.startswith("weights/")]
+    if header["format"] == FORMAT:
+        _check_model_header(header, fail)
+    else:
+        others = sorted(set(sizes) - set(stored) - {HEADER})
+        if others:
+            raise fail(f"unexpected members {others[:5]} (a weights file holds only weights/ arrays)")
+
+    def mismatch(message):
+        return fail(f"the weights do not fit this model (saved from another architecture?): {message}")
+
+    # In the model's order, so that the first difference between two architectures is named.
+    expected = _expected_weights(model)
+    for key, (shape, dtype) in expected.items():
+        if key not in sizes:
+            raise mismatch(f"the model's {key[len('weights/'):]} (shape {shape}, {dtype}) is not in "
+                           f"the file")
+        _check_member(archive, key, sizes[key], [(shape, dtype)], mismatch)
+    extra = [key for key in stored if key not in expected]
+    if extra:
+        raise mismatch(f"{extra[0]} is not in the model (the file holds {len(stored)} weight arrays, "
+                       f"the model {len(expected)})")
+    model.load_state_dict(_read_weights(archive, expected, fail, allow_nonfinite))
+    return model
+
+
+def _expected_weights(model):
+    """``{"weights/<name>": (shape, dtype)}`` for every parameter and buffer of ``model``, in order."""
+    expected = {f"weights/{name}": (p.data.shape, p.data.dtype) for name, p in model.named_parameters()}
+    expected.update((f"weights/{name}", (np.shape(b), np.asarray(b).dtype)) for name, b in model.named_buffers())
+    return expected
+
+
+def _read_weights(archive, expected, fail, allow_nonfinite):
+    """The ``weights/`` arrays named in ``expected`` (checked already), as a state_dict; NaN or
+    infinity refused unless ``allow_nonfinite``."""
+    weights = {key: archive[key] for key in expected}
+    bad = None if allow_nonfinite else _nonfinite(weights)
+    if bad:
+        raise fail(f"{bad} hold NaN or infinite values (saved from a diverged run?); pass "
+                   "allow_nonfinite=True to load them anyway")
+    return {key[len("weights/"):]: value for key, value in weights.items()}
+
+
+def _member_sizes(archive, path, fail, kind):
     """``{array name: declared uncompressed size}`` from the zip directory, checked for sanity."""
     infos = archive.zip.infolist()
     names = [info.filename for info in infos]
     if len(set(names)) != len(names):
         raise fail("the archive holds the same member twice")
     if HEADER + ".npy" not in names:
-        raise fail(f"not an npconvnet model file (no {HEADER} header; members: {names[:5]})")
+        raise fail(f"not an npconvnet {kind} file (no {HEADER} header; members: {names[:5]})")
     strange = [name for name in names if not name.endswith(".npy")]
     if strange:
-        raise fail(f"unexpected members {strange[:5]} (a model file holds only .npy arrays)")
+        raise fail(f"unexpected members {strange[:5]} (an npconvnet file holds only .npy arrays)")
     total, file_size = sum(info.file_size for info in infos), os.path.getsize(path)
     if total > _MAX_EXPANSION * file_size:
         raise fail(f"the archive declares {total:,} bytes of content in a file of {file_size:,} bytes")
     return {info.filename[:-len(".npy")]: info.file_size for info in infos}
 
 
-def _read_header(archive, sizes, fail):
+def _read_header(archive, sizes, fail, formats, kind):
+    """The header, checked as far as every format shares it: its format and version."""
     if sizes[HEADER] > _MAX_HEADER_BYTES:
         raise fail(f"the {HEADER} header declares {sizes[HEADER]:,} bytes (at most "
                    f"{_MAX_HEADER_BYTES:,} expected)")
     shape, dtype = _peek(archive, HEADER, fail)
     if dtype != np.uint8 or len(shape) != 1:
         raise fail(f"the {HEADER} header must be a 1-D uint8 array, got {dtype} of shape {shape}")
+    # NumPy allocates the array its .npy header declares before reading a byte of it.
+    if shape[0] > sizes[HEADER]:
+        raise fail(f"the {HEADER} header declares {shape[0]:,} bytes in a member of {sizes[HEADER]:,}")
     raw = archive[HEADER]
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise fail(f"the {HEADER} header is not valid UTF-8 JSON ({error})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise fail(f"not an npconvnet model file (the header's format is not {FORMAT!r})")
+    found = header.get("format") if isinstance(header, dict) else None
+    if found == WEIGHTS_FORMAT and found not in formats:
+        raise fail("a weights file (written by save_weights) holds no architecture: build the model "
+                   "and call load_weights(model, path)")
+    if found not in formats:
+        raise fail(f"not an npconvnet {kind} file (the header's format is not "
+                   f"{' or '.join(map(repr, formats))})")
     version = header.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise fail(f"invalid format_version {version!r}")
+        raise fail(f"invalid format_version {version!r:.100}")
     if version > FORMAT_VERSION:
         raise fail(f"written in model format version {version}, newer than this npconvnet reads "
                    f"({FORMAT_VERSION}); upgrade npconvnet")
+    if found == WEIGHTS_FORMAT and version < DIGEST_VERSION:
+        raise fail(f"invalid format_version {version} (weights files begin at {DIGEST_VERSION})")
+    return header
+
+
+def _check_digest(archive, sizes, fail):
+    """Recompute the digest from the stored members, each read in chunks, and compare."""
+    if DIGEST not in sizes:
+        raise fail(f"no {DIGEST} member, which every file of format version {DIGEST_VERSION} or "
+                   "newer carries: the file was changed or damaged after it was written")
+    _check_member(archive, DIGEST, sizes[DIGEST], [((32,), np.dtype(np.uint8))], fail)
+    digest = hashlib.sha256()
+    for name in sorted(set(sizes) - {DIGEST}):
+        with archive.zip.open(name + ".npy") as stream:
+            shape, fortran_order, dtype = _read_npy_header(stream, name, fail)
+            digest.update(_digest_line(name, dtype, fortran_order, shape))
+            remaining = math.prod(shape) * dtype.itemsize
+            while remaining > 0:
+                chunk = stream.read(min(remaining, _DIGEST_CHUNK_BYTES))
+                if not chunk:
+                    break               # cut short: the digest cannot match
+                digest.update(chunk)
+                remaining -= len(chunk)
+    if digest.digest() != archive[DIGEST].tobytes():
+        raise fail("the file was changed or damaged after it was written: its contents do not "
+                   "match the SHA-256 digest stored in it")
+
+
+def _check_model_header(header, fail):
+    """The entries of a model file's header that loading uses before building the model."""
     required = ("architecture", "dtype", "input_shape", "class_names", "compile", "optimizer_state",
                 "history")
     missing = [key for key in required if key not in header]
     if missing:
         raise fail(f"the header lacks {missing}")
     if header["dtype"] not in _DTYPES:
-        raise fail(f"dtype must be one of {_DTYPES}, got {header['dtype']!r}")
+        raise fail(f"dtype must be one of {_DTYPES}, got {header['dtype']!r:.100}")
     shape = header["input_shape"]
     if shape is not None and not (isinstance(shape, list) and all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
@@ -424,7 +626,6 @@ def _read_header(archive, sizes, fail):
     if compiled is not None and not (isinstance(compiled, dict)
                                      and set(compiled) == {"loss", "optimizer", "metrics"}):
         raise fail("compile must be null or {'loss': ..., 'optimizer': ..., 'metrics': [...]}")
-    return header
 
 
 def _is_generator_state(value):
@@ -559,14 +760,18 @@ def _optimizer_keys(header, model, fail):
 def _peek(archive, key, fail):
     """The shape and dtype in the .npy header of member ``key``, reading nothing more."""
     with archive.zip.open(key + ".npy") as stream:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise fail(f"{key} uses .npy format version {version}, expected 1.0 or 2.0")
+        shape, _, dtype = _read_npy_header(stream, key, fail)
     return shape, dtype
+
+
+def _read_npy_header(stream, key, fail):
+    """``(shape, fortran_order, dtype)`` from the .npy header at the start of ``stream``."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise fail(f"{key} uses .npy format version {version}, expected 1.0 or 2.0")
 
 
 def _check_member(archive, key, size, allowed, fail):

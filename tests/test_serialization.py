@@ -791,3 +791,21 @@ def test_weights_functions_take_a_layer(call, tmp_path):
 def test_load_weights_of_a_missing_file_raises_file_not_found_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="load_weights: no such file: .*nothing.npz"):
         serialization.load_weights(plain_net(), tmp_path / "nothing.npz")
+
+
+def test_the_model_saves_and_loads_its_weights_the_keras_way(tmp_path, rng):
+    model = Sequential(Conv2D(1, 2, 3), ReLU(), Flatten(), Dense(2 * 4 * 4, 3))
+    other = Sequential(Conv2D(1, 2, 3), ReLU(), Flatten(), Dense(2 * 4 * 4, 3))
+    model.save_weights(tmp_path / "weights.npz")
+    assert other.load_weights(tmp_path / "weights.npz") is other
+    x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(model.forward(x), other.forward(x))
+
+
+def test_weights_of_another_architecture_are_refused_and_change_nothing(tmp_path):
+    Sequential(Dense(4, 3)).save_weights(tmp_path / "weights.npz")
+    other = Sequential(Dense(4, 2))
+    before = other.state_dict()
+    with pytest.raises(ModelFileError, match="0.weight"):
+        other.load_weights(tmp_path / "weights.npz")
+    np.testing.assert_array_equal(other.state_dict()["0.weight"], before["0.weight"])

@@ -718,6 +718,17 @@ class Model:
         return self.predict(x, batch_size).argmax(axis=1)
 
     # Files.
+    def save_weights(self, path, allow_nonfinite=False):
+        """Write the weights alone to one ``.npz`` file, as Keras's ``save_weights`` (see
+        ``npconvnet.serialization.save_weights``); returns the path."""
+        return serialization.save_weights(self, path, allow_nonfinite=allow_nonfinite)
+
+    def load_weights(self, path, allow_nonfinite=False):
+        """Copy the weights of a weights file, a model file or a checkpoint into this model, as
+        Keras's ``load_weights``; every array is checked first, and a failed load changes nothing
+        (see ``npconvnet.serialization.load_weights``). Returns the model."""
+        return serialization.load_weights(self, path, allow_nonfinite=allow_nonfinite)
+
     def save(self, path, include_optimizer=True, include_history=True, allow_nonfinite=False):
         """Write the model to one ``.npz`` file (see ``npconvnet.serialization.save_model``);
         returns the path. NaN or infinite weights raise ``ValueError`` unless ``allow_nonfinite``."""

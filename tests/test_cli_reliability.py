@@ -31,7 +31,7 @@ pytest.importorskip("matplotlib", reason="npconvnet train draws its curves with 
 
 from test_cli import (_environment, assert_one_line_error, ctrl_c_in_the_second_epoch, run,  # noqa: E402
                       write_dataset)
-from test_imaging import png_declaring  # noqa: E402
+from synthetic import png_declaring  # noqa: E402
 
 # A small model and short training, in-process: each run takes well under a second.
 FIRST_RUN = ["--model", "conv5", "--epochs", "3", "--batch-size", "16", "--optimizer", "adam",

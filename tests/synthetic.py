@@ -1,4 +1,7 @@
-"""Small synthetic datasets the tests make themselves."""
+"""Small synthetic datasets and files the tests make themselves."""
+
+import struct
+import zlib
 
 import numpy as np
 
@@ -14,3 +17,17 @@ def bar_images(count, seed=0, size=10):
     images[rows[labels == 0], positions[labels == 0], :] = 255
     images[rows[labels == 1], :, positions[labels == 1]] = 255
     return images, labels
+
+
+def _png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_declaring(width, height):
+    """A PNG whose header (with a correct checksum) declares ``width`` x ``height`` 8-bit gray
+    pixels while its data holds one black pixel: a valid 1x1 PNG, or a decompression bomb's
+    header. Written byte by byte, so that it needs no Pillow."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)   # 8 bits, gray, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00\x00"))           # filter byte, one pixel
+            + _png_chunk(b"IEND", b""))

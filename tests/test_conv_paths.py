@@ -35,7 +35,7 @@ def assert_gradients_match_pytorch(torch, layer, x, rng):
 
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 @pytest.mark.parametrize("channels,kernel_size,padding",
-                         itertools.product([(5, 3), (4, 4), (2, 6)], [1, 2, 3, (2, 3), (3, 1)], PADDINGS))
+                         list(itertools.product([(5, 3), (4, 4), (2, 6)], [1, 2, 3, (2, 3), (3, 1)], PADDINGS)))
 @pytest.mark.parametrize("blocks,stride", [("one block", 1), ("one block", 2), ("one pixel each", 1), ("one pixel each", 2)])
 def test_gradients_match_pytorch_for_every_method(channels, kernel_size, padding, blocks, stride, rng, torch,
                                                   monkeypatch):

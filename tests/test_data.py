@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import scipy.ndimage
 
 from npconvnet import rng as global_rng
 from npconvnet.data import (
@@ -382,34 +381,34 @@ def test_horizontal_flip_augmenter_flips_some_images_and_keeps_the_others():
     assert 0 < flipped.sum() < 32
 
 
-def test_zoom_by_2_matches_scipy_zoom_on_the_central_part():
+def test_zoom_by_2_matches_scipy_zoom_on_the_central_part(ndimage):
     x = random_images((1, 1, 8, 8))
     out = apply_affine(x, affine_matrices(8, 8, zoom=2.0))
-    zoomed = scipy.ndimage.zoom(x[0, 0].astype(np.float64), 2, order=1,
-                                grid_mode=True, mode="grid-constant")   # (16, 16)
+    zoomed = ndimage.zoom(x[0, 0].astype(np.float64), 2, order=1,
+                          grid_mode=True, mode="grid-constant")   # (16, 16)
     np.testing.assert_allclose(out[0, 0], zoomed[4:12, 4:12], atol=1e-6)
 
 
-def test_random_transforms_match_scipy_affine_transform_per_image():
+def test_random_transforms_match_scipy_affine_transform_per_image(ndimage):
     # The fill border is interpolated (scipy's "grid-constant"), not cut off ("constant").
     x = random_images((6, 2, 9, 7))
     augmenter = Augmenter(width_shift_range=0.2, height_shift_range=2, rotation_range=45,
                           zoom_range=(0.7, 1.4), horizontal_flip=True, fill_value=0.3)
     matrices = augmenter.sample_transforms(6, 9, 7, np.random.default_rng(1))
     out = apply_affine(x, matrices, fill_value=0.3)
-    expected = np.array([[scipy.ndimage.affine_transform(
+    expected = np.array([[ndimage.affine_transform(
         x[i, c].astype(np.float64), matrices[i], order=1, mode="grid-constant", cval=0.3)
         for c in range(2)] for i in range(6)])
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def test_apply_affine_float64_matches_scipy_to_double_precision():
+def test_apply_affine_float64_matches_scipy_to_double_precision(ndimage):
     x = random_images((3, 1, 6, 6), dtype=np.float64)
     matrices = affine_matrices(6, 6, angle=[10, -30, 75], zoom=[0.8, 1.0, 1.3],
                                shift_x=[0.5, -1.2, 2])
     out = apply_affine(x, matrices, fill_value=0.0)
-    expected = np.array([scipy.ndimage.affine_transform(x[i, 0], matrices[i], order=1,
-                                                        mode="grid-constant") for i in range(3)])
+    expected = np.array([ndimage.affine_transform(x[i, 0], matrices[i], order=1,
+                                                  mode="grid-constant") for i in range(3)])
     assert out.dtype == np.float64
     np.testing.assert_allclose(out[:, 0], expected, atol=1e-12)
 

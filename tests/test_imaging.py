@@ -3,16 +3,15 @@
 import io
 import struct
 import warnings
-import zlib
 
 import numpy as np
 import pytest
 
 from npconvnet.imaging import ImageError, load_image, prepare_digit, resize_image, to_grayscale
+from synthetic import png_declaring
 
-Image = pytest.importorskip("PIL.Image", reason="reading image files needs Pillow")
+Image = pytest.importorskip("PIL.Image", reason="reading image files needs Pillow (pip install pillow)")
 ImageDraw = pytest.importorskip("PIL.ImageDraw")
-ndimage = pytest.importorskip("scipy.ndimage", reason="scipy is the reference for centres of mass")
 
 
 # ---------------------------------------------------------------------------- drawn digits
@@ -132,16 +131,6 @@ def test_load_image_names_a_file_that_is_not_an_image(tmp_path):
         load_image(tmp_path / "notes.png")
 
 
-def png_declaring(width, height):
-    """A 1x1 PNG whose header (with a correct checksum) declares ``width`` x ``height`` pixels."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, "PNG")
-    data = bytearray(buffer.getvalue())
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
 @pytest.mark.parametrize("pixels", [2 * Image.MAX_IMAGE_PIXELS + 1, Image.MAX_IMAGE_PIXELS + 1])
 def test_load_image_refuses_a_decompression_bomb_before_allocating_its_pixels(pixels, tmp_path):
     """Above twice MAX_IMAGE_PIXELS Pillow raises; above MAX_IMAGE_PIXELS it only warns."""
@@ -218,7 +207,7 @@ def test_prepare_digit_gives_the_same_result_for_dark_on_light_and_light_on_dark
     np.testing.assert_allclose(dark_on_light, light_on_dark, atol=1e-5)
 
 
-def test_prepare_digit_puts_the_centre_of_mass_at_pixel_14_14():
+def test_prepare_digit_puts_the_centre_of_mass_at_pixel_14_14(ndimage):
     for digit in (1, 4, 7):
         prepared = prepare_digit(_pixels(draw_digit(digit, canvas=(500, 400), origin=(320, 10))))
         row, col = ndimage.center_of_mass(prepared)

@@ -1,7 +1,6 @@
 """Memory: fit, evaluate and predict read memory-mapped datasets batch by batch, so a dataset
 larger than memory trains, and 100,000 images are scored in bounded memory."""
 
-import time
 import tracemalloc
 
 import numpy as np
@@ -29,16 +28,14 @@ def write_images(path, count, size=28):
 
 
 def peak_memory(function):
-    """``(result, peak bytes allocated while it ran, seconds)``."""
+    """``(result, peak bytes allocated while it ran)``."""
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         result = function()
-        seconds = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    return result, peak, seconds
+    return result, peak
 
 
 def dense_model():
@@ -63,9 +60,8 @@ FLOAT_COPY = 100_000 * 28 * 28 * 4
 def test_evaluate_on_100000_memory_mapped_images_stays_in_bounded_memory(hundred_thousand):
     path, labels = hundred_thousand
     model = dense_model()
-    scores, peak, seconds = peak_memory(lambda: model.evaluate(str(path), labels, batch_size=500))
+    scores, peak = peak_memory(lambda: model.evaluate(str(path), labels, batch_size=500))
     assert peak < FLOAT_COPY / 40            # below 8 MB, where a float copy takes 314 MB
-    assert seconds < 20
     # The same scores as the first 2,000 images scored in memory, scaled by hand, on their own.
     images = np.load(path, mmap_mode="r")
     head = data.scale(np.asarray(images[:2000])).reshape(2000, -1)
@@ -77,10 +73,9 @@ def test_evaluate_on_100000_memory_mapped_images_stays_in_bounded_memory(hundred
 def test_predict_on_100000_images_from_an_npy_path_stays_in_bounded_memory(hundred_thousand):
     path, _ = hundred_thousand
     model = dense_model()
-    probabilities, peak, seconds = peak_memory(lambda: model.predict(path, batch_size=500))
+    probabilities, peak = peak_memory(lambda: model.predict(path, batch_size=500))
     result_size = 100_000 * 2 * 4
     assert peak < result_size + FLOAT_COPY / 40
-    assert seconds < 20
     last = data.scale(np.asarray(np.load(path, mmap_mode="r")[-3:])).reshape(3, -1)
     np.testing.assert_allclose(probabilities[-3:], softmax(model.forward(last), axis=1), rtol=1e-6)
 
@@ -92,7 +87,7 @@ def test_fit_reads_a_memory_mapped_dataset_batch_by_batch(tmp_path):
     npconvnet.manual_seed(0)
     model = Sequential(Conv2D(1, 4, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(4 * 14 * 14, 2))
     model.compile(optimizer=Adam(lr=1e-3))
-    history, peak, _ = peak_memory(lambda: model.fit(images, labels, epochs=1, batch_size=32,
+    history, peak = peak_memory(lambda: model.fit(images, labels, epochs=1, batch_size=32,
                                                      validation_split=0.1, seed=0, verbose=0))
     float_copy = count * 28 * 28 * 4                 # 15.7 MB
     assert peak < float_copy / 4

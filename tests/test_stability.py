@@ -4,7 +4,6 @@ significant digits (the exact value of each float input, rounded once to the dty
 
 import warnings
 
-import mpmath
 import numpy as np
 import pytest
 
@@ -12,6 +11,8 @@ from npconvnet.layers import Sigmoid, Softmax
 from npconvnet.layers.activations import log_softmax, sigmoid, softmax
 from npconvnet.losses import CrossEntropyLoss
 
+mpmath = pytest.importorskip("mpmath", reason="mpmath computes the exact references (pip install mpmath; "
+                                              "it is in the test extra)")
 mpmath.mp.dps = 60
 
 DTYPES = [np.float32, np.float64]

@@ -1,8 +1,6 @@
 """compile / fit / evaluate / predict: the Keras workflow on a Sequential."""
 
 import json
-import os
-import time
 import tracemalloc
 
 import numpy as np
@@ -443,9 +441,7 @@ def test_predict_on_100000_memory_mapped_images_stays_in_bounded_memory(tmp_path
     images = np.memmap(tmp_path / "images.u8", dtype=np.uint8, mode="r", shape=(count, size, size))
     model = Sequential(Flatten(), Dense(size * size, 3))
     tracemalloc.start()
-    started = time.perf_counter()
     probabilities = model.predict(images, batch_size=1000)
-    seconds = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     full_float_copy = count * size * size * 4                         # 102 MB
@@ -453,7 +449,6 @@ def test_predict_on_100000_memory_mapped_images_stays_in_bounded_memory(tmp_path
     assert probabilities.shape == (count, 3)
     expected = softmax(model.forward(data.scale(np.asarray(images[-5:])).reshape(5, -1)), axis=1)
     np.testing.assert_allclose(probabilities[-5:], expected, rtol=1e-6)
-    assert seconds < 20
 
 
 # Progress display
@@ -492,13 +487,8 @@ def test_one_epoch_on_mnist_reaches_97_percent_test_accuracy(mnist_dir):
     model = Sequential(Conv2D(1, 8, 3, padding=1), ReLU(), MaxPool2D(2),
                        Conv2D(8, 16, 3, padding=1), ReLU(), MaxPool2D(2), Flatten(), Dense(784, 10))
     model.compile(optimizer=Adam(lr=3e-3), loss="cross_entropy", metrics=["accuracy"])
-    started = time.perf_counter()
     model.fit(x_train, y_train, epochs=1, batch_size=64, seed=0, verbose=0)
-    seconds = time.perf_counter() - started
-    accuracy = model.evaluate(x_test, y_test)["accuracy"]
-    print(f"MNIST, 1 epoch: test accuracy {accuracy:.4f}, training {seconds:.1f} s "
-          f"({os.cpu_count()} cores)")
-    assert accuracy >= 0.97
+    assert model.evaluate(x_test, y_test)["accuracy"] >= 0.97
 
 
 def test_a_float64_model_takes_its_pixels_in_float64_without_float32_rounding(rng):

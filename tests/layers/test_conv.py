@@ -24,13 +24,13 @@ def torch_conv(torch, layer, x):
     return out, x_torch, weight, bias
 
 
-@pytest.mark.parametrize("kernel_size,stride,padding", itertools.product(KERNELS, STRIDES, PADDINGS))
+@pytest.mark.parametrize("kernel_size,stride,padding", list(itertools.product(KERNELS, STRIDES, PADDINGS)))
 def test_conv_gradients_match_finite_differences(kernel_size, stride, padding, rng):
     layer = Conv2D(3, 2, kernel_size, stride=stride, padding=padding)
     check_layer_gradients(layer, rng.standard_normal((2, 3, 7, 6)))
 
 
-@pytest.mark.parametrize("kernel_size,stride,padding", itertools.product(KERNELS, STRIDES, PADDINGS))
+@pytest.mark.parametrize("kernel_size,stride,padding", list(itertools.product(KERNELS, STRIDES, PADDINGS)))
 def test_conv_matches_pytorch_output_and_gradients(kernel_size, stride, padding, rng, torch):
     layer = Conv2D(3, 4, kernel_size, stride=stride, padding=padding).astype(np.float64)
     layer.bias.data = rng.standard_normal(4)
@@ -57,7 +57,7 @@ def test_same_padding_at_stride_one_matches_pytorch_same(kernel_size, rng, torch
     np.testing.assert_allclose(layer.forward(x), expected.numpy(), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("size,kernel_size,stride", itertools.product([5, 6, 7, 28], [1, 2, 3, 5], [1, 2, 3]))
+@pytest.mark.parametrize("size,kernel_size,stride", list(itertools.product([5, 6, 7, 28], [1, 2, 3, 5], [1, 2, 3])))
 def test_same_padding_gives_output_size_input_over_stride_rounded_up(size, kernel_size, stride):
     layer = Conv2D(1, 1, kernel_size, stride=stride, padding="same")
     out = layer.forward(np.zeros((1, 1, size, size + 1), np.float32))

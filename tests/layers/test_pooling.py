@@ -10,13 +10,13 @@ from npconvnet.layers import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 CONFIGS = [(2, None, 0), (3, None, 0), (2, 1, 0), (3, 2, 0), (3, 2, 1), ((2, 3), (1, 2), (1, 0)), (3, 3, 1)]
 
 
-@pytest.mark.parametrize("pool,config", itertools.product([MaxPool2D, AvgPool2D], CONFIGS))
+@pytest.mark.parametrize("pool,config", list(itertools.product([MaxPool2D, AvgPool2D], CONFIGS)))
 def test_pool_gradients_match_finite_differences(pool, config, rng):
     kernel_size, stride, padding = config
     check_layer_gradients(pool(kernel_size, stride, padding), rng.standard_normal((2, 3, 7, 6)))
 
 
-@pytest.mark.parametrize("pool,config", itertools.product([MaxPool2D, AvgPool2D], CONFIGS))
+@pytest.mark.parametrize("pool,config", list(itertools.product([MaxPool2D, AvgPool2D], CONFIGS)))
 def test_pool_matches_pytorch_output_and_gradient(pool, config, rng, torch):
     kernel_size, stride, padding = config
     layer = pool(kernel_size, stride, padding)

@@ -14,6 +14,7 @@ DOCUMENTED_MODULES = [
     "npconvnet.layers.dropout",
     "npconvnet.layers.normalization",
     "npconvnet.layers.pooling",
+    "npconvnet.models",
     "npconvnet.regularizers",
 ]
 

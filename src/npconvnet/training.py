@@ -225,14 +225,21 @@ class Model:
     stop_training = False
 
     # Setup.
-    def compile(self, optimizer="adam", loss="cross_entropy", metrics=("accuracy",)):
+    def compile(self, optimizer: optim.Optimizer | str = "adam", loss: losses.Loss | str = "cross_entropy",
+                metrics: str | list[str] | tuple[str, ...] | None = ("accuracy",)) -> None:
         """Choose the optimizer, the loss and the metrics logged during training.
 
-        ``optimizer``: an ``npconvnet.optim`` object or a name (``"adam"``, ``"sgd"``,
-        ``"momentum"``, ...); one created without parameters is bound to this model's.
-        ``loss``: a loss object or a name (``"cross_entropy"``, ``"mse"``).
-        ``metrics``: names from :data:`npconvnet.metrics.METRIC_NAMES` (``"accuracy"``,
-        ``"f1_macro"``, ...), computed over each whole epoch.
+        Args:
+            optimizer: an ``npconvnet.optim`` object or a name (``"adam"``, the default,
+                ``"sgd"``, ``"momentum"``, ...); one created without parameters is bound to
+                this model's.
+            loss: a loss object or a name (``"cross_entropy"``, the default, ``"mse"``).
+            metrics: names from :data:`npconvnet.metrics.METRIC_NAMES` (``"accuracy"``, the
+                default, ``"f1_macro"``, ...), computed over each whole epoch; one name, or
+                None for none.
+
+        Raises:
+            ValueError: an unknown name, or an optimizer created for other parameters.
         """
         loss = losses.get(loss)
         metric_names = [metrics] if isinstance(metrics, str) else list(metrics or [])
@@ -301,7 +308,7 @@ class Model:
         channels_last = x.ndim == 4 and self._channels_last(x, where)
         return lambda batch: data.to_nchw(data.scaled_pixels(batch, preprocessing, dtype), channels_last, dtype)
 
-    def preprocess_input(self, x):
+    def preprocess_input(self, x: np.ndarray | str | os.PathLike) -> np.ndarray:
         """``x`` (images or feature rows, as ``predict`` takes them) as the model's first layer
         gets it: NCHW in the model's dtype, scaled and preprocessed (see the module docstring)."""
         x = _as_array(x, "preprocess_input", "x")
@@ -374,32 +381,55 @@ class Model:
         return metric_functions.confusion_matrix(true, outputs.argmax(axis=1), num_classes)
 
     # Training.
-    def fit(self, x, y, epochs=1, batch_size=32, validation_data=None, validation_split=0.0,
-            augment=None, callbacks=None, seed=None, shuffle=True, verbose=1, initial_epoch=0,
-            checkpoint_dir=None, resume_from=None, overwrite=False, sample_weight=None,
-            class_weight=None):
+    def fit(self, x: np.ndarray | str | os.PathLike, y: np.ndarray | str | os.PathLike, epochs: int = 1,
+            batch_size: int = 32, validation_data: tuple | None = None, validation_split: float = 0.0,
+            augment: bool | data.Augmenter | None = None, callbacks: list | None = None, seed: int | None = None,
+            shuffle: bool = True, verbose: int = 1, initial_epoch: int = 0,
+            checkpoint_dir: str | os.PathLike | None = None, resume_from: str | os.PathLike | None = None,
+            overwrite: bool = False, sample_weight: np.ndarray | str | os.PathLike | None = None,
+            class_weight: dict[int, float] | str | None = None) -> History:
         """Train for ``epochs - initial_epoch`` epochs (``epochs`` is the index of the last
-        epoch, as in Keras); returns a History of these epochs.
-
-        ``x``, ``y``: arrays or ``.npy`` paths (see the module docstring).
-        ``validation_data=(x_val, y_val)``, or ``validation_split``: the last fraction of
-        ``x``/``y`` (taken before shuffling, as in Keras) is held out. ``augment``: True for
-        ``data.default_augmenter()``, or an ``Augmenter`` applied to every training batch.
-        ``callbacks``: Callback objects or ``npconvnet.schedulers`` schedulers. ``seed``: see the
-        module docstring. ``verbose``: 0 silent, 1 a progress bar per epoch, 2 one line per epoch.
-        ``checkpoint_dir``: a folder for ``checkpoint.npz``, written when training starts and
-        after every epoch. ``resume_from``: a checkpoint to go on from, at the epoch after the
-        last one it holds (instead of ``initial_epoch``). ``overwrite``: replace a checkpoint
-        of an unfinished run in ``checkpoint_dir`` (by default ``FileExistsError``).
-        ``sample_weight``: one weight per training sample, ``(N,)``, finite and >= 0: each
-        sample's loss counts that many times, ``loss = sum_n w_n * loss_n / batch size`` (Keras's
-        rule; the metrics are not weighted). ``class_weight``: ``{label: weight}`` (labels left
-        out weigh 1) or ``"balanced"`` (``N / (classes * count of the label)``, as scikit-learn
-        and Keras compute it), which gives every sample of a label that weight; with both, the
-        two weights multiply. Every layer's ``kernel_regularizer`` penalty is added to the loss
+        epoch, as in Keras). Every layer's ``kernel_regularizer`` penalty is added to the loss
         minimised and reported.
 
-        Raises :class:`TrainingDivergedError` when the loss becomes NaN or infinite.
+        Args:
+            x: the training inputs: an array, or the path of a ``.npy`` file (see the module
+                docstring for the layouts and dtypes taken).
+            y: the targets: integer labels ``(N,)`` or one-hot rows ``(N, classes)``, an array
+                or a ``.npy`` path.
+            epochs: the index of the last epoch to train, an int >= 1; default 1.
+            batch_size: samples per gradient step, an int >= 1; default 32.
+            validation_data: ``(x_val, y_val)``, scored after every epoch (``val_`` logs).
+            validation_split: the last fraction of ``x``/``y``, in [0, 1), held out for
+                validation instead (taken before shuffling, as in Keras); default 0.
+            augment: True for ``data.default_augmenter()``, or an ``Augmenter`` (any callable
+                ``f(batch, rng=...)``) applied to every training batch; default None, none.
+            callbacks: Callback objects or ``npconvnet.schedulers`` schedulers.
+            seed: an int >= 0 that makes the run bit-identical (see the module docstring);
+                default None, drawn from the global generator.
+            shuffle: whether to shuffle the training samples every epoch; default True.
+            verbose: 0 silent, 1 (the default) a progress bar per epoch, 2 one line per epoch.
+            initial_epoch: the epoch to start at, to go on training a loaded model; default 0.
+            checkpoint_dir: a folder for ``checkpoint.npz``, written when training starts and
+                after every epoch; default None, no checkpoint.
+            resume_from: a checkpoint to go on from, at the epoch after the last one it holds
+                (instead of ``initial_epoch``).
+            overwrite: replace a checkpoint of an unfinished run in ``checkpoint_dir`` (by
+                default ``FileExistsError``).
+            sample_weight: one weight per training sample, ``(N,)``, finite and >= 0: each
+                sample's loss counts that many times, ``loss = sum_n w_n * loss_n / batch size``
+                (Keras's rule; the metrics are not weighted).
+            class_weight: ``{label: weight}`` (labels left out weigh 1) or ``"balanced"``
+                (``N / (classes * count of the label)``, as scikit-learn and Keras compute it),
+                which gives every sample of a label that weight; with ``sample_weight``, the
+                two weights multiply.
+
+        Returns:
+            A :class:`~npconvnet.callbacks.History` of these epochs (``model.history`` holds
+            every epoch trained so far).
+
+        Raises:
+            TrainingDivergedError: when the loss becomes NaN or infinite.
         """
         self._require_compiled("fit")
         epochs = _check_count("fit", "epochs", epochs, 1)
@@ -647,7 +677,7 @@ class Model:
             self.loss(outputs, targets, sample_weight=sample_weight)
         return loss + self.regularization_loss()
 
-    def regularization_loss(self):
+    def regularization_loss(self) -> float:
         """The sum of every layer's ``kernel_regularizer`` penalty (0.0 without any), as fit
         adds it to the loss (Keras's ``sum(model.losses)``)."""
         return sum((regularizer(parameter.data) for parameter, regularizer in self.regularization_terms()), 0.0)
@@ -656,11 +686,17 @@ class Model:
         for parameter, regularizer in self.regularization_terms():
             parameter.grad += regularizer.gradient(parameter.data)
 
-    def evaluate(self, x, y, batch_size=256, verbose=0):
+    def evaluate(self, x: np.ndarray | str | os.PathLike, y: np.ndarray | str | os.PathLike,
+                 batch_size: int = 256, verbose: int = 0) -> dict[str, float]:
         """``{"loss": ..., "accuracy": ..., ...}`` over all of ``x`` (evaluation mode, batched).
 
-        The loss includes the layers' weight penalties, as in ``fit`` and Keras. ``verbose``:
-        0 (the default) prints nothing, 1 or 2 one line with the scores, as Keras ends with.
+        The loss includes the layers' weight penalties, as in ``fit`` and Keras.
+
+        Args:
+            x, y: inputs and targets, as ``fit`` takes them.
+            batch_size: samples per forward pass, an int >= 1; default 256.
+            verbose: 0 (the default) prints nothing, 1 or 2 one line with the scores, as Keras
+                ends with.
         """
         self._require_compiled("evaluate")
         batch_size = _check_count("evaluate", "batch_size", batch_size, 1)
@@ -684,13 +720,17 @@ class Model:
         ends_with_softmax = bool(layers) and isinstance(layers[-1], Softmax)
         return not ends_with_softmax and (self.loss is None or isinstance(self.loss, losses.CrossEntropyLoss))
 
-    def predict(self, x, batch_size=256, verbose=0):
+    def predict(self, x: np.ndarray | str | os.PathLike, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
         """Class probabilities ``(N, classes)``, computed batch by batch in evaluation mode.
 
         The softmax of the outputs when the model outputs logits (see ``compile``), the outputs
         themselves otherwise. Memory stays bounded by ``batch_size``: only the result is
-        allocated for all of ``x``. ``verbose``: 0 (the default) prints nothing, 1 or 2 one line
-        when done.
+        allocated for all of ``x``.
+
+        Args:
+            x: inputs, as ``fit`` takes them.
+            batch_size: samples per forward pass, an int >= 1; default 256.
+            verbose: 0 (the default) prints nothing, 1 or 2 one line when done.
         """
         batch_size = _check_count("predict", "batch_size", batch_size, 1)
         verbose = _check_verbose("predict", verbose)
@@ -713,24 +753,35 @@ class Model:
             print(f"{len(x)}/{len(x)} samples predicted")
         return result
 
-    def predict_classes(self, x, batch_size=256):
+    def predict_classes(self, x: np.ndarray | str | os.PathLike, batch_size: int = 256) -> np.ndarray:
         """The most probable class of every sample, ``(N,)`` integers."""
         return self.predict(x, batch_size).argmax(axis=1)
 
     # Files.
-    def save_weights(self, path, allow_nonfinite=False):
+    def save_weights(self, path: str | os.PathLike, allow_nonfinite: bool = False) -> str:
         """Write the weights alone to one ``.npz`` file, as Keras's ``save_weights`` (see
         ``npconvnet.serialization.save_weights``); returns the path."""
         return serialization.save_weights(self, path, allow_nonfinite=allow_nonfinite)
 
-    def load_weights(self, path, allow_nonfinite=False):
+    def load_weights(self, path: str | os.PathLike, allow_nonfinite: bool = False) -> "Model":
         """Copy the weights of a weights file, a model file or a checkpoint into this model, as
         Keras's ``load_weights``; every array is checked first, and a failed load changes nothing
         (see ``npconvnet.serialization.load_weights``). Returns the model."""
         return serialization.load_weights(self, path, allow_nonfinite=allow_nonfinite)
 
-    def save(self, path, include_optimizer=True, include_history=True, allow_nonfinite=False):
+    def save(self, path: str | os.PathLike, include_optimizer: bool = True, include_history: bool = True,
+             allow_nonfinite: bool = False) -> str:
         """Write the model to one ``.npz`` file (see ``npconvnet.serialization.save_model``);
-        returns the path. NaN or infinite weights raise ``ValueError`` unless ``allow_nonfinite``."""
+        returns the path.
+
+        Args:
+            path: the file to write, atomically: a file already there is replaced only by a
+                complete new one.
+            include_optimizer: also the optimizer's buffers (momentum, Adam's moments), so that
+                training resumes exactly; default True.
+            include_history: also ``model.history``; default True.
+            allow_nonfinite: write NaN or infinite weights too; by default (False) they raise
+                ``ValueError`` and leave any file at ``path`` as it was.
+        """
         return serialization.save_model(self, path, include_optimizer=include_optimizer,
                           include_history=include_history, allow_nonfinite=allow_nonfinite)

@@ -75,13 +75,13 @@ class Layer:
         self._cache = None
         self._workspaces = {}
 
-    def __call__(self, x):
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.forward(x)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def _workspace(self, name, shape, dtype, create):

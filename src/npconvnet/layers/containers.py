@@ -1,5 +1,7 @@
 """Layers made of layers."""
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .base import Layer, layer_from_config, layer_to_config
@@ -14,11 +16,36 @@ class Residual(Layer):
 
     Both branches see the same x, so their input gradients add:
     ``dL/dx = block.backward(dL/dy) + shortcut.backward(dL/dy)``.
+
+    Args:
+        block: the residual branch, a Layer (often a Sequential of convolutions).
+        shortcut: None (the default) for the identity, or a Layer (a projection such as a
+            1x1 Conv2D) where the block changes the shape.
+
+    Shape:
+        - Input: what ``block`` (and ``shortcut``) take.
+        - Output: ``block``'s output, which must have the shortcut's shape.
+
+    Example::
+
+        >>> from npconvnet.layers import Conv2D
+        >>> block = Sequential(Conv2D(8, 8, 3, padding="same", activation="relu"),
+        ...                    Conv2D(8, 8, 3, padding="same"))
+        >>> Residual(block).forward(np.zeros((2, 8, 16, 16), np.float32)).shape
+        (2, 8, 16, 16)
+        >>> down = Residual(Conv2D(8, 16, 3, stride=2, padding=1), shortcut=Conv2D(8, 16, 1, stride=2))
+        >>> down.forward(np.zeros((2, 8, 16, 16), np.float32)).shape
+        (2, 16, 8, 8)
+        >>> doubled = Residual(Sequential())        # block(x) = x: y = 2x and dL/dx = 2 dL/dy
+        >>> doubled.forward(np.array([[1.0, -3.0]]))
+        array([[ 2., -6.]])
+        >>> doubled.backward(np.array([[1.0, 1.0]]))
+        array([[2., 2.]])
     """
 
     samplewise = True
 
-    def __init__(self, block, shortcut=None):
+    def __init__(self, block: Layer, shortcut: Layer | None = None):
         super().__init__()
         for name, value in (("block", block), ("shortcut", shortcut)):
             if value is not None and not isinstance(value, Layer):
@@ -29,10 +56,10 @@ class Residual(Layer):
         named = [("block", self.block)]
         return named + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return _output_shape(self.block, input_shape)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         out = self.block.forward(x)
         skip = x if self.shortcut is None else self.shortcut.forward(x)
         if out.shape != skip.shape:
@@ -42,7 +69,7 @@ class Residual(Layer):
         self._remember(out)
         return out
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
         self._recall(grad_output)
         grad_input = self.block.backward(grad_output)
         if self.shortcut is None:
@@ -83,12 +110,34 @@ class Sequential(Layer):
     it is given (their weights stay as they are). The model that trains, with Keras's
     ``compile``/``fit``/``evaluate``/``predict``/``save``, is ``npconvnet.Sequential``, a
     Sequential with the training methods added.
+
+    Args:
+        *layers: Layer objects, in order, or one list of them.
+
+    Shape:
+        - Input: what the first layer takes.
+        - Output: what the last layer gives (the input itself when there are no layers).
+
+    Example::
+
+        >>> from npconvnet.layers import Dense, ReLU
+        >>> net = Sequential(Dense(4, 8), ReLU(), Dense(8, 3))
+        >>> net.forward(np.zeros((2, 4), np.float32)).shape
+        (2, 3)
+        >>> net.backward(np.ones((2, 3), np.float32)).shape
+        (2, 4)
+        >>> [name for name, _ in net.named_parameters()]
+        ['0.weight', '0.bias', '2.weight', '2.bias']
+        >>> dense = Dense(4, 3)
+        >>> dense.weight.data[:] = 1.0
+        >>> float(Sequential(dense)[0].weight.data.min())      # the weights it is given, kept
+        1.0
     """
 
     samplewise = True
     can_skip_input_grad = True
 
-    def __init__(self, *layers):
+    def __init__(self, *layers: Layer | list[Layer]):
         super().__init__()
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = layers[0]
@@ -97,7 +146,7 @@ class Sequential(Layer):
         for layer in layers:
             self.add(layer)
 
-    def add(self, layer):
+    def add(self, layer: Layer) -> None:
         """Append a layer (Keras' ``model.add``); the layer is kept as it is."""
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential: expected Layer objects, got {type(layer).__name__} "
@@ -125,7 +174,7 @@ class Sequential(Layer):
     def children(self):
         return [(str(index), layer) for index, layer in enumerate(self.layers)]
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         """The layers applied in turn. In evaluation mode a batch of more than ``EVAL_CHUNK``
         samples goes through them in chunks, when every layer is samplewise: a chunk's
         activations stay in the processor's cache from one layer to the next, where a whole
@@ -155,7 +204,7 @@ class Sequential(Layer):
             out[start:start + len(chunk)] = chunk
         return out
 
-    def backward(self, grad_output, input_grad=True):
+    def backward(self, grad_output: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """dL/dinput, or None with ``input_grad=False`` (training on data, whose gradient nobody
         reads): the first layer then computes its parameters' gradients only, when it can."""
         if self._chunked_input is not None:
@@ -176,12 +225,13 @@ class Sequential(Layer):
         grad_input = first.backward(grad_output)
         return grad_input if input_grad else None
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         for layer in self.layers:
             input_shape = _output_shape(layer, input_shape)
         return input_shape
 
-    def summary(self, input_shape=None, print_fn=print):
+    def summary(self, input_shape: tuple[int, ...] | None = None,
+                print_fn: Callable[[str], object] | None = print) -> str | None:
         """A table of each layer's output shape and parameter count, as Keras prints it.
 
         ``input_shape`` is the shape of one sample, e.g. ``(1, 28, 28)``; without it the shapes

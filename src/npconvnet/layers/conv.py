@@ -39,16 +39,52 @@ class Conv2D(_AffineLayer):
     without blocks or buffers, is :func:`npconvnet.reference.conv2d` (and ``conv2d_backward``);
     the tests hold this layer to it.
 
-    ``padding``: an int, a pair, ``((top, bottom), (left, right))``, ``"valid"`` (none),
-    ``"same"`` (output size ``ceil(input / stride)``) or ``"full"`` (``kernel - 1`` each side).
-    ``activation``: None, or the name of an activation applied to the output
-    (``activation="relu"`` computes what ``Conv2D(...), ReLU()`` does). ``weight_init="auto"``:
-    He-normal for a ReLU activation, Glorot-uniform otherwise. ``kernel_regularizer``: a weight
-    penalty from ``npconvnet.regularizers``, added to the loss by ``fit``.
+    Args:
+        in_channels: C, the channels of the input, an int >= 1.
+        out_channels: F, the number of filters (the channels of the output), an int >= 1.
+        kernel_size: ``(kh, kw)``, or one int for both.
+        stride: ``(sh, sw)``, or one int for both; default 1.
+        padding: zeros around the input: an int or a pair ``(ph, pw)`` (as much on both sides),
+            ``((top, bottom), (left, right))``, ``"valid"`` (none, as the default 0), ``"same"``
+            (output size ``ceil(input / stride)``, an odd pixel going to the bottom/right) or
+            ``"full"`` (``kernel - 1`` on each side).
+        bias: whether to add a learned bias per filter (starting at 0); default True.
+        weight_init: how the weights are drawn, once, here: ``"auto"`` (the default: He-normal
+            before a ``"relu"`` or ``"leaky_relu"`` activation, Glorot-uniform otherwise),
+            ``"he_normal"``, ``"he_uniform"``, ``"glorot_uniform"`` or ``"glorot_normal"``.
+        activation: None (the default), or ``"relu"``, ``"leaky_relu"``, ``"sigmoid"``,
+            ``"tanh"`` or ``"softmax"``, applied to the output: ``activation="relu"`` computes
+            what ``Conv2D(...), ReLU()`` does.
+        kernel_regularizer: None (the default), or a weight penalty from
+            ``npconvnet.regularizers`` (``l2(1e-4)``), which ``fit`` adds to the loss.
+
+    Shape:
+        - Input: ``(N, C, H, W)``, floating point.
+        - Output: ``(N, F, H', W')``, ``H' = (H + pad_top + pad_bottom - kh) // sh + 1`` and
+          ``W' = (W + pad_left + pad_right - kw) // sw + 1``.
+
+    Attributes:
+        weight: a :class:`~npconvnet.parameter.Parameter` of shape ``(F, C, kh, kw)``.
+        bias: a Parameter of shape ``(F,)``, or None.
+
+    Example::
+
+        >>> layer = Conv2D(1, 8, kernel_size=3, padding="same", activation="relu")
+        >>> layer.forward(np.zeros((2, 1, 28, 28), np.float32)).shape
+        (2, 8, 28, 28)
+        >>> layer.backward(np.ones((2, 8, 28, 28), np.float32)).shape
+        (2, 1, 28, 28)
+        >>> layer.weight.shape
+        (8, 1, 3, 3)
+        >>> Conv2D(3, 16, 5, stride=2).forward(np.zeros((4, 3, 32, 32), np.float32)).shape
+        (4, 16, 14, 14)
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 weight_init="auto", activation=None, kernel_regularizer=None):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1,
+                 padding: int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] | str = 0,
+                 bias: bool = True, weight_init: str = "auto", activation: str | None = None,
+                 kernel_regularizer: "regularizers.L1L2 | None" = None):
         super().__init__()
         owner = f"Conv2D({in_channels!r:.20}, {out_channels!r:.20})"
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -66,18 +102,18 @@ class Conv2D(_AffineLayer):
         self.reset_parameters(self._initial_method())
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
 
-    def reset_parameters(self, method):
+    def reset_parameters(self, method: str) -> None:
         kh, kw = self.kernel_size
         shape = (self.out_channels, self.in_channels, kh, kw)
         self.weight = Parameter(init_weight(method, shape, self.in_channels * kh * kw,
                                             self.out_channels * kh * kw))
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
         """``(C, H, W) -> (F, H', W')`` without computing anything."""
         padding = resolve_padding(self.padding, self.kernel_size, self.stride, input_shape[-2:])
         return (self.out_channels,) + output_size(input_shape[-2:], self.kernel_size, self.stride, padding)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, 4, self.in_channels)
         padding = resolve_padding(self.padding, self.kernel_size, self.stride, x.shape[2:])
         out_h, out_w = output_size(x.shape[2:], self.kernel_size, self.stride, padding)
@@ -134,7 +170,7 @@ class Conv2D(_AffineLayer):
                        (0, 0, 0, 0), out=cols)
                 yield rows, columns, cols.reshape(window_size, -1)
 
-    def backward(self, grad_output, input_grad=True):
+    def backward(self, grad_output: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """The chain rule through ``y = W @ cols + b``, one block of outputs at a time::
 
             dL/db = sum over pixels of dL/dy      dL/dW = dL/dy @ cols^T      dL/dx = col2im(W^T @ dL/dy)

@@ -28,7 +28,7 @@ class _BatchNorm(Layer):
     input_ndims = ()
     layout = ""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
         owner = type(self).__name__
         self.num_features = checks.integer(owner, "num_features", num_features, at_least=1)
@@ -39,10 +39,10 @@ class _BatchNorm(Layer):
         self.running_mean = np.zeros(num_features, np.float32)
         self.running_var = np.ones(num_features, np.float32)
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, self.input_ndims, self.num_features, self.layout)
         channel = (1, -1) + (1,) * (x.ndim - 2)             # broadcasts a (C,) vector over x
         if not self.training:
@@ -79,7 +79,7 @@ class _BatchNorm(Layer):
                        channel=channel, batch_statistics=False)
         return out
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
         saved = self._recall(grad_output)
         channel = saved.channel
         if saved.batch_statistics:
@@ -106,14 +106,72 @@ class _BatchNorm(Layer):
 
 
 class BatchNorm2D(_BatchNorm):
-    """Batch normalization of images: ``(N, C, H, W) -> (N, C, H, W)``, statistics per channel."""
+    """Batch normalization of images: ``(N, C, H, W) -> (N, C, H, W)``, statistics per channel
+    (over N, H and W), as PyTorch's ``BatchNorm2d``: ``y = weight * (x - mean) / sqrt(var + eps)
+    + bias``, with the batch's statistics in training and the running ones in evaluation (the
+    updates and the backward pass: ``_BatchNorm``).
+
+    Args:
+        num_features: C, the channels (features) of the input, an int >= 1.
+        eps: added to the variance before the square root, a number > 0; default 1e-5.
+        momentum: the weight of each batch in the running statistics, in [0, 1]; default 0.1
+            (PyTorch's convention: Keras's ``momentum=0.99`` is ``momentum=0.01`` here).
+
+    Attributes:
+        weight, bias: Parameters of shape ``(C,)``, starting at 1 and 0.
+        running_mean, running_var: ``(C,)`` arrays, starting at 0 and 1, saved with the model.
+
+    Shape:
+        - Input: ``(N, C, H, W)``, floating point.
+        - Output: ``(N, C, H, W)``, the input's shape.
+
+    Example::
+
+        >>> norm = BatchNorm2D(2)
+        >>> x = np.zeros((2, 2, 3, 3))
+        >>> x[:, 1] = 4.0                                   # channel 1 holds 4 and 6, channel 0 0 and 2
+        >>> x[1] += 2.0
+        >>> y = norm.forward(x)
+        >>> y.mean(axis=(0, 2, 3)), y.std(axis=(0, 2, 3)).round(4)
+        (array([0., 0.]), array([1., 1.]))
+        >>> norm.running_mean                               # 0.9 * 0 + 0.1 * the batch means
+        array([0.1, 0.5], dtype=float32)
+    """
 
     input_ndims = (4,)
     layout = "(N, C, H, W)"
 
 
 class BatchNorm1D(_BatchNorm):
-    """Batch normalization of features: ``(N, C)`` or ``(N, C, L)``, statistics per feature."""
+    """Batch normalization of features: ``(N, C)`` or ``(N, C, L)``, statistics per feature
+    (over N and L), as PyTorch's ``BatchNorm1d``: ``y = weight * (x - mean) / sqrt(var + eps)
+    + bias``, with the batch's statistics in training and the running ones in evaluation (the
+    updates and the backward pass: ``_BatchNorm``).
+
+    Args:
+        num_features: C, the channels (features) of the input, an int >= 1.
+        eps: added to the variance before the square root, a number > 0; default 1e-5.
+        momentum: the weight of each batch in the running statistics, in [0, 1]; default 0.1
+            (PyTorch's convention: Keras's ``momentum=0.99`` is ``momentum=0.01`` here).
+
+    Attributes:
+        weight, bias: Parameters of shape ``(C,)``, starting at 1 and 0.
+        running_mean, running_var: ``(C,)`` arrays, starting at 0 and 1, saved with the model.
+
+    Shape:
+        - Input: ``(N, C)`` or ``(N, C, L)``, floating point.
+        - Output: the input's shape.
+
+    Example::
+
+        >>> norm = BatchNorm1D(3)
+        >>> y = norm.forward(np.array([[1.0, 10.0, -2.0], [3.0, 30.0, 2.0]]))
+        >>> y.round(4)
+        array([[-1., -1., -1.],
+               [ 1.,  1.,  1.]])
+        >>> norm.running_var.round(4)                       # 0.9 * 1 + 0.1 * the unbiased variances
+        array([ 1.1, 20.9,  1.7], dtype=float32)
+    """
 
     input_ndims = (2, 3)
     layout = "(N, C) or (N, C, L)"

@@ -15,7 +15,8 @@ class _Pool2D(Layer):
 
     samplewise = True
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] | str = 0):
         super().__init__()
         owner = f"{type(self).__name__}(kernel_size={kernel_size!r})"
         self.kernel_size = as_pair(kernel_size, "kernel_size", owner)
@@ -28,7 +29,7 @@ class _Pool2D(Layer):
             raise ValueError(f"{owner}: padding must be between 0 and half the kernel size, "
                              f"got padding={padding!r}")
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         padding = resolve_padding(self.padding, self.kernel_size, self.stride, input_shape[-2:])
         return tuple(input_shape[:-2]) + output_size(input_shape[-2:], self.kernel_size, self.stride, padding)
 
@@ -64,9 +65,37 @@ class MaxPool2D(_Pool2D):
     the offset ``k`` it came from; backward sends ``dL/dy`` to offset ``k`` of each window.
     The same written plainly, window by window: :func:`npconvnet.reference.max_pool2d` (and
     ``max_pool2d_backward``).
+
+    Args:
+        kernel_size: the window ``(kh, kw)``, or one int for both.
+        stride: ``(sh, sw)``, or one int for both; None (the default) takes ``kernel_size``, so
+            that the windows tile the input.
+        padding: the rows and columns of padding (counting as -inf) on each side, an int or a
+            pair ``(ph, pw)`` from 0 to half the kernel size; 0 (the default) or ``"valid"``
+            add none.
+
+    Shape:
+        - Input: ``(N, C, H, W)``, floating point.
+        - Output: ``(N, C, H', W')``, ``H' = (H + 2 * ph - kh) // sh + 1`` and
+          ``W' = (W + 2 * pw - kw) // sw + 1``.
+
+    Example::
+
+        >>> pool = MaxPool2D(2)
+        >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+        >>> pool.forward(x)
+        array([[[[ 5.,  7.],
+                 [13., 15.]]]], dtype=float32)
+        >>> pool.backward(np.ones((1, 1, 2, 2), np.float32))[0, 0]
+        array([[0., 0., 0., 0.],
+               [0., 1., 0., 1.],
+               [0., 0., 0., 0.],
+               [0., 1., 0., 1.]], dtype=float32)
+        >>> MaxPool2D(3, stride=2, padding=1).forward(np.zeros((2, 8, 28, 28), np.float32)).shape
+        (2, 8, 14, 14)
     """
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x_pad, padding, out_size = self._padded(x, pad_value=-np.inf)
         if self.training:
             out, argmax = self._max_and_argmax(x_pad, out_size)
@@ -100,7 +129,7 @@ class MaxPool2D(_Pool2D):
             np.maximum(out, candidate, out=out)
         return out, argmax
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
         saved = self._recall(grad_output)
         argmax = saved.argmax
         if argmax is None:
@@ -122,9 +151,35 @@ class AvgPool2D(_Pool2D):
     """``y[n, c, i, j] = mean over the window (i, j) of x[n, c]`` (zero padding counts in the mean,
     PyTorch's ``count_include_pad=True``). Each input pixel gets ``dL/dy / (kh * kw)`` from
     every window it belongs to. The same written plainly, window by window:
-    :func:`npconvnet.reference.avg_pool2d` (and ``avg_pool2d_backward``)."""
+    :func:`npconvnet.reference.avg_pool2d` (and ``avg_pool2d_backward``).
 
-    def forward(self, x):
+    Args:
+        kernel_size: the window ``(kh, kw)``, or one int for both.
+        stride: ``(sh, sw)``, or one int for both; None (the default) takes ``kernel_size``, so
+            that the windows tile the input.
+        padding: the rows and columns of zeros on each side, an int or a pair ``(ph, pw)``
+            from 0 to half the kernel size; 0 (the default) or ``"valid"`` add none.
+
+    Shape:
+        - Input: ``(N, C, H, W)``, floating point.
+        - Output: ``(N, C, H', W')``, ``H' = (H + 2 * ph - kh) // sh + 1`` and
+          ``W' = (W + 2 * pw - kw) // sw + 1``.
+
+    Example::
+
+        >>> pool = AvgPool2D(2)
+        >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+        >>> pool.forward(x)
+        array([[[[ 2.5,  4.5],
+                 [10.5, 12.5]]]], dtype=float32)
+        >>> pool.backward(np.ones((1, 1, 2, 2), np.float32))[0, 0]
+        array([[0.25, 0.25, 0.25, 0.25],
+               [0.25, 0.25, 0.25, 0.25],
+               [0.25, 0.25, 0.25, 0.25],
+               [0.25, 0.25, 0.25, 0.25]], dtype=float32)
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
         x_pad, padding, out_size = self._padded(x, pad_value=0.0)
         offsets = kernel_offsets(self.kernel_size)
         out = window(x_pad, offsets[0], self.stride, out_size).copy(order="K")
@@ -134,7 +189,7 @@ class AvgPool2D(_Pool2D):
         self._remember(out, input_shape=x.shape, padded_shape=x_pad.shape, padding=padding)
         return out
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
         saved = self._recall(grad_output)
         offsets = kernel_offsets(self.kernel_size)
         share = grad_output / len(offsets)
@@ -145,20 +200,35 @@ class AvgPool2D(_Pool2D):
 
 
 class GlobalAvgPool2D(Layer):
-    """``(N, C, H, W) -> (N, C)``: ``y[n, c] = mean over (h, w) of x[n, c, h, w]``."""
+    """``(N, C, H, W) -> (N, C)``: ``y[n, c] = mean over (h, w) of x[n, c, h, w]``; each
+    pixel gets ``dL/dy[n, c] / (H * W)``. Takes no arguments.
+
+    Shape:
+        - Input: ``(N, C, H, W)``, floating point.
+        - Output: ``(N, C)``.
+
+    Example::
+
+        >>> pool = GlobalAvgPool2D()
+        >>> pool.forward(np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2))
+        array([[1.5, 5.5]], dtype=float32)
+        >>> pool.backward(np.ones((1, 2), np.float32))[0, 0]
+        array([[0.25, 0.25],
+               [0.25, 0.25]], dtype=float32)
+    """
 
     samplewise = True
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape[:-2])
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, 4)
         out = x.mean(axis=(2, 3))
         self._remember(out, input_shape=x.shape)
         return out
 
-    def backward(self, grad_output):
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
         saved = self._recall(grad_output)
         height, width = saved.input_shape[2:]
         grad = batch_last(saved.input_shape, grad_output.dtype)

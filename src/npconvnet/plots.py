@@ -3,16 +3,22 @@
 Every function draws on a matplotlib ``Figure`` of its own with the non-interactive Agg canvas
 (no window, no pyplot state, works on servers), saves it when ``path`` is given (PNG at
 ``dpi``, default 100, so a 6x4-inch figure is 600x400 pixels, README-sized) and returns it.
+Figures use matplotlib's constrained layout, so titles never overlap. A picture is written
+atomically, as model files are (:func:`npconvnet.atomic.atomic_write`): a full disk or a crash
+leaves the picture that was there before, never a truncated one.
 matplotlib is imported only when a picture is drawn: the rest of npconvnet does not need it.
 """
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
+
 __all__ = ["plot_history", "plot_confusion_matrix", "plot_image_grid", "plot_filters",
-           "plot_feature_maps", "plot_misclassified"]
+           "plot_feature_maps", "plot_misclassified", "save_figure", "png_bytes"]
 
 DPI = 100
 
@@ -22,18 +28,30 @@ def _figure(width, height):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as err:
-        raise ImportError("drawing pictures needs matplotlib: pip install matplotlib") from err
-    figure = Figure(figsize=(width, height), dpi=DPI)
+        raise ImportError(f'drawing pictures needs matplotlib: pip install "npconvnet[all]" ({err})') from err
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure, path, dpi=DPI):
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=dpi)
+def png_bytes(figure, dpi=DPI):
+    """The figure as a PNG file's bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def save_figure(figure, path, dpi=DPI):
+    """Write ``figure`` to ``path`` atomically, in the format its suffix names (PNG without
+    one), creating the folder; returns the figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda file: figure.savefig(file, format=path.suffix[1:] or "png", dpi=dpi))
     return figure
+
+
+def _save(figure, path, dpi=DPI):
+    return figure if path is None else save_figure(figure, path, dpi)
 
 
 def _history_dict(history):
@@ -52,28 +70,33 @@ def plot_history(history, path=None, title="Training curves", dpi=DPI):
 
     ``history``: a ``History`` (``fit``'s result) or ``{"loss": [...], "accuracy": [...],
     "val_loss": [...], "val_accuracy": [...]}``; the panels show the keys present (the accuracy
-    panel only when accuracy was logged). Epochs are numbered from 1 on the x axis.
+    panel only when accuracy was logged). Epochs are numbered from 1 on the x axis, with
+    integer ticks; each epoch is a marker, so that a run of one epoch still shows its points.
     """
     history = _history_dict(history)
     if not history.get("loss"):
         raise ValueError("plot_history: the history has no 'loss' values to plot")
     panels = [("loss", "Loss")] + ([("accuracy", "Accuracy")] if history.get("accuracy") else [])
     figure = _figure(3.2 * len(panels) + 0.4, 3.6)
+    from matplotlib.ticker import MaxNLocator     # optional, as _figure checked: imported on use
     epochs = np.arange(1, len(history["loss"]) + 1)
+    # A lone point needs a larger marker to read as one; a line of many, a smaller one.
+    markersize = 8 if len(epochs) == 1 else 5
     for index, (key, label) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, len(panels), index)
         for prefix, name, style in (("", "training", "o-"), ("val_", "validation", "s--")):
             values = history.get(prefix + key)
             if values and not np.all(np.isnan(np.asarray(values, dtype=float))):
-                axes.plot(epochs[:len(values)], values, style, label=name, markersize=4)
+                axes.plot(epochs[:len(values)], values, style, label=name, markersize=markersize)
         axes.set_title(label)
         axes.set_xlabel("epoch")
         axes.set_ylabel(label.lower())
-        axes.xaxis.get_major_locator().set_params(integer=True)
+        # Half an epoch of margin; min_n_ticks=1 keeps the ticks integers even for one epoch.
+        axes.set_xlim(0.5, len(epochs) + 0.5)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axes.grid(alpha=0.3)
         axes.legend()
     figure.suptitle(title)
-    figure.tight_layout()
     return _save(figure, path, dpi)
 
 
@@ -113,7 +136,6 @@ def plot_confusion_matrix(confusion, class_names=None, path=None, title="Confusi
     total = confusion.sum()
     accuracy = f" (accuracy {np.trace(confusion) / total:.2%})" if total else ""
     axes.set_title(title + accuracy)
-    figure.tight_layout()
     return _save(figure, path, dpi)
 
 
@@ -164,24 +186,47 @@ def plot_image_grid(images, titles=None, path=None, title=None, ncols=None, cmap
             axes.set_title(str(titles[index]), fontsize=7)
     if title:
         figure.suptitle(title, fontsize=11)
-    figure.tight_layout(pad=0.3, h_pad=0.3, w_pad=0.2)
     return _save(figure, path, dpi)
 
 
-def plot_filters(weight, path=None, title="Filters of the first convolution", dpi=DPI):
-    """Convolution kernels ``(F, C, kh, kw)`` as a grid, each normalised to its own range.
+def plot_filters(weight, path=None, title="Filters of the first convolution", filter_names=None,
+                 cmap="RdBu_r", dpi=DPI):
+    """Convolution kernels ``(F, C, kh, kw)``: one kh x kw square per filter and input channel
+    (a filter's C channels side by side, up to 8 squares a row), titled with the filter's
+    number (or its name from ``filter_names``), and ``: c`` for input channel c when there are
+    several.
 
-    RGB kernels (C = 3) are shown in colour; other channel counts show the mean over channels.
+    The weights are drawn as they are, on one diverging scale centred on 0 for all squares
+    (``cmap``: red positive, blue negative, white 0; the colour bar gives the values), so that
+    the sign and strength of every weight compare across filters.
     """
     weight = np.asarray(weight, dtype=np.float32)
-    if weight.ndim != 4:
+    if weight.ndim != 4 or weight.size == 0:
         raise ValueError(f"plot_filters: expected a weight of shape (F, C, kh, kw), got {weight.shape}")
-    kernels = weight if weight.shape[1] == 3 else weight.mean(axis=1, keepdims=True)
-    shown = [_normalise(kernel) for kernel in kernels]
-    return plot_image_grid(shown, titles=[f"{index}" for index in range(len(shown))], path=path,
-                           title=f"{title}: {weight.shape[0]} filters of {weight.shape[1]}x"
-                                 f"{weight.shape[2]}x{weight.shape[3]}",
-                           ncols=min(len(shown), 8), cmap="gray", cell=0.8, dpi=dpi)
+    if not np.isfinite(weight).all():
+        raise ValueError("plot_filters: the weights hold NaN or infinite values")
+    count, channels, kernel_height, kernel_width = weight.shape
+    names = [str(index) for index in range(count)] if filter_names is None else list(filter_names)
+    if len(names) != count:
+        raise ValueError(f"plot_filters: {len(names)} filter names for {count} filters")
+    per_row = max(1, 8 // channels)                 # filters per row
+    ncols, nrows = min(count, per_row) * channels, math.ceil(count / per_row)
+    limit = float(np.abs(weight).max()) or 1.0
+    cell = 0.8 * max(1.0, kernel_width / kernel_height)
+    figure = _figure(max(ncols * cell + 1.0, 3.5), nrows * (0.8 + 0.25) + 0.5)
+    for index in range(count):
+        for channel in range(channels):
+            row, place = divmod(index, per_row)
+            axes = figure.add_subplot(nrows, ncols, row * ncols + place * channels + channel + 1)
+            image = axes.imshow(weight[index, channel], cmap=cmap, vmin=-limit, vmax=limit,
+                                interpolation="nearest")
+            axes.set_xticks([])
+            axes.set_yticks([])
+            axes.set_title(names[index] if channels == 1 else f"{names[index]}: {channel}", fontsize=7)
+    figure.colorbar(image, ax=figure.axes, shrink=0.8, label="weight")
+    figure.suptitle(f"{title}: {count} filters of {channels}x{kernel_height}x{kernel_width}"
+                    + (" (filter: input channel)" if channels > 1 else ""), fontsize=11)
+    return _save(figure, path, dpi)
 
 
 def plot_feature_maps(maps, path=None, title="Feature maps", max_maps=64, cmap="viridis", dpi=DPI):

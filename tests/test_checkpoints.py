@@ -1,6 +1,7 @@
 """Checkpoints: fit(checkpoint_dir=...) saves the whole run every epoch, and fit(resume_from=...)
 goes on from it, bit for bit as if the run had never stopped, wherever it was killed."""
 
+import functools
 import itertools
 import json
 import os
@@ -20,6 +21,7 @@ from npconvnet import Sequential
 from npconvnet.optim import SGD, Adam
 from npconvnet.models import load_checkpoint, load_model
 from npconvnet.serialization import ModelFileError
+from npconvnet.training import unfinished_checkpoint
 from model_files import edit_header, read_members, write_members
 from synthetic import bar_images
 
@@ -234,6 +236,19 @@ def test_a_new_run_refuses_to_replace_the_checkpoint_of_an_unfinished_run(tmp_pa
                      "resume_from=", "another checkpoint_dir", "overwrite=True"):
         assert fragment in message
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
+
+
+def test_unfinished_checkpoint_gives_the_state_of_a_run_with_epochs_left(tmp_path):
+    killed = build()
+    kill_at_step(killed, 23)
+    with pytest.raises(Killed):
+        train(killed, tmp_path)
+    checkpoint = tmp_path / "checkpoint.npz"
+    read = functools.partial(unfinished_checkpoint, model_class=Sequential)
+    assert read(checkpoint, epochs=5)["next_epoch"] == 2
+    assert read(checkpoint)["next_epoch"] == 2                        # epochs not known
+    assert read(checkpoint, epochs=2) is None                         # it trained them all
+    assert read(tmp_path / "none.npz", epochs=5) is None
 
 
 def test_overwrite_replaces_the_checkpoint_of_an_unfinished_run(uninterrupted, tmp_path):

@@ -78,6 +78,18 @@ def test_at_learning_rate_0_the_message_suggests_no_lower_rate():
     assert "Lower the learning rate" not in str(caught.value)
 
 
+def test_the_error_tells_how_far_the_run_was_and_what_its_checkpoint_holds(tmp_path):
+    _, error, _ = diverge(tmp_path)
+    assert (error.epochs, error.steps, error.checkpoint_epoch) == (5, 4, 2)
+    assert error.last_loss() == f"the last finite loss was {error.last_finite_loss:.6g}"
+
+
+def test_the_error_without_a_checkpoint_says_so_in_its_fields():
+    with pytest.raises(TrainingDivergedError) as caught:
+        build().fit(X, Y, epochs=3, batch_size=16, seed=0, verbose=0, callbacks=[huge_rate_from_epoch(1)])
+    assert caught.value.checkpoint is None and caught.value.checkpoint_epoch is None
+
+
 def test_the_checkpoint_keeps_the_last_good_epoch_bit_for_bit(tmp_path):
     _, _, recorder = diverge(tmp_path)
     assert (tmp_path / "checkpoint.npz").read_bytes() == recorder.contents[2]

@@ -451,6 +451,30 @@ def test_predict_on_100000_memory_mapped_images_stays_in_bounded_memory(tmp_path
     np.testing.assert_allclose(probabilities[-5:], expected, rtol=1e-6)
 
 
+# Looking inside
+
+def test_layer_outputs_gives_every_layers_output_in_evaluation_mode_and_restores_the_mode():
+    from npconvnet.training import layer_outputs
+    model = small_convnet(dropout=0.5)
+    x = model.preprocess_input(bar_images(4)[0])
+    model.train()
+    outputs = layer_outputs(model, x)
+    assert [layer for layer, _ in outputs] == list(model.layers)
+    expected = x
+    for (layer, output), reference in zip(outputs, model.layers):
+        expected = reference.forward(expected) if not isinstance(reference, Dropout) else expected
+        np.testing.assert_array_equal(output, expected)
+    np.testing.assert_array_equal(outputs[-1][1], model.eval().forward(x))
+    assert model.train().training and all(layer.training for layer in model.layers)
+
+
+def test_layer_outputs_leaves_a_model_in_evaluation_mode_in_it():
+    from npconvnet.training import layer_outputs
+    model = small_convnet().eval()
+    layer_outputs(model, model.preprocess_input(bar_images(2)[0]))
+    assert not model.training
+
+
 # Progress display
 
 def test_verbose_2_prints_one_line_per_epoch(capsys):

@@ -73,16 +73,29 @@ CHECKPOINT_FILE = "checkpoint.npz"
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite during ``fit``: the weights are no longer usable.
 
-    Attributes: ``epoch`` and ``batch`` (from 0) where it happened, ``loss`` (the bad value,
-    None when the weights became non-finite at the end of an epoch), ``last_finite_loss`` (the
-    last finite batch loss, None if there was none), ``lr`` (the learning rate), and
-    ``checkpoint`` (the checkpoint file holding the last good epoch, None without one).
+    Attributes: ``epoch`` and ``batch`` (from 0) where it happened, of ``epochs`` and ``steps``
+    (batches per epoch), ``loss`` (the bad value, None when the weights became non-finite at
+    the end of an epoch), ``last_finite_loss`` (the last finite batch loss, None if there was
+    none), ``lr`` (the learning rate), ``checkpoint`` (the checkpoint file holding the last good
+    epoch, None without one) and ``checkpoint_epoch`` (how many epochs that file holds: 0 is
+    the model before training; None without a checkpoint).
     """
 
-    def __init__(self, message, epoch, batch, loss, last_finite_loss, lr, checkpoint):
+    def __init__(self, message, epoch, batch, loss, last_finite_loss, lr, checkpoint, epochs=None,
+                 steps=None, checkpoint_epoch=None):
         super().__init__(message)
         self.epoch, self.batch, self.loss = epoch, batch, loss
         self.last_finite_loss, self.lr, self.checkpoint = last_finite_loss, lr, checkpoint
+        self.epochs, self.steps, self.checkpoint_epoch = epochs, steps, checkpoint_epoch
+
+    def last_loss(self):
+        """``"the last finite loss was 0.312"``, or ``"no batch had a finite loss"``."""
+        return _last_loss(self.last_finite_loss)
+
+
+def _last_loss(last_finite_loss):
+    return (f"the last finite loss was {last_finite_loss:.6g}" if last_finite_loss is not None
+            else "no batch had a finite loss")
 
 
 def _as_array(value, where, name):
@@ -185,23 +198,52 @@ def _augmenter(augment):
     raise TypeError(f"fit: augment must be None, True, or an Augmenter, got {type(augment).__name__}")
 
 
+def unfinished_checkpoint(path, epochs=None, *, model_class):
+    """The training state in the checkpoint ``path`` when it holds a run that a new run must
+    not replace: one not stopped early that trained fewer than ``epochs`` epochs (with
+    ``epochs=None``, any not stopped early; the checkpoint does not record the epochs its run
+    planned). None when there is no such file or its run is finished. A file that is not a
+    readable checkpoint raises its ``ValueError`` or ``OSError``. ``model_class``: the class
+    the checkpoint's model is read as (see ``serialization.load_checkpoint``)."""
+    if not os.path.exists(path):
+        return None
+    _, training = serialization.load_checkpoint(path, model_class=model_class)
+    finished = training["stop_training"] or (epochs is not None and training["next_epoch"] >= epochs)
+    return None if finished else training
+
+
 def _refuse_unfinished_checkpoint(path, epochs, model_class):
     """FileExistsError if ``path`` holds a checkpoint that a new run must not replace: one
-    that cannot be read, or one of a run that trained fewer than ``epochs`` epochs and was not
-    stopped early (the checkpoint does not record the epochs its run planned)."""
-    if not os.path.exists(path):
-        return
+    that cannot be read, or one of an unfinished run (:func:`unfinished_checkpoint`)."""
     ways = (f"pass resume_from={path!r} to go on with it, choose another checkpoint_dir, "
             "or pass overwrite=True to replace it")
     try:
-        _, training = serialization.load_checkpoint(path, model_class=model_class)
+        training = unfinished_checkpoint(path, epochs, model_class=model_class)
     except (OSError, ValueError) as error:
         raise FileExistsError(f"fit: {path} exists but is not a readable checkpoint ({error}); it "
                               "was left as it is: move it away, choose another checkpoint_dir, or "
                               "pass overwrite=True to replace it") from None
-    if not training["stop_training"] and training["next_epoch"] < epochs:
+    if training is not None:
         raise FileExistsError(f"fit: {path} holds an unfinished run ({training['next_epoch']} of "
                               f"{epochs} epochs trained): {ways}")
+
+
+def layer_outputs(network, x):
+    """The output of every layer of ``network`` (a ``Sequential``) for the model input ``x``,
+    computed in evaluation mode: ``[(layer, output), ...]`` in order, the last output being the
+    network's. For looking inside a network, e.g. at feature maps; ``x`` is what the first
+    layer takes (``model.preprocess_input(images)`` makes it from images). The network's mode
+    is restored afterwards."""
+    previous = network.training
+    network.eval()
+    try:
+        outputs = []
+        for layer in network.layers:
+            x = layer.forward(x)
+            outputs.append((layer, x))
+        return outputs
+    finally:
+        network.train(previous)
 
 
 class Model:
@@ -582,8 +624,7 @@ class Model:
     def _diverged(self, run, epoch, batch, loss, what):
         """The TrainingDivergedError for ``what`` went wrong in ``epoch``/``batch`` (from 0)."""
         lr = self.optimizer.lr
-        last = (f"the last finite loss was {run.last_finite_loss:.6g}" if run.last_finite_loss is not None
-                else "no batch had a finite loss")
+        last = _last_loss(run.last_finite_loss)
         if run.checkpoint is None:
             kept = "No checkpoint was kept (pass checkpoint_dir=... to keep one)"
         elif run.saved_epochs:
@@ -596,7 +637,8 @@ class Model:
         message = (f"fit: training diverged in epoch {epoch + 1}/{run.epochs}, batch {batch + 1}/"
                    f"{run.steps}: {what} ({last}). {advice} that the inputs are scaled (e.g. to "
                    f"[0, 1]) and hold no NaN or huge values. {kept}; the weights in memory are not usable.")
-        return TrainingDivergedError(message, epoch, batch, loss, run.last_finite_loss, lr, run.checkpoint)
+        return TrainingDivergedError(message, epoch, batch, loss, run.last_finite_loss, lr, run.checkpoint,
+                                     epochs=run.epochs, steps=run.steps, checkpoint_epoch=run.saved_epochs)
 
     def _check_weights_are_finite(self, epoch, run):
         """The last step of an epoch can overflow the weights even after a finite loss."""

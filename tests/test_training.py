@@ -1,7 +1,10 @@
 """compile / fit / evaluate / predict: the Keras workflow on a Sequential."""
 
+import io
 import json
+import sys
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -499,6 +502,26 @@ def test_verbose_0_prints_nothing(capsys):
     compiled_convnet().fit(x, y, epochs=1, batch_size=16, seed=0, verbose=0)
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+# Learning rate 0
+
+def test_fit_warns_when_an_epoch_starts_at_learning_rate_0():
+    x, y = bar_images(32)
+    model = compiled_convnet()
+    schedule = callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 if epoch == 0 else 0.0)
+    with pytest.warns(UserWarning, match=r"fit: epoch 2/2 starts with learning rate 0, so it will "
+                                         r"not change the weights") as caught:
+        model.fit(x, y, epochs=2, batch_size=16, seed=0, verbose=0, callbacks=[schedule])
+    assert len([w for w in caught if "learning rate 0" in str(w.message)]) == 1
+    assert caught[0].filename == __file__        # the warning points at the fit call
+
+
+def test_fit_at_a_positive_learning_rate_warns_nothing():
+    x, y = bar_images(32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled_convnet().fit(x, y, epochs=2, batch_size=16, seed=0, verbose=0)
 
 
 # Real data

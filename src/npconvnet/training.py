@@ -56,6 +56,7 @@ import math
 import numbers
 import os
 import tokenize
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -548,6 +549,11 @@ class Model:
                 rng.manual_seed(int(epoch_rng.integers(2**63)))      # this epoch's dropout masks
                 callback_list.on_epoch_begin(epoch)
                 lr = self.optimizer.lr
+                if lr == 0:
+                    warnings.warn(f"fit: epoch {epoch + 1}/{epochs} starts with learning rate 0, so it "
+                                  "will not change the weights (does a learning-rate schedule end "
+                                  "before the last epoch? e.g. CosineAnnealingLR with T_max < epochs)",
+                                  stacklevel=2)
                 self.train()
                 logs = self._train_epoch((x, y, convert, num_classes, weights), batch_size, shuffle, augmenter,
                                          epoch, epoch_rng, callback_list, run)

@@ -497,6 +497,39 @@ def test_without_tqdm_the_progress_bar_falls_back_to_one_line_per_epoch(capsys, 
         ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
 
 
+class Terminal(io.StringIO):
+    """Standard output as a terminal: what a progress bar writes, kept."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.skipif(callbacks.tqdm is None, reason="the progress bar is drawn by tqdm")
+def test_verbose_1_draws_a_progress_bar_on_a_terminal(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    x, y = bar_images(32)
+    compiled_convnet().fit(x, y, epochs=2, batch_size=16, seed=0, verbose=1)
+    shown = terminal.getvalue()
+    assert "\r" in shown and "Epoch 2/2" in shown and "2/2 [" in shown
+
+
+@pytest.mark.parametrize("verbose", [1, 2, "auto"])
+def test_without_a_terminal_every_verbose_level_prints_one_line_per_epoch(verbose, capsys):
+    x, y = bar_images(32)
+    compiled_convnet().fit(x, y, epochs=3, batch_size=16, seed=0, verbose=verbose)
+    out = capsys.readouterr().out
+    assert "\r" not in out
+    assert [line[:12] for line in out.splitlines()] == ["Epoch 1/3 - ", "Epoch 2/3 - ", "Epoch 3/3 - "]
+
+
+@pytest.mark.parametrize("verbose", [3, -1, "yes"])
+def test_verbose_must_be_0_1_2_or_auto(verbose):
+    x, y = bar_images(32)
+    with pytest.raises(ValueError, match="verbose must be 0 .*, 1 .*, 2 .* or 'auto'"):
+        compiled_convnet().fit(x, y, epochs=1, batch_size=16, verbose=verbose)
+
+
 def test_verbose_0_prints_nothing(capsys):
     x, y = bar_images(32)
     compiled_convnet().fit(x, y, epochs=1, batch_size=16, seed=0, verbose=0)

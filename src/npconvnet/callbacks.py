@@ -21,6 +21,7 @@ right after ``on_train_begin``, so that a resumed run continues exactly where it
 import math
 import numbers
 import os
+import sys
 import time
 
 import numpy as np
@@ -243,23 +244,47 @@ def _format_logs(logs):
                       for key, value in logs.items())
 
 
+def _is_terminal(stream):
+    """Whether a progress bar on ``stream`` redraws in place: a terminal, or a notebook's output."""
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):       # no isatty, or a closed file
+        return False
+
+
 class ProgressBar(Callback):
-    """What ``fit(verbose=...)`` shows: ``verbose=1`` a progress bar per epoch with the running
-    loss and metrics (tqdm, when installed; otherwise one line per epoch), ``verbose=2`` one
-    line per epoch: ``Epoch 2/10 - 3.1s - loss: 0.1234 - accuracy: 0.9650 - val_loss: ...``."""
+    """What ``fit(verbose=...)`` shows on standard output.
+
+    ``verbose=1``: a progress bar per epoch with the running loss and metrics (tqdm) when
+    standard output is a terminal or a notebook; otherwise (a log file, a pipe, CI, nohup) or
+    without tqdm, one line per epoch, as ``verbose=2``, since a bar would write hundreds of
+    carriage-return updates per epoch into the log. ``verbose=2``: one line per epoch,
+    ``Epoch 2/10 - 3.1s - loss: 0.1234 - accuracy: 0.9650 - val_loss: ...``. ``verbose=0``:
+    nothing. ``"auto"``, Keras's default, is 1.
+    """
 
     def __init__(self, verbose=1, print_fn=print):
         super().__init__()
-        self.use_bar = verbose == 1 and tqdm is not None
+        if verbose not in (0, 1, 2, "auto"):
+            raise ValueError(f"verbose must be 0 (silent), 1 (a progress bar on a terminal), 2 (one "
+                             f"line per epoch) or 'auto' (1), got {verbose!r}")
+        self.verbose = 1 if verbose == "auto" else int(verbose)
         self.print_fn = print_fn
+        self.use_bar = False
         self.bar = None
         self.started = None
+
+    def on_train_begin(self, logs=None):
+        # Decided when training starts: standard output may have been redirected since.
+        self.use_bar = self.verbose == 1 and tqdm is not None and _is_terminal(sys.stdout)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
         if self.use_bar:
             self.bar = tqdm(total=self.params.get("steps"), unit="batch", dynamic_ncols=True,
-                            desc=f"Epoch {epoch + 1}/{self.params.get('epochs')}")
+                            file=sys.stdout, desc=f"Epoch {epoch + 1}/{self.params.get('epochs')}")
 
     def on_batch_end(self, batch, logs=None):
         if self.bar is not None:
@@ -272,6 +297,8 @@ class ProgressBar(Callback):
             self.bar.set_postfix_str(_format_logs(logs or {}))
             self.bar.close()
             self.bar = None
+            return
+        if not self.verbose:
             return
         seconds = time.perf_counter() - self.started
         self.print_fn(f"Epoch {epoch + 1}/{self.params.get('epochs')} - {seconds:.1f}s - "

@@ -451,7 +451,9 @@ class Model:
             seed: an int >= 0 that makes the run bit-identical (see the module docstring);
                 default None, drawn from the global generator.
             shuffle: whether to shuffle the training samples every epoch; default True.
-            verbose: 0 silent, 1 (the default) a progress bar per epoch, 2 one line per epoch.
+            verbose: 0 silent, 1 (the default) a progress bar per epoch on a terminal (one line
+                per epoch when standard output is a file or a pipe), 2 one line per epoch,
+                ``"auto"`` (Keras's default) as 1.
             initial_epoch: the epoch to start at, to go on training a loaded model; default 0.
             checkpoint_dir: a folder for ``checkpoint.npz``, written when training starts and
                 after every epoch; default None, no checkpoint.

@@ -235,6 +235,39 @@ def test_a_scheduler_callback_steps_the_schedule_once_per_epoch():
     assert history.history["lr"] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025])
 
 
+def restored_cosine(saved_state, t_max=4, lr=0.0):
+    """A cosine schedule callback given ``saved_state`` back, on an optimizer at rate ``lr``."""
+    model = compiled_convnet()
+    model.optimizer.lr = lr
+    callback = callbacks.LearningRateScheduler(schedulers.CosineAnnealingLR(model.optimizer, T_max=t_max))
+    callback.set_model(model)
+    callback.load_state_dict(saved_state)
+    return model, callback
+
+
+def test_a_schedule_restored_with_its_own_config_keeps_the_saved_rate():
+    model, _ = restored_cosine({"last_epoch": 1, "base_lr": 0.01,
+                                "config": {"T_max": 4, "eta_min": 0.0}}, lr=0.004)
+    assert model.optimizer.lr == 0.004         # e.g. lowered by another callback: kept as saved
+
+
+def test_a_schedule_restored_with_another_length_takes_its_rate_for_the_epoch_reached():
+    model, callback = restored_cosine({"last_epoch": 1, "base_lr": 0.01,
+                                       "config": {"T_max": 1, "eta_min": 0.0}}, t_max=4)
+    assert callback.schedule.last_epoch == 1
+    assert model.optimizer.lr == pytest.approx(0.01 * (1 + np.cos(np.pi / 4)) / 2)
+
+
+def test_a_schedule_state_saved_without_its_config_still_loads_and_keeps_the_rate():
+    model, callback = restored_cosine({"last_epoch": 1, "base_lr": 0.01})
+    assert callback.schedule.last_epoch == 1 and model.optimizer.lr == 0.0
+
+
+def test_a_schedule_config_that_is_no_dict_is_refused():
+    with pytest.raises(ValueError, match="LearningRateScheduler: invalid 'config'"):
+        restored_cosine({"last_epoch": 1, "base_lr": 0.01, "config": [4]})
+
+
 def test_a_scheduler_may_be_listed_directly_as_a_callback():
     x, y = bar_images(32)
     model = compiled_convnet(lr=0.1)

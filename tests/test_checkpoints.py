@@ -208,6 +208,33 @@ def test_resuming_with_more_epochs_trains_on(tmp_path):
     assert history.epoch == [2, 3] and resumed.history.epoch == [0, 1, 2, 3]
 
 
+def cosine_run(folder, epochs, t_max, **options):
+    """A run whose cosine schedule spans ``t_max`` epochs; returns the model."""
+    model = build()
+    schedule = schedulers.CosineAnnealingLR(model.optimizer, T_max=t_max)
+    model.fit(X, Y, epochs=epochs, batch_size=16, seed=3, verbose=0, callbacks=[schedule],
+              checkpoint_dir=folder, **options)
+    return model
+
+
+def test_a_cosine_stretched_on_resume_goes_on_as_if_the_run_had_started_with_it(tmp_path):
+    """One epoch of a one-epoch cosine ends at lr 0; resumed with a three-epoch cosine, it trains
+    on at the rates of the longer schedule and ends as a three-epoch run never stopped."""
+    whole = cosine_run(tmp_path / "whole", epochs=3, t_max=3)
+    cosine_run(tmp_path / "short", epochs=1, t_max=1)
+    resumed = cosine_run(tmp_path / "short", epochs=3, t_max=3,
+                         resume_from=tmp_path / "short" / "checkpoint.npz")
+    np.testing.assert_allclose(resumed.history.history["lr"], [0.01, 0.0075, 0.0025])
+    assert_same_run(whole, resumed)
+
+
+def test_a_stretched_cosine_resumed_later_takes_the_new_schedules_rate_from_the_epoch_reached(tmp_path):
+    cosine_run(tmp_path, epochs=2, t_max=2)          # epochs at 0.01, 0.005; ends at 0
+    resumed = cosine_run(tmp_path, epochs=4, t_max=4, resume_from=tmp_path / "checkpoint.npz")
+    lr = 0.01 * (1 + np.cos(np.pi * np.arange(4) / 4)) / 2
+    np.testing.assert_allclose(resumed.history.history["lr"], [0.01, 0.005, lr[2], lr[3]])
+
+
 def test_a_run_stopped_early_stays_stopped_when_resumed(tmp_path):
     def stopping(model):
         return [callbacks.EarlyStopping(patience=0)]
@@ -303,7 +330,8 @@ def test_a_checkpoint_holds_the_documented_training_state(tmp_path):
     assert training["stop_training"] is False
     assert [entry["class"] for entry in training["callbacks"]] == [
         "LearningRateScheduler", "EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint"]
-    assert training["callbacks"][0]["state"] == {"last_epoch": 5, "base_lr": 0.01}
+    assert training["callbacks"][0]["state"] == {"last_epoch": 5, "base_lr": 0.01,
+                                                 "config": {"step_size": 2, "gamma": 0.5}}
     best_weights = training["callbacks"][1]["state"]["best_weights"]
     assert best_weights.keys() == model.state_dict().keys()
     for name, value in model.state_dict().items():      # the best weights, restored at the end

@@ -503,15 +503,36 @@ class LearningRateScheduler(Callback):
                                  f"available: {', '.join(logged)}")
 
     def state_dict(self):
-        """The scheduler's epoch count and base rate; nothing for a schedule function, which
+        """The scheduler's epoch count and base rate, and for a closed-form schedule (``StepLR``,
+        ``CosineAnnealingLR``, ...) its configuration; nothing for a schedule function, which
         gets the epoch and the current rate (saved with the optimizer) as arguments."""
-        return _scheduler_state(self.schedule) if _is_scheduler(self.schedule) else {}
+        if not _is_scheduler(self.schedule):
+            return {}
+        state = _scheduler_state(self.schedule)
+        if isinstance(self.schedule, schedulers.LRScheduler):
+            state["config"] = self.schedule.get_config()
+        return state
 
     def load_state_dict(self, state):
-        if _is_scheduler(self.schedule):
-            _load_scheduler_state(self, self.schedule, state)
-        else:
+        """Take the saved state back. A closed-form schedule configured differently from the
+        saved one (``CosineAnnealingLR`` with a larger ``T_max``, to train longer) goes on from
+        the epoch reached as if the run had been started with the new configuration: the
+        learning rate becomes the new schedule's rate for that epoch, instead of the one the old
+        schedule ended on (0, for a cosine that ran its course). A run stopped after its first
+        epoch therefore ends exactly as one started with the new configuration."""
+        if not _is_scheduler(self.schedule):
             _checked_state(self, state, {})
+            return
+        saved_config = None
+        if isinstance(self.schedule, schedulers.LRScheduler) and isinstance(state, dict) and "config" in state:
+            state = dict(state)             # checkpoints written before the config was saved lack it
+            saved_config = state.pop("config")
+            if not isinstance(saved_config, dict):
+                raise ValueError(f"LearningRateScheduler: invalid 'config' in the saved state: "
+                                 f"{saved_config!r:.100}")
+        _load_scheduler_state(self, self.schedule, state)
+        if saved_config is not None and saved_config != self.schedule.get_config() and self.schedule.last_epoch:
+            self.model.optimizer.lr = self.schedule.get_lr()
 
     def on_epoch_begin(self, epoch, logs=None):
         if not _is_scheduler(self.schedule):

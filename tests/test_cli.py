@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import npconvnet
 from npconvnet import cli
+from npconvnet.cli.features import EDGE_FILTERS
+from npconvnet.cli.train import resolve_run
 from npconvnet.datasets import load_mnist, write_idx
 from npconvnet.layers import Conv2D
 from npconvnet.models import load_model
@@ -27,7 +30,7 @@ Image = pytest.importorskip("PIL.Image", reason="the command line reads and writ
 pytest.importorskip("matplotlib", reason="the command line draws pictures with matplotlib")
 
 from test_imaging import draw_digit  # noqa: E402  (tests/ is on sys.path under pytest)
-from test_plots import assert_png  # noqa: E402
+from test_plots import assert_png, imshow_arrays  # noqa: E402,F401  (imshow_arrays: a fixture)
 
 # A small model and short training: each run takes a second or two on two cores.
 FAST = ["--model", "conv5", "--epochs", "3", "--batch-size", "16", "--lr", "0.01", "--verbose", "0"]
@@ -146,7 +149,7 @@ def test_train_with_the_same_seed_trains_the_same_model(tmp_path, dataset, capsy
 
 
 def test_train_without_options_takes_convnet_on_mnist():
-    settings = cli._resolve_run(cli.build_parser().parse_args(["train"]))
+    settings = resolve_run(cli.build_parser().parse_args(["train"]))
     assert settings["model"] == "convnet" and settings["dataset"] == "mnist"
 
 
@@ -166,7 +169,7 @@ def test_train_with_a_model_takes_its_zoo_recipe_and_the_options_override_it():
     from npconvnet import zoo
     args = cli.build_parser().parse_args(["train", "--model", "lenet5", "--epochs", "2",
                                           "--optimizer", "momentum", "--weight-decay", "0.001"])
-    recipe = cli._resolve_run(args)["recipe"]
+    recipe = resolve_run(args)["recipe"]
     expected = zoo.recipe("lenet5", "mnist")
     assert recipe["epochs"] == 2 and recipe["optimizer"] == "momentum"
     assert recipe["optimizer_kwargs"] == {"weight_decay": 0.001}
@@ -441,11 +444,88 @@ def test_features_with_edge_filters_needs_no_model(capsys, tmp_path):
     assert pixels.shape[1] > pixels.shape[0]          # five panels side by side
 
 
+def test_features_draws_the_first_convolutions_filters_as_kh_by_kw_squares(
+        trained, test_images, capsys, tmp_path, imshow_arrays):
+    images, _ = test_images
+    Image.fromarray(images[0]).save(tmp_path / "stroke.png")
+    assert run(capsys, "features", trained / "model.npz", tmp_path / "stroke.png",
+               "--out", tmp_path / "maps")[0] == 0
+    kernel = load_model(trained / "model.npz").layers[0].weight.data         # conv5: 8 x 1 x 5 x 5
+    filters = [array for array, _, _ in imshow_arrays[1:1 + len(kernel)]]    # after input.png
+    assert [array.shape for array in filters] == [(5, 5)] * 8
+    for array, weight in zip(filters, kernel[:, 0]):
+        np.testing.assert_array_equal(array, weight)
+
+
+def test_features_on_two_images_writes_each_into_a_folder_named_after_model_and_image(
+        trained, test_images, capsys, tmp_path, monkeypatch):
+    images, _ = test_images
+    monkeypatch.chdir(tmp_path)
+    for index, name in enumerate(("first", "second")):
+        Image.fromarray(images[index]).save(tmp_path / f"{name}.png")
+        status, out, _ = run(capsys, "features", trained / "model.npz", tmp_path / f"{name}.png")
+        assert status == 0 and f"to {Path('features') / f'{trained.name}-{name}'}:" in out
+    for name in ("first", "second"):
+        assert_png(tmp_path / "features" / f"{trained.name}-{name}" / "input.png", min_size=(150, 150))
+
+
+def test_features_refuses_to_replace_the_pictures_of_another_image_unless_told_to(
+        trained, test_images, capsys, tmp_path):
+    images, _ = test_images
+    out = tmp_path / "maps"
+    for index in (0, 1):
+        Image.fromarray(images[index]).save(tmp_path / f"{index}.png")
+    assert run(capsys, "features", trained / "model.npz", tmp_path / "0.png", "--out", out)[0] == 0
+    first = {path.name: path.read_bytes() for path in out.iterdir()}
+    status, _, err = run(capsys, "features", trained / "model.npz", tmp_path / "1.png", "--out", out)
+    assert_one_line_error(status, err, f"{out} already holds input.png", "--overwrite")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == first
+    status, _, _ = run(capsys, "features", trained / "model.npz", tmp_path / "1.png", "--out", out,
+                       "--overwrite")
+    assert status == 0 and (out / "input.png").read_bytes() != first["input.png"]
+
+
+def test_features_run_again_on_the_same_model_and_image_replaces_its_own_pictures(
+        trained, test_images, capsys, tmp_path):
+    images, _ = test_images
+    Image.fromarray(images[0]).save(tmp_path / "stroke.png")
+    for _ in range(2):
+        assert run(capsys, "features", trained / "model.npz", tmp_path / "stroke.png",
+                   "--out", tmp_path / "maps")[0] == 0
+
+
+def test_edge_filters_run_over_the_digit_that_predict_prepares(capsys, tmp_path, imshow_arrays):
+    from npconvnet.imaging import load_image, prepare_digit
+    draw_digit(4, canvas=(200, 160)).save(tmp_path / "four.png")
+    assert run(capsys, "features", "--filters", "edges", tmp_path / "four.png",
+               "--out", tmp_path / "edges")[0] == 0
+    digit = prepare_digit(load_image(tmp_path / "four.png"))
+    panels = [array for array, _, _ in imshow_arrays]
+    assert [panel.shape for panel in panels[:5]] == [(28, 28)] + [(26, 26)] * 2 + [(13, 13)] * 2
+    np.testing.assert_allclose(panels[0], (digit - digit.min()) / np.ptp(digit), atol=1e-6)
+    assert [panel.shape for panel in panels[5:]] == [(3, 3)] * 2             # filters.png
+    np.testing.assert_array_equal(panels[5], EDGE_FILTERS[0])
+
+
+def test_edge_filters_run_over_the_image_itself_with_prepare_raw(capsys, tmp_path, imshow_arrays):
+    draw_digit(4, canvas=(200, 160)).save(tmp_path / "four.png")
+    assert run(capsys, "features", "--filters", "edges", tmp_path / "four.png", "--prepare", "raw",
+               "--out", tmp_path / "edges")[0] == 0
+    assert imshow_arrays[0][0].shape == (160, 200)
+
+
+def test_prepare_raw_is_only_for_the_edge_filters(trained, tmp_path, capsys):
+    draw_digit(4).save(tmp_path / "four.png")
+    status, _, err = run(capsys, "features", trained / "model.npz", tmp_path / "four.png",
+                         "--prepare", "raw")
+    assert_one_line_error(status, err, "--prepare raw is for --filters edges")
+
+
 def edge_maps(image):
     """The vertical- and horizontal-edge maps of ``features --filters edges``: its filters through
     a Conv2D, without padding."""
     conv = Conv2D(1, 2, 3, bias=False)
-    conv.weight.data[...] = cli.EDGE_FILTERS[:, None]
+    conv.weight.data[...] = EDGE_FILTERS[:, None]
     return conv.forward(image[None, None].astype(np.float32))[0]
 
 
@@ -569,6 +649,48 @@ def test_a_blank_image_for_a_digit_model_is_one_line_and_exit_2(trained, tmp_pat
     assert_one_line_error(status, err, "no digit found")
 
 
+@pytest.fixture(scope="module")
+def overflowing_model(trained, tmp_path_factory):
+    """The trained model with finite but huge weights: every output overflows to NaN."""
+    model = load_model(trained / "model.npz")
+    for parameter in model.parameters():
+        parameter.data[...] = 3e38
+    path = tmp_path_factory.mktemp("overflowing") / "model.npz"
+    model.save(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["predict", "predict --json", "features"])
+def test_no_command_reports_a_nan_probability_as_a_prediction(command, overflowing_model, test_images,
+                                                             tmp_path, capsys, monkeypatch):
+    images, _ = test_images
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(images[0]).save(tmp_path / "stroke.png")
+    name, *options = command.split()
+    status, out, err = run(capsys, name, overflowing_model, tmp_path / "stroke.png", *options)
+    assert_one_line_error(status, err, f"{overflowing_model}: the model's outputs are NaN or infinite "
+                                       f"for {tmp_path / 'stroke.png'}")
+    assert out == "" and not (tmp_path / "features").exists()
+
+
+def test_evaluate_refuses_nan_probabilities_instead_of_scoring_them(overflowing_model, dataset, capsys):
+    status, out, err = run(capsys, "evaluate", overflowing_model, "--dataset", dataset)
+    assert_one_line_error(status, err, "the model's outputs are NaN or infinite for 90 of the 90 test "
+                                       "images")
+    assert "Accuracy" not in out
+
+
+def test_a_model_file_with_nan_weights_reports_no_probability(trained, test_images, tmp_path, capsys):
+    images, _ = test_images
+    Image.fromarray(images[0]).save(tmp_path / "stroke.png")
+    model = load_model(trained / "model.npz")
+    model.parameters()[0].data[0, 0, 0, 0] = np.nan
+    model.save(tmp_path / "nan.npz", allow_nonfinite=True)
+    status, out, err = run(capsys, "predict", tmp_path / "nan.npz", tmp_path / "stroke.png")
+    assert_one_line_error(status, err, "nan.npz")
+    assert "nan" not in out
+
+
 def test_summary_needs_a_model_file_or_a_model_name(capsys):
     status, _, err = run(capsys, "summary")
     assert_one_line_error(status, err, "MODEL_FILE or --model")
@@ -603,7 +725,7 @@ def test_an_internal_error_is_one_line_and_exit_1(capsys, monkeypatch):
 
 def _environment():
     environment = dict(os.environ)
-    source = str(Path(cli.__file__).resolve().parents[1])
+    source = str(Path(npconvnet.__file__).resolve().parents[1])
     environment["PYTHONPATH"] = source + os.pathsep + environment.get("PYTHONPATH", "")
     return environment
 
@@ -634,6 +756,46 @@ def test_the_console_script_runs_the_command(trained):
                             text=True, env=_environment(), timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Total params:" in result.stdout
+
+
+def test_train_into_a_log_prints_one_line_per_epoch_instead_of_a_progress_bar(dataset, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "npconvnet", "train", "--dataset", str(dataset),
+                             "--out", str(tmp_path), "--model", "conv5", "--epochs", "2",
+                             "--batch-size", "16"],
+                            capture_output=True, text=True, env=_environment(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("Epoch ")]
+    assert [line[:12] for line in epochs] == ["Epoch 1/2 - ", "Epoch 2/2 - "]
+
+
+def test_quiet_prints_no_progress_but_the_result(dataset, tmp_path, capsys):
+    status, out, _ = run(capsys, "train", "--dataset", dataset, "--out", tmp_path, *FAST,
+                         "--epochs", "1", "--quiet")
+    assert status == 0 and "Epoch " not in out and "Test accuracy:" in out
+
+
+WITHOUT_MATPLOTLIB = ("import sys; sys.modules['matplotlib'] = None; "
+                      "from npconvnet.cli import main; raise SystemExit(main(sys.argv[1:]))")
+
+
+def test_train_without_matplotlib_saves_the_model_and_says_how_to_get_the_pictures(dataset, tmp_path):
+    result = subprocess.run([sys.executable, "-c", WITHOUT_MATPLOTLIB, "train", "--dataset", str(dataset),
+                             "--out", str(tmp_path), *FAST, "--epochs", "1"],
+                            capture_output=True, text=True, env=_environment(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert load_model(tmp_path / "model.npz").history.epoch == [0]
+    assert not (tmp_path / "curves.png").exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("npconvnet: warning: skipped curves.png: ")
+    assert 'pip install "npconvnet[all]"' in lines[0]
+    assert "Test accuracy:" in result.stdout and "curves.png" not in result.stdout
+
+    result = subprocess.run([sys.executable, "-c", WITHOUT_MATPLOTLIB, "evaluate",
+                             str(tmp_path / "model.npz")],
+                            capture_output=True, text=True, env=_environment(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Accuracy:" in result.stdout and "skipped confusion.png" in result.stderr
 
 
 def test_sigint_during_training_exits_130_and_leaves_a_resumable_checkpoint(dataset, tmp_path):

@@ -148,6 +148,22 @@ def test_resume_with_fewer_epochs_is_refused_and_more_epochs_train_longer(stoppe
     assert load_model(folder / "model.npz").history.epoch == [0, 1, 2, 3]
 
 
+def test_resume_with_more_epochs_stretches_the_cosine_as_if_the_run_had_started_with_them(
+        dataset, tmp_path, capsys):
+    # The quick recipe: convnet, Adam at lr 0.005 with a cosine schedule over --epochs.
+    quick = ["--dataset", dataset, "--batch-size", "32", "--verbose", "0"]
+    assert run(capsys, "train", *quick, "--epochs", "2", "--out", tmp_path / "whole")[0] == 0
+    assert run(capsys, "train", *quick, "--epochs", "1", "--out", tmp_path / "r1")[0] == 0
+    status, out, err = run(capsys, "train", "--epochs", "2", "--out", tmp_path / "r1",
+                           "--resume", tmp_path / "r1" / "checkpoint.npz", "--verbose", "0")
+    assert status == 0 and err == ""                    # no warning of an epoch at lr 0
+    assert ("The cosine schedule now spans 2 epochs instead of 1: it goes on as if the run had been "
+            "started with --epochs 2") in out
+    history = json.loads((tmp_path / "r1" / "history.json").read_text())
+    assert history["history"]["lr"] == [0.005, 0.0025]
+    assert_same_files(tmp_path / "whole" / "model.npz", tmp_path / "r1" / "model.npz")
+
+
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_says_to_start_again(stopped, capsys):
     folder, checkpoint = stopped
     checkpoint.unlink()

@@ -65,14 +65,12 @@ are the arrays read and copied in.
 Any problem raises :class:`ModelFileError` naming the file.
 """
 
-import contextlib
 import hashlib
 import inspect
 import json
 import lzma
 import math
 import os
-import tempfile
 import tokenize
 import zipfile
 import zlib
@@ -80,6 +78,7 @@ import zlib
 import numpy as np
 
 from . import losses, optim, rng
+from .atomic import atomic_write
 from .callbacks import History
 from .data import PREPROCESSING, check_preprocessing
 from .layers.base import LAYER_CLASSES, ConfigError, Layer, layer_from_config, layer_to_config
@@ -287,29 +286,8 @@ def _digest_line(name, dtype, fortran_order, shape):
 
 
 def _write_atomically(path, arrays):
-    """Write into a temporary file in the target's folder, fsync it, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                             suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            np.savez(file, allow_pickle=False, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-        # mkstemp makes the file private to its owner; keep the permissions of the file replaced.
-        os.chmod(temporary, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    # The rename itself is durable only once the folder is flushed (not possible everywhere).
-    with contextlib.suppress(OSError, AttributeError):
-        folder_descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder_descriptor)
-        finally:
-            os.close(folder_descriptor)
+    """The arrays as an .npz archive at ``path``, written whole or not at all (``atomic_write``)."""
+    atomic_write(path, lambda file: np.savez(file, allow_pickle=False, **arrays))
 
 
 # Loading.

@@ -169,7 +169,7 @@ def _save(model, path, include_optimizer, include_history, allow_nonfinite, trai
                               "arrays": len(training_arrays)}
         arrays.update((f"training/{index}", value) for index, value in enumerate(training_arrays))
     arrays[HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    _write_atomically(path, arrays)
+    write_atomically(path, lambda file: np.savez(file, allow_pickle=False, **arrays))
     return path
 
 
@@ -210,14 +210,15 @@ def _unpack_arrays(value, arrays, fail):
     return value
 
 
-def _write_atomically(path, arrays):
-    """Write into a temporary file in the target's folder, fsync it, then rename it over ``path``."""
+def write_atomically(path, write):
+    """Call ``write(file)`` on a temporary file in the target's folder, fsync it, then rename it
+    over ``path``: a failure at any moment leaves any file at ``path`` as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
                                              suffix=".tmp")
     try:
         with os.fdopen(descriptor, "wb") as file:
-            np.savez(file, allow_pickle=False, **arrays)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         # mkstemp makes the file private to its owner; keep the permissions of the file replaced.

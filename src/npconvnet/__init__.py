@@ -19,15 +19,18 @@ The public surface::
     npconvnet.plots        training curves, confusion matrices, filters and feature maps
     npconvnet.reference    conv2d, max_pool2d, avg_pool2d, dense (+ _backward): the layers' math, plainly
     npconvnet.load_model   rebuild a model saved with model.save(path)
+    npconvnet.export_onnx  write a model as an ONNX graph (needs the onnx extra)
 
 The modules import one way: ``layers`` at the bottom (with ``windows``, ``products``,
 ``parameter``, ``rng``), then ``losses``, ``optim``, ``schedulers``, ``callbacks``, ``metrics``
 and ``data``; then ``serialization`` (model files), ``training`` (fit and friends) and
-``models`` (the trainable Sequential); then ``zoo``; the command line (``cli``) on top.
+``models`` (the trainable Sequential); then ``zoo`` and the exporters (``export``,
+``onnx_export``); the command line (``cli``) on top.
 """
 
 from . import (callbacks, data, datasets, imaging, layers, losses, metrics, models, optim, plots, reference,
                regularizers, schedulers, zoo)
+from .export import export_onnx
 from .models import Sequential, load_model
 from .parameter import Parameter
 from .rng import manual_seed
@@ -37,4 +40,4 @@ from .version import __version__
 
 __all__ = ["callbacks", "data", "datasets", "imaging", "layers", "plots", "losses", "metrics", "models", "optim",
            "reference", "regularizers", "schedulers", "zoo",
-           "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError"]
+           "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError", "export_onnx"]

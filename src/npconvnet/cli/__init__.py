@@ -1,4 +1,4 @@
-"""The ``npconvnet`` command: train, evaluate, predict, summary and features.
+"""The ``npconvnet`` command: train, evaluate, predict, summary, features and export.
 
 ``main(argv)`` is the console script's entry point (``python -m npconvnet`` runs it too); it
 returns the exit status: 0 on success, 2 for bad input (a missing or unreadable file, an
@@ -13,7 +13,7 @@ checkpoint keeps the last good epoch.
 
 The package: ``parser`` (the options of every subcommand), ``common`` (errors, files, image
 preparation), and one module per subcommand: ``train``, ``evaluate``, ``predict``,
-``summary``, ``features``.
+``summary``, ``features``, ``export``.
 """
 
 import sys
@@ -22,6 +22,7 @@ import warnings
 from ..datasets import DatasetError
 from .common import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from .evaluate import cmd_evaluate
+from .export import cmd_export
 from .features import cmd_features
 from .parser import build_parser
 from .predict import cmd_predict
@@ -55,7 +56,7 @@ def main(argv=None):
     except SystemExit as exit_:             # --help, --version, or a bad command line
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "summary": cmd_summary, "features": cmd_features}
+                "summary": cmd_summary, "features": cmd_features, "export": cmd_export}
     expected = (CliError, DatasetError, ValueError, TypeError, OSError, ImportError)
     try:
         with warnings.catch_warnings():

@@ -256,6 +256,25 @@ def _add_features(commands):
     _add_common(features)
 
 
+def _add_export(commands):
+    export = commands.add_parser(
+        "export", help="write a model file as an ONNX graph", formatter_class=_HelpFormatter,
+        description=_paragraphs(
+            "Write the model as an ONNX graph (needs the onnx package: pip install "
+            "\"npconvnet[onnx]\"). The graph takes float32 pixel values in [0, 255] of shape "
+            "(N, C, H, W), any N, and applies the model's own preprocessing, so it takes the "
+            "pixels that predict takes."))
+    export.add_argument("model_file", metavar="MODEL_FILE", help="a model file from npconvnet train")
+    export.add_argument("--onnx", metavar="OUT.onnx", required=True, help="the ONNX file to write")
+    export.add_argument("--softmax", action="store_true", default=False,
+                        help="end the graph with a softmax: it outputs probabilities (default: logits)")
+    export.add_argument("--opset", type=positive_int, default=17, metavar="N",
+                        help="the ONNX operator set (default: 17; 13 or later)")
+    export.add_argument("--input-shape", type=input_shape, default=None, metavar="C,H,W",
+                        help="one input's shape (default: the model's recorded input shape)")
+    _add_common(export)
+
+
 def build_parser():
     parser = _Parser(prog="npconvnet", formatter_class=_HelpFormatter,
                      description="Train, evaluate and look inside convolutional networks written "
@@ -270,6 +289,6 @@ def build_parser():
                         help="show the full Python traceback of an error (default: one line)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_features):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_features, _add_export):
         add(commands)
     return parser

@@ -765,9 +765,11 @@ class Model:
 
     def _outputs_logits(self):
         """Whether outputs are logits to turn into probabilities: cross-entropy (or no loss yet)
-        trains logits, unless the network already ends with a Softmax."""
+        trains logits, unless the network already ends with a softmax: a Softmax layer, or a
+        layer built with ``activation="softmax"``."""
         layers = getattr(self, "layers", None)
-        ends_with_softmax = bool(layers) and isinstance(layers[-1], Softmax)
+        last = layers[-1] if layers else None
+        ends_with_softmax = isinstance(last, Softmax) or getattr(last, "activation", None) == "softmax"
         return not ends_with_softmax and (self.loss is None or isinstance(self.loss, losses.CrossEntropyLoss))
 
     def predict(self, x: np.ndarray | str | os.PathLike, batch_size: int = 256, verbose: int = 0) -> np.ndarray:

@@ -36,3 +36,9 @@ def test_the_activation_shows_in_the_layer_list_and_the_model_file(tmp_path):
 def test_an_unknown_activation_is_refused_with_the_known_names():
     with pytest.raises(ValueError, match=r"activation must be None or one of \['leaky_relu', 'relu'"):
         Dense(2, 2, activation="swish")
+
+
+def test_predict_applies_no_second_softmax_after_a_softmax_activation(rng):
+    model = Sequential(Dense(4, 3, activation="softmax"))
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x), model.eval().forward(x))

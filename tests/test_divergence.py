@@ -73,7 +73,8 @@ def test_at_learning_rate_0_the_message_suggests_no_lower_rate():
     model.compile(optimizer=SGD(lr=0.0))
     x = np.ones((8, 4), np.float32)
     x[3, 0] = np.nan
-    with pytest.raises(TrainingDivergedError, match="The learning rate is 0: check that the inputs") as caught:
+    with pytest.raises(TrainingDivergedError, match="The learning rate is 0: check that the inputs") as caught, \
+            pytest.warns(UserWarning, match="learning rate 0"):
         model.fit(x, np.arange(8) % 2, epochs=1, batch_size=4, verbose=0)
     assert "Lower the learning rate" not in str(caught.value)
 

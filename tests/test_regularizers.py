@@ -21,7 +21,8 @@ def test_fit_reports_the_loss_plus_the_penalty_and_evaluate_agrees(rng):
     model = Sequential(Dense(3, 4, kernel_regularizer=regularizers.l2(0.5)), ReLU(), Dense(4, 2)).astype(np.float64)
     model.compile(optimizer=SGD(lr=0.0), loss="cross_entropy")
     plain = Sequential(*model.layers)
-    history = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    with pytest.warns(UserWarning, match="learning rate 0"):      # lr 0 keeps the weights fixed
+        history = model.fit(x, y, epochs=1, batch_size=16, verbose=0)
     penalty = 0.5 * float(np.sum(model[0].weight.data ** 2))
     from npconvnet.losses import CrossEntropyLoss
     unpenalised = CrossEntropyLoss()(plain.eval().forward(x), y)

@@ -27,6 +27,10 @@ from threadpoolctl import ThreadpoolController
 
 ENVIRONMENT_VARIABLE = "NPCONVNET_NUM_THREADS"
 
+#: An element-wise pass over fewer bytes than this for each thread runs in one thread: handing
+#: it out would cost more (some 50 microseconds) than it saves.
+MIN_PART_BYTES = 128 * 2**10
+
 
 def _cores():
     """The cores this process may run on (its CPU affinity, where the system has one)."""
@@ -115,12 +119,26 @@ def run(function, parts):
         return [first] + [future.result() for future in futures]
 
 
+def channel_parts(array):
+    """The channels (axis 1) of ``array`` cut into one slice for each thread, or into a single
+    slice when the array is too small to share out (``MIN_PART_BYTES`` for each thread)."""
+    channels = array.shape[1] if array.ndim > 1 else 1
+    count = max(1, min(_num_threads, channels, array.nbytes // MIN_PART_BYTES))
+    bounds = [channels * part // count for part in range(count + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
 def channelwise(function, *arrays):
-    """``function(*arrays)`` for arrays whose entries each depend on their own channel (axis 1)
-    alone, run as ``function(*(a[:, part] for a in arrays))`` over one part of the channels per
-    thread. In a batch-last array each part is one contiguous run of memory."""
-    channels = arrays[0].shape[1] if arrays[0].ndim > 1 else 1
-    run(lambda part: function(*(array[:, part] for array in arrays)), split(channels))
+    """``function(*arrays)`` for arrays whose entries depend on their own channel (axis 1)
+    alone, run as ``function(*(a[:, part] for a in arrays))`` for each of the
+    :func:`channel_parts` of the first array, one part on each thread (in a batch-last array,
+    one contiguous run of memory). When ``function`` works entry by entry, the results are the
+    same on any number of threads."""
+    parts = channel_parts(arrays[0])
+    if len(parts) == 1:
+        function(*arrays)
+        return
+    run(lambda part: function(*(array[:, part] for array in arrays)), parts)
 
 
 def _run_inside(function, part):

@@ -122,9 +122,7 @@ class Conv2D(_AffineLayer):
                              f"{padding}) is smaller than the kernel {self.kernel_size}")
         x_pad = self._padded("x_pad", x, padding) if any(padding) else to_batch_last(x)
         out = self._convolve(x_pad, self.weight.data.reshape(self.out_channels, -1), self.stride,
-                             (out_h, out_w))                                          # (F, H'*W'*N)
-        if self.bias is not None:
-            out += self.bias.data[:, None]
+                             (out_h, out_w), None if self.bias is None else self.bias.data)  # (F, H'*W'*N)
         # Handed on batch-last: the (N, F, H', W') view of the product.
         out = from_matrix(out, (x.shape[0], self.out_channels, out_h, out_w))
         self._remember(out, x_pad=x_pad, input_shape=x.shape, padding=padding)
@@ -135,15 +133,17 @@ class Conv2D(_AffineLayer):
         shape = padded_shape(x.shape, padding)
         return pad(x, padding, out=self._workspace(name, shape, x.dtype, lambda: batch_last(shape, x.dtype, fill=None)))
 
-    def _convolve(self, x_pad, weight_matrix, stride, out_size):
-        """``weight_matrix @ im2col(x_pad)``, ``(F, C*kh*kw) @ (C*kh*kw, H'*W'*N)``, one block
-        of outputs at a time, each thread taking its share of the blocks."""
+    def _convolve(self, x_pad, weight_matrix, stride, out_size, bias=None):
+        """``weight_matrix @ im2col(x_pad) + bias``, ``(F, C*kh*kw) @ (C*kh*kw, H'*W'*N)``, one
+        block of outputs at a time, each thread taking its share of the blocks."""
         (out_h, out_w), n = out_size, x_pad.shape[0]
         out = np.empty((weight_matrix.shape[0], out_h, out_w * n), np.result_type(weight_matrix, x_pad))
 
         def convolve(blocks):
             for rows, columns, cols in blocks:
-                matmul(weight_matrix, cols, out=_block_of(out, rows, columns, n))
+                block = matmul(weight_matrix, cols, out=_block_of(out, rows, columns, n))
+                if bias is not None:                # while the block is still in the cache
+                    block += bias[:, None]
         parallel.run(convolve, self._shares(x_pad, stride, out_size))
         return out.reshape(len(out), -1)
 

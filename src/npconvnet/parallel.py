@@ -18,6 +18,7 @@ run on, unless the environment variable ``NPCONVNET_NUM_THREADS`` or :func:`set_
 says otherwise.
 """
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +62,7 @@ def _from_environment():
 
 _num_threads = _from_environment()
 _pool = None                 # created at the first parallel call, for _num_threads - 1 workers
-_blas = None                 # threadpoolctl's handle on the loaded BLAS libraries
+_blas = None                 # threadpoolctl's controllers of the loaded BLAS libraries
 _worker = threading.local()  # .inside: this thread is running a part (nested calls run inline)
 
 
@@ -156,11 +157,22 @@ def _thread_pool():
     return _pool
 
 
+@contextlib.contextmanager
 def _blas_on_one_thread():
+    """BLAS on one thread inside the block, its own setting back after it. Only the libraries
+    not on one thread already are changed: that costs a microsecond a call (threadpoolctl's
+    ``limit`` some tens), which matters at batch 1."""
     global _blas
     if _blas is None:
-        _blas = ThreadpoolController().select(user_api="blas")
-    return _blas.limit(limits=1)
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    changed = [(library, count) for library in _blas if (count := library.get_num_threads()) != 1]
+    for library, _ in changed:
+        library.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for library, count in changed:
+            library.set_num_threads(count)
 
 
 def _forget_pool():

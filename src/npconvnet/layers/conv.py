@@ -150,11 +150,14 @@ class Conv2D(_AffineLayer):
     def _blocks(self, x_pad, out_size):
         """The blocks of outputs, ``[(rows, columns), ...]`` (slices): a few whole output rows
         each or, when one row's columns exceed ``BLOCK_BYTES`` (a large batch), part of one
-        row; at least one block per thread (where there are enough outputs), evened out."""
+        row; at least one block per thread (unless the columns are too small to share out, see
+        ``parallel.MIN_PART_BYTES``), evened out."""
         (out_h, out_w), n = out_size, x_pad.shape[0]
         window_size = x_pad.shape[1] * np.prod(self.kernel_size)
-        pixels = max(1, BLOCK_BYTES // max(1, window_size * n * x_pad.itemsize))    # output pixels a block
-        pixels = min(pixels, -(-out_h * out_w // parallel.get_num_threads()))
+        pixel_bytes = window_size * n * x_pad.itemsize
+        pixels = max(1, BLOCK_BYTES // max(1, pixel_bytes))                         # output pixels a block
+        threads = min(parallel.get_num_threads(), out_h * out_w * pixel_bytes // parallel.MIN_PART_BYTES)
+        pixels = min(pixels, -(-out_h * out_w // max(1, threads)))
         if pixels >= out_w:
             block_h, block_w = _evened(out_h, pixels // out_w), out_w
         else:

@@ -33,7 +33,8 @@ class Conv2D(_AffineLayer):
     products are taken one block of outputs at a time (``BLOCK_BYTES`` of columns: a few output
     rows, or part of a row for a large batch), each block's columns built by im2col just before
     and read while they are still in the cache; backward builds them again from the saved input
-    rather than keeping them.
+    rather than keeping them. On several threads (``npconvnet.set_num_threads``) each thread
+    takes a share of the blocks, with a buffer of columns of its own (``npconvnet.parallel``).
 
     The same convolution written as plainly as the formula, for the whole batch at once and
     without blocks or buffers, is :func:`npconvnet.reference.conv2d` (and ``conv2d_backward``);

@@ -78,8 +78,9 @@ class _BatchNorm(Layer):
         inv_std = (1 / np.sqrt(self.running_var + self.eps)).astype(x.dtype)
         scale = self.weight.data * inv_std
         shift = self.bias.data - self.running_mean * scale
-        out = x * scale.reshape(channel).astype(x.dtype)
-        out += shift.reshape(channel).astype(x.dtype)
+        out = np.empty_like(x)
+        parallel.channelwise(_scale_and_shift, x, scale.reshape(channel).astype(x.dtype),
+                             shift.reshape(channel).astype(x.dtype), out)
         self._remember(out, x=x, mean=self.running_mean, inv_std=inv_std,
                        channel=channel, batch_statistics=False)
         return out

@@ -2,10 +2,13 @@
 
     NPCONVNET_DATA_DIR=/work/shared/datasets python benchmarks/speed.py [--threads 1] [--clock cpu]
 
+Without ``--threads`` each library runs on its own default number of threads, as a user's program
+does: npconvnet on every core (``npconvnet.get_num_threads()``), PyTorch on
+``torch.get_num_threads()``. ``--threads N`` gives both N threads (and BLAS and OpenMP N).
+
 For the zoo models ``convnet``, ``lenet5`` and ``vgg-mini`` (1x28x28 inputs, 10 classes) the same
 network is built in both libraries (the PyTorch twin is converted layer by layer from the
-npconvnet model, weights copied, outputs checked equal), in float32, with the same number of
-BLAS / OpenMP threads, on MNIST training images (random noise if MNIST is not found), each
+npconvnet model, weights copied, outputs checked equal), in float32, on MNIST training images (random noise if MNIST is not found), each
 library in a worker process of its own (in one shared process each library's allocations
 changed how often the other's memory was faulted in again, see ``Worker``). The libraries take
 turns of five calls, so that both see the same background load and each runs several calls in
@@ -30,9 +33,9 @@ not), which flattered npconvnet. Reported, as medians after a warm-up:
 Both wall-clock and CPU time are recorded in the JSON file; the table shows ``--clock``. On a
 shared machine the process's CPU time is the steadier measure of the work done (with one
 thread; with more it adds the threads up, so wall-clock time is the default there). Ratios are
-npconvnet / PyTorch. With more than one thread, both libraries' thread pools live in this
-process and spin-wait while the other one runs; on a machine with as many cores as threads
-(and other work) that oversubscribes the cores, and the timings measure mostly contention.
+npconvnet / PyTorch. When the results of both a one-thread run and a default run are in
+``benchmarks/results``, a scaling table follows: each library's training and inference
+throughput on one thread and on its default threads.
 """
 
 import argparse
@@ -51,7 +54,8 @@ TRAIN_BATCH, INFER_BATCH, TRAIN_BATCHES = 128, 1000, 50
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="threads for both libraries (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both libraries (default: each library's own default, every core)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--repeats", type=int, default=6,
                         help="turns per measurement, each of 5 calls per library (halved for vgg-mini)")
@@ -62,7 +66,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-epoch", action="store_true", help="skip the full MNIST epoch")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--out", default=None,
-                        help="JSON file (default benchmarks/results/speed-<threads>thread.json)")
+                        help="JSON file (default benchmarks/results/speed-<threads>thread.json, "
+                             "speed-default.json without --threads)")
     parser.add_argument("--memory-probe", nargs=2, metavar=("LIBRARY", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--epoch-probe", metavar="LIBRARY", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -225,9 +230,9 @@ def _serve(connection, library, name, threads):
     batches = random_batches(x_all, y_all, TRAIN_BATCHES, TRAIN_BATCH)
     inputs = {"infer_1000": random_batches(x_all, y_all, 1, INFER_BATCH, seed=1)[0][0],
               "infer_1": random_batches(x_all, y_all, 1, 1, seed=1)[0][0]}
+    set_threads(library, threads)
     if library == "torch":
         import torch
-        torch.set_num_threads(threads)
         twin = to_torch(model)
         tasks = {"train": (twin.train, torch_training_step(twin, batches))}
         for key, x in inputs.items():
@@ -245,6 +250,25 @@ def _serve(connection, library, name, threads):
         set_mode, function = tasks[task]
         set_mode()
         connection.send([timed(function) for _ in range(count)])
+
+
+def set_threads(library, threads):
+    """Give ``library`` ("numpy" for npconvnet, or "torch") ``threads`` threads; None leaves its default."""
+    if threads is None:
+        return
+    if library == "torch":
+        import torch
+        torch.set_num_threads(threads)
+    else:
+        import npconvnet
+        npconvnet.set_num_threads(threads)
+
+
+def thread_counts():
+    """The threads each library runs on in this process: ``{"npconvnet": n, "torch": m}``."""
+    import npconvnet
+    import torch
+    return {"npconvnet": npconvnet.get_num_threads(), "torch": torch.get_num_threads()}
 
 
 def median_time(function, repeats, warmup=2):
@@ -322,7 +346,7 @@ def mnist_or_noise():
 # --------------------------------------------------------------------------- memory
 
 
-def memory_probe(library, name):
+def memory_probe(library, name, threads):
     """Run in a fresh process: memory added by three training steps, in MiB. The peak resident
     set size (VmHWM, reset just before the first step) minus the resident size at that point;
     for NumPy also the peak of the allocations that tracemalloc sees (NumPy reports its arrays
@@ -331,9 +355,8 @@ def memory_probe(library, name):
     x_all, y_all, _ = mnist_or_noise()
     batches = random_batches(x_all, y_all, 3, TRAIN_BATCH)
     model = build_model(name)
+    set_threads(library, threads)
     if library == "torch":
-        import torch
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         step = torch_training_step(to_torch(model), batches)
     else:
         step = numpy_training_step(model, batches)
@@ -363,7 +386,9 @@ def peak_memory(library, name, threads):
 
 def _probe(arguments, threads):
     """Run this script with ``arguments`` in a fresh process; the JSON it prints last."""
-    command = [sys.executable, os.path.abspath(__file__), "--threads", str(threads), *arguments]
+    command = [sys.executable, os.path.abspath(__file__), *arguments]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -371,7 +396,7 @@ def _probe(arguments, threads):
 # --------------------------------------------------------------------------- epoch
 
 
-def epoch_probe(library):
+def epoch_probe(library, threads):
     """Run in a fresh process: one epoch of convnet over the MNIST training images in ``library``
     (batch 128, Adam, the same shuffled batches and starting weights in both): wall and CPU
     seconds, and the mean training loss as a sanity check (the two runs should agree)."""
@@ -381,9 +406,9 @@ def epoch_probe(library):
     batches = [(x_all[order[i:i + TRAIN_BATCH]], y_all[order[i:i + TRAIN_BATCH]])
                for i in range(0, len(x_all), TRAIN_BATCH)]
     model = build_model("convnet")
+    set_threads(library, threads)
     if library == "torch":
         import torch
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         step = torch_training_step(to_torch(model), batches[:1])
         batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
     else:
@@ -406,25 +431,26 @@ def mnist_epoch(x_all, threads):
 
 def main(argv=None):
     args = parse_args(argv)
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[variable] = str(args.threads)           # before NumPy and PyTorch load their BLAS
+    if args.threads is not None:
+        for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = str(args.threads)       # before NumPy and PyTorch load their BLAS
     if args.memory_probe:
-        memory_probe(*args.memory_probe)
+        memory_probe(*args.memory_probe, args.threads)
         return
     if args.epoch_probe:
-        epoch_probe(args.epoch_probe)
+        epoch_probe(args.epoch_probe, args.threads)
         return
 
     import numpy as np
     import torch
     import npconvnet
 
-    torch.set_num_threads(args.threads)
+    set_threads("torch", args.threads), set_threads("numpy", args.threads)
     clock = args.clock or ("cpu" if args.threads == 1 else "wall")
     started = time.perf_counter()
     x_all, y_all, source = mnist_or_noise()
     report = {"command": "python benchmarks/speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "threads": args.threads, "clock": clock, "data": source,
+              "threads": args.threads, "thread_counts": thread_counts(), "clock": clock, "data": source,
               "numpy": np.__version__, "torch": torch.__version__, "npconvnet": npconvnet.__version__,
               "blas": _blas_name(np), "cpu": _cpu_name(), "python": platform.python_version(),
               "matmul_peak_gflops": matmul_peak_gflops(clock),
@@ -459,12 +485,48 @@ def main(argv=None):
     report["total_seconds"] = time.perf_counter() - started
 
     print(format_table(report))
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                   f"speed-{args.threads}thread.json")
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    out = args.out or os.path.join(results, "speed-default.json" if args.threads is None
+                                   else f"speed-{args.threads}thread.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(report, f, indent=2)
     print(f"\nwritten to {os.path.relpath(out)}")
+    scaling = scaling_table(os.path.join(results, "speed-1thread.json"), os.path.join(results, "speed-default.json"))
+    if scaling:
+        print("\n" + scaling)
+
+
+def scaling_table(one_thread_file, default_file):
+    """Each library's throughput on one thread and on its default threads, from the two runs'
+    JSON files (None unless both exist), with the speed-up between them."""
+    try:
+        with open(one_thread_file) as f:
+            single = json.load(f)
+        with open(default_file) as f:
+            default = json.load(f)
+    except FileNotFoundError:
+        return None
+    counts = default.get("thread_counts", {})
+    rows = [("model", "metric", "npconvnet 1 -> {} threads".format(counts.get("npconvnet", "?")),
+             "PyTorch 1 -> {} threads".format(counts.get("torch", "?")))]
+    for name in default["models"]:
+        for key, label in (("train_images_per_s", "train img/s"), ("infer_1000_images_per_s", "infer img/s")):
+            if name not in single["models"]:
+                continue
+            cells = []
+            for library in range(2):
+                before, after = single["models"][name][key][library], default["models"][name][key][library]
+                cells.append(f"{before:,.0f} -> {after:,.0f} ({after / before:.2f}x)")
+            rows.append((name, label, *cells))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["Scaling: throughput on 1 thread (speed-1thread.json) and on each library's default threads "
+             "(speed-default.json)", ""]
+    for index, row in enumerate(rows):
+        lines.append(" | ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        if index == 0:
+            lines.append("-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def format_table(report):
@@ -481,7 +543,7 @@ def format_table(report):
                 rows.append((name, label, form.format(ours), form.format(theirs), f"{ours / theirs:.2f}x"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = [f"npconvnet {report['npconvnet']} (NumPy {report['numpy']}, {report['blas']}) vs "
-             f"PyTorch {report['torch']}; {report['cpu']}; float32, {report['threads']} thread(s) each; "
+             f"PyTorch {report['torch']}; {report['cpu']}; float32, {_threads_label(report)}; "
              f"data: {report['data']}; medians of {'CPU' if clock == 'cpu' else 'wall-clock'} time", ""]
     for index, row in enumerate(rows):
         lines.append(" | ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
@@ -508,6 +570,14 @@ def format_table(report):
                      f"{epoch['pytorch']['mean_loss']:.4f})")
     lines.append(f"total benchmark time {report['total_seconds']:.0f} s")
     return "\n".join(lines)
+
+
+def _threads_label(report):
+    if report["threads"] is not None:
+        return f"{report['threads']} thread(s) each"
+    counts = report.get("thread_counts", {})
+    return (f"default threads (npconvnet {counts.get('npconvnet', '?')}, "
+            f"PyTorch {counts.get('torch', '?')})")
 
 
 def _blas_name(np):

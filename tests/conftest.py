@@ -14,6 +14,14 @@ def _seeded():
 
 
 @pytest.fixture
+def threads():
+    """``threads(n)`` runs the rest of the test on ``n`` threads; the count is restored afterwards."""
+    previous = npconvnet.get_num_threads()
+    yield npconvnet.set_num_threads
+    npconvnet.set_num_threads(previous)
+
+
+@pytest.fixture
 def torch():
     """PyTorch, the independent reference (a test-only dependency), on one thread."""
     torch = pytest.importorskip("torch", reason="PyTorch (torch==2.13.0) is needed for cross-checks")

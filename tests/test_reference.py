@@ -110,13 +110,15 @@ def test_conv2d_without_the_input_gradient_gives_the_reference_parameter_gradien
     ("blocks of two pixels", lambda out_h, out_w: out_h * -(-out_w // 2)),
     ("blocks of one pixel", lambda out_h, out_w: out_h * out_w),
 ])
-def test_each_block_size_cuts_the_outputs_into_the_blocks_it_names(blocks, expected_count, rng, monkeypatch):
+def test_each_block_size_cuts_the_outputs_into_the_blocks_it_names(blocks, expected_count, rng, monkeypatch,
+                                                                     threads):
+    threads(1)                  # more threads cut the outputs into at least one block each
     layer = conv_layer(2, 3, KERNEL_SIZE, 1, 1, rng)
     x = rng.standard_normal((3, 2, 9, 8))
     set_block_size(monkeypatch, blocks, layer, x)
     x_pad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     _, out_h, out_w = layer.output_shape(x.shape[1:])
-    assert len(list(layer._column_blocks(x_pad, (1, 1), (out_h, out_w)))) == expected_count(out_h, out_w)
+    assert len(layer._blocks(x_pad, (out_h, out_w))) == expected_count(out_h, out_w)
 
 
 #: (kernel_size, stride, padding): windows that tile the input, overlap (stride < kernel), leave

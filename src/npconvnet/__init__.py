@@ -20,6 +20,7 @@ The public surface::
     npconvnet.reference    conv2d, max_pool2d, avg_pool2d, dense (+ _backward): the layers' math, plainly
     npconvnet.load_model   rebuild a model saved with model.save(path)
     npconvnet.export_onnx  write a model as an ONNX graph (needs the onnx extra)
+    npconvnet.set_num_threads, get_num_threads   the threads a layer call runs on (all cores by default)
 
 The modules import one way: ``layers`` at the bottom (with ``windows``, ``products``,
 ``parameter``, ``rng``), then ``losses``, ``optim``, ``schedulers``, ``callbacks``, ``metrics``
@@ -32,6 +33,7 @@ from . import (callbacks, data, datasets, imaging, layers, losses, metrics, mode
                regularizers, schedulers, zoo)
 from .export import export_onnx
 from .models import Sequential, load_model
+from .parallel import get_num_threads, set_num_threads
 from .parameter import Parameter
 from .rng import manual_seed
 from .serialization import ModelFileError, save_model
@@ -40,4 +42,5 @@ from .version import __version__
 
 __all__ = ["callbacks", "data", "datasets", "imaging", "layers", "plots", "losses", "metrics", "models", "optim",
            "reference", "regularizers", "schedulers", "zoo",
-           "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError", "export_onnx"]
+           "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError", "export_onnx",
+           "get_num_threads", "set_num_threads"]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .. import checks
+from .. import checks, parallel
 from ..parameter import Parameter
 from ..products import matmul, row_sums
 from ..windows import (as_matrix, as_pair, batch_last, check_padding, col2im, from_matrix, im2col, output_size, pad,
@@ -33,7 +33,8 @@ class Conv2D(_AffineLayer):
     products are taken one block of outputs at a time (``BLOCK_BYTES`` of columns: a few output
     rows, or part of a row for a large batch), each block's columns built by im2col just before
     and read while they are still in the cache; backward builds them again from the saved input
-    rather than keeping them.
+    rather than keeping them. On several threads (``npconvnet.set_num_threads``) each thread
+    takes a share of the blocks, with a buffer of columns of its own (``npconvnet.parallel``).
 
     The same convolution written as plainly as the formula, for the whole batch at once and
     without blocks or buffers, is :func:`npconvnet.reference.conv2d` (and ``conv2d_backward``);
@@ -122,9 +123,7 @@ class Conv2D(_AffineLayer):
                              f"{padding}) is smaller than the kernel {self.kernel_size}")
         x_pad = self._padded("x_pad", x, padding) if any(padding) else to_batch_last(x)
         out = self._convolve(x_pad, self.weight.data.reshape(self.out_channels, -1), self.stride,
-                             (out_h, out_w))                                          # (F, H'*W'*N)
-        if self.bias is not None:
-            out += self.bias.data[:, None]
+                             (out_h, out_w), None if self.bias is None else self.bias.data)  # (F, H'*W'*N)
         # Handed on batch-last: the (N, F, H', W') view of the product.
         out = from_matrix(out, (x.shape[0], self.out_channels, out_h, out_w))
         self._remember(out, x_pad=x_pad, input_shape=x.shape, padding=padding)
@@ -135,40 +134,60 @@ class Conv2D(_AffineLayer):
         shape = padded_shape(x.shape, padding)
         return pad(x, padding, out=self._workspace(name, shape, x.dtype, lambda: batch_last(shape, x.dtype, fill=None)))
 
-    def _convolve(self, x_pad, weight_matrix, stride, out_size):
-        """``weight_matrix @ im2col(x_pad)``, ``(F, C*kh*kw) @ (C*kh*kw, H'*W'*N)``, one block
-        of outputs at a time."""
+    def _convolve(self, x_pad, weight_matrix, stride, out_size, bias=None):
+        """``weight_matrix @ im2col(x_pad) + bias``, ``(F, C*kh*kw) @ (C*kh*kw, H'*W'*N)``, one
+        block of outputs at a time, each thread taking its share of the blocks."""
         (out_h, out_w), n = out_size, x_pad.shape[0]
         out = np.empty((weight_matrix.shape[0], out_h, out_w * n), np.result_type(weight_matrix, x_pad))
-        for rows, columns, cols in self._column_blocks(x_pad, stride, out_size):
-            matmul(weight_matrix, cols, out=_block_of(out, rows, columns, n))
+
+        def convolve(blocks):
+            for rows, columns, cols in blocks:
+                block = matmul(weight_matrix, cols, out=_block_of(out, rows, columns, n))
+                if bias is not None:                # while the block is still in the cache
+                    block += bias[:, None]
+        parallel.run(convolve, self._shares(x_pad, stride, out_size))
         return out.reshape(len(out), -1)
 
-    def _column_blocks(self, x_pad, stride, out_size):
-        """``(rows, columns, cols)`` for each block of outputs: its output rows and columns
-        (slices) and the ``(C*kh*kw, rows*columns*N)`` columns of their windows, built in one
-        reused buffer. A block is a few whole output rows or, when one row's columns exceed
-        ``BLOCK_BYTES`` (a large batch), part of one row; the blocks are evened out."""
-        (out_h, out_w), (n, channels) = out_size, x_pad.shape[:2]
-        shape = (channels, *self.kernel_size)
-        window_size = np.prod(shape)
-        pixels = max(1, BLOCK_BYTES // max(1, window_size * n * x_pad.itemsize))    # output pixels a block
+    def _blocks(self, x_pad, out_size):
+        """The blocks of outputs, ``[(rows, columns), ...]`` (slices): a few whole output rows
+        each or, when one row's columns exceed ``BLOCK_BYTES`` (a large batch), part of one
+        row; at least one block per thread (unless the columns are too small to share out, see
+        ``parallel.MIN_PART_BYTES``), evened out."""
+        (out_h, out_w), n = out_size, x_pad.shape[0]
+        window_size = x_pad.shape[1] * np.prod(self.kernel_size)
+        pixel_bytes = window_size * n * x_pad.itemsize
+        pixels = max(1, BLOCK_BYTES // max(1, pixel_bytes))                         # output pixels a block
+        threads = min(parallel.get_num_threads(), out_h * out_w * pixel_bytes // parallel.MIN_PART_BYTES)
+        pixels = min(pixels, -(-out_h * out_w // max(1, threads)))
         if pixels >= out_w:
             block_h, block_w = _evened(out_h, pixels // out_w), out_w
         else:
             block_h, block_w = 1, _evened(out_w, pixels)
-        buffer_size = window_size * block_h * block_w * n
-        buffer = self._workspace(f"columns of {window_size}", (buffer_size,), x_pad.dtype,
-                                 lambda: np.empty(buffer_size, x_pad.dtype))
-        for row in range(0, out_h, block_h):
-            for column in range(0, out_w, block_w):
-                rows = slice(row, min(row + block_h, out_h))
-                columns = slice(column, min(column + block_w, out_w))
-                extent = (rows.stop - rows.start, columns.stop - columns.start)
-                cols = buffer[:window_size * extent[0] * extent[1] * n].reshape(*shape, *extent, n)
-                im2col(windows_of_outputs(x_pad, rows, columns, self.kernel_size, stride), self.kernel_size, stride,
-                       (0, 0, 0, 0), out=cols)
-                yield rows, columns, cols.reshape(window_size, -1)
+        return [(slice(row, min(row + block_h, out_h)), slice(column, min(column + block_w, out_w)))
+                for row in range(0, out_h, block_h) for column in range(0, out_w, block_w)]
+
+    def _shares(self, x_pad, stride, out_size):
+        """Each thread's share of the blocks of outputs: an iterator of ``(rows, columns, cols)``
+        for each of its blocks, ``cols`` being the ``(C*kh*kw, rows*columns*N)`` columns of the
+        block's windows, built just before in a buffer of the share's own."""
+        blocks = self._blocks(x_pad, out_size)
+        block_size = max((rows.stop - rows.start) * (columns.stop - columns.start) for rows, columns in blocks)
+        shape = (x_pad.shape[1], *self.kernel_size)
+        buffer_size = np.prod(shape) * block_size * x_pad.shape[0]
+        return [self._column_blocks(x_pad, stride, share, self._workspace(
+                    f"columns of {np.prod(shape)}, share {index}", (buffer_size,), x_pad.dtype,
+                    lambda: np.empty(buffer_size, x_pad.dtype)))
+                for index, share in enumerate(parallel.shares(blocks))]
+
+    def _column_blocks(self, x_pad, stride, blocks, buffer):
+        """``(rows, columns, cols)`` for each of ``blocks``, the columns built in ``buffer``."""
+        n, shape = x_pad.shape[0], (x_pad.shape[1], *self.kernel_size)
+        for rows, columns in blocks:
+            extent = (rows.stop - rows.start, columns.stop - columns.start)
+            cols = buffer[:np.prod(shape) * extent[0] * extent[1] * n].reshape(*shape, *extent, n)
+            im2col(windows_of_outputs(x_pad, rows, columns, self.kernel_size, stride), self.kernel_size, stride,
+                   (0, 0, 0, 0), out=cols)
+            yield rows, columns, cols.reshape(np.prod(shape), -1)
 
     def backward(self, grad_output: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """The chain rule through ``y = W @ cols + b``, one block of outputs at a time::
@@ -189,19 +208,29 @@ class Conv2D(_AffineLayer):
         if self.bias is not None:
             self.bias.grad = self._bias_gradient(grad_rows)
         by_convolution = input_grad and self._input_gradient_is_a_convolution(saved.padding)
-        grad_x_pad = (batch_last(saved.x_pad.shape, grad_output.dtype)
-                      if input_grad and not by_convolution else None)
-        grad_weight = 0
-        for rows, columns, cols in self._column_blocks(saved.x_pad, self.stride, (out_h, out_w)):
-            grad_block = _block_of(grad_rows, rows, columns, n)
-            grad_weight = grad_weight + self._weight_gradient(grad_block, cols)
-            if grad_x_pad is not None:
-                self._input_gradient(grad_block, cols, grad_x_pad, rows, columns)
-        self.weight.grad = grad_weight.reshape(self.weight.data.shape)
+        by_col2im = input_grad and not by_convolution
+
+        def gradients(blocks):
+            # Each thread's share of the blocks sums its own dL/dW and adds its dL/dx into an
+            # array of its own (neighbouring blocks' windows overlap); the shares add up in order.
+            grad_x_pad = batch_last(saved.x_pad.shape, grad_output.dtype) if by_col2im else None
+            grad_weight = 0
+            for rows, columns, cols in blocks:
+                grad_block = _block_of(grad_rows, rows, columns, n)
+                grad_weight = grad_weight + self._weight_gradient(grad_block, cols)
+                if by_col2im:
+                    self._input_gradient(grad_block, cols, grad_x_pad, rows, columns)
+            return grad_weight, grad_x_pad
+
+        shares = parallel.run(gradients, self._shares(saved.x_pad, self.stride, (out_h, out_w)))
+        self.weight.grad = sum(grad_weight for grad_weight, _ in shares).reshape(self.weight.data.shape)
         if by_convolution:
             return self._input_gradient_by_convolution(grad_output, saved)
-        if grad_x_pad is None:
+        if not by_col2im:
             return None
+        grad_x_pad = shares[0][1]
+        for _, share in shares[1:]:
+            grad_x_pad += share
         top, _, left, _ = saved.padding
         height, width = saved.input_shape[2:]
         return grad_x_pad[:, :, top:top + height, left:left + width]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .. import checks
+from .. import checks, parallel
 from ..rng import default_rng
 from .base import Layer
 
@@ -51,13 +51,20 @@ class Dropout(Layer):
             noise = self._workspace("noise", x.shape, x.dtype, lambda: np.empty_like(x))
             default_rng().random(out=noise.ravel(order="K"), dtype=noise.dtype)
             scale = np.multiply(noise >= self.p, x.dtype.type(1 / (1 - self.p)), out=noise)
-        out = x if scale is None else x * scale
+        out = x if scale is None else _times(x, scale)
         self._remember(out, scale=scale)
         return out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         scale = self._recall(grad_output).scale
-        return grad_output if scale is None else grad_output * scale
+        return grad_output if scale is None else _times(grad_output, scale)
 
     def get_config(self):
         return {"p": self.p}
+
+
+def _times(x, scale):
+    """``x * scale``, the channels shared among the threads."""
+    out = np.empty_like(x, np.result_type(x, scale))
+    parallel.channelwise(np.multiply, x, scale, out)
+    return out

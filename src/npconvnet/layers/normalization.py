@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .. import checks
+from .. import checks, parallel
 from ..parameter import Parameter
 from ..products import row_sums
 from ..windows import as_matrix
@@ -51,18 +51,23 @@ class _BatchNorm(Layer):
         if count < 2:
             raise ValueError(f"{self!r}: training needs more than one value per channel, got "
                              f"input shape {x.shape} (use eval() for single samples)")
-        mean = _channel_sum(x) / count
-        centered = np.subtract(x, mean.reshape(channel),
-                               out=self._workspace("centered", x.shape, x.dtype, lambda: np.empty_like(x)))
-        var = _channel_dot(centered, centered) / count
+        centered = self._workspace("centered", x.shape, x.dtype, lambda: np.empty_like(x))
+
+        def statistics(channels):
+            mean = _channel_sum(x[:, channels]) / count
+            part = np.subtract(x[:, channels], mean.reshape(channel), out=centered[:, channels])
+            return mean, _channel_dot(part, part) / count
+        # Each thread takes whole channels: the statistics are those of the whole batch.
+        mean, var = (np.concatenate(parts) for parts in zip(*parallel.run(statistics, parallel.channel_parts(x))))
         self.running_mean = ((1 - self.momentum) * self.running_mean
                              + self.momentum * mean).astype(self.running_mean.dtype)
         self.running_var = ((1 - self.momentum) * self.running_var
                             + self.momentum * var * count / (count - 1)).astype(self.running_var.dtype)
         inv_std = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
         # y = x_hat * weight + bias with x_hat = centered * inv_std, the two factors folded into one.
-        out = centered * (self.weight.data * inv_std).reshape(channel)
-        out += self.bias.data.reshape(channel)
+        out = np.empty_like(centered)
+        parallel.channelwise(_scale_and_shift, centered, (self.weight.data * inv_std).reshape(channel),
+                             self.bias.data.reshape(channel), out)
         self._remember(out, centered=centered, inv_std=inv_std, channel=channel, batch_statistics=True)
         return out
 
@@ -73,8 +78,9 @@ class _BatchNorm(Layer):
         inv_std = (1 / np.sqrt(self.running_var + self.eps)).astype(x.dtype)
         scale = self.weight.data * inv_std
         shift = self.bias.data - self.running_mean * scale
-        out = x * scale.reshape(channel).astype(x.dtype)
-        out += shift.reshape(channel).astype(x.dtype)
+        out = np.empty_like(x)
+        parallel.channelwise(_scale_and_shift, x, scale.reshape(channel).astype(x.dtype),
+                             shift.reshape(channel).astype(x.dtype), out)
         self._remember(out, x=x, mean=self.running_mean, inv_std=inv_std,
                        channel=channel, batch_statistics=False)
         return out
@@ -86,19 +92,23 @@ class _BatchNorm(Layer):
             centered = saved.centered
         else:
             centered = saved.x - saved.mean.reshape(channel).astype(saved.x.dtype)
-        self.bias.grad = _channel_sum(grad_output)
         # x_hat = centered * inv_std: its factor is applied to the per-channel sums, not to x.
-        self.weight.grad = _channel_dot(grad_output, centered) * saved.inv_std
+        sums = parallel.run(lambda channels: (_channel_sum(grad_output[:, channels]),
+                                              _channel_dot(grad_output[:, channels], centered[:, channels])),
+                            parallel.channel_parts(grad_output))
+        self.bias.grad, self.weight.grad = (np.concatenate(parts) for parts in zip(*sums))
+        self.weight.grad *= saved.inv_std
         # dL/dx = weight / std * (g - mean(g) - x_hat * mean(g * x_hat)), one channel at a time;
         # the per-channel factors are folded together so that each pass touches x only once.
         scale = self.weight.data * saved.inv_std
-        grad_input = grad_output * scale.reshape(channel)
+        grad_input = np.empty_like(grad_output)
         if saved.batch_statistics:
             count = grad_output.size // self.num_features
-            # centered is not needed after this: it takes the product in place.
-            grad_input -= np.multiply(centered, (scale * saved.inv_std * self.weight.grad / count).reshape(channel),
-                                      out=centered)
-            grad_input -= (scale * self.bias.grad / count).reshape(channel)
+            parallel.channelwise(_input_gradient, grad_output, centered, scale.reshape(channel),
+                                 (scale * saved.inv_std * self.weight.grad / count).reshape(channel),
+                                 (scale * self.bias.grad / count).reshape(channel), grad_input)
+        else:
+            parallel.channelwise(np.multiply, grad_output, scale.reshape(channel), grad_input)
         return grad_input
 
     def get_config(self):
@@ -175,6 +185,19 @@ class BatchNorm1D(_BatchNorm):
 
     input_ndims = (2, 3)
     layout = "(N, C) or (N, C, L)"
+
+
+def _scale_and_shift(x, scale, shift, out):
+    np.multiply(x, scale, out=out)
+    out += shift
+
+
+def _input_gradient(grad_output, centered, scale, centered_factor, shift, out):
+    """``out = grad_output * scale - centered * centered_factor - shift``, with ``centered``
+    (not needed after this) taking its product in place."""
+    np.multiply(grad_output, scale, out=out)
+    out -= np.multiply(centered, centered_factor, out=centered)
+    out -= shift
 
 
 def _channel_rows(x):

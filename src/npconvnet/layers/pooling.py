@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from .. import parallel
 from ..windows import as_pair, batch_last, kernel_offsets, output_size, pad, resolve_padding, window
 from .base import Layer
 
@@ -107,44 +108,56 @@ class MaxPool2D(_Pool2D):
         return out
 
     def _max(self, x_pad, out_size):
-        offsets = kernel_offsets(self.kernel_size)
-        out = window(x_pad, offsets[0], self.stride, out_size).copy(order="K")
-        for offset in offsets[1:]:
-            np.maximum(out, window(x_pad, offset, self.stride, out_size), out=out)
+        out = np.empty_like(window(x_pad, (0, 0), self.stride, out_size))
+        parallel.channelwise(self._running_max, x_pad, out)
         return out
 
     def _max_and_argmax(self, x_pad, out_size):
-        offsets = kernel_offsets(self.kernel_size)
-        out = window(x_pad, offsets[0], self.stride, out_size).copy(order="K")
-        dtype = np.min_scalar_type(len(offsets) - 1)
+        out = np.empty_like(window(x_pad, (0, 0), self.stride, out_size))
+        dtype = np.min_scalar_type(np.prod(self.kernel_size) - 1)
         argmax = self._workspace("argmax", out.shape, dtype, lambda: np.empty_like(out, dtype))
-        argmax.fill(0)
+        parallel.channelwise(self._running_max, x_pad, out, argmax)
+        return out, argmax
+
+    def _running_max(self, x_pad, out, argmax=None):
+        """``out``: the maximum over the kernel offsets of the windows of ``x_pad``, and
+        ``argmax`` (if given) the first offset it was found at. Each channel on its own."""
+        offsets = kernel_offsets(self.kernel_size)
+        out[...] = window(x_pad, offsets[0], self.stride, out.shape[2:])
+        if argmax is not None:
+            argmax.fill(0)
         # Arithmetic instead of masked assignment (np.where, where=), which is several times
         # slower: k exceeds every earlier offset, so max(argmax, k * (candidate > out)) is k
         # exactly where the candidate beats the running maximum (strictly: the first maximum
         # wins ties), and the old argmax elsewhere.
         for k, offset in enumerate(offsets[1:], start=1):
-            candidate = window(x_pad, offset, self.stride, out_size)
-            np.maximum(argmax, np.multiply(candidate > out, k, dtype=argmax.dtype), out=argmax)
+            candidate = window(x_pad, offset, self.stride, out.shape[2:])
+            if argmax is not None:
+                np.maximum(argmax, np.multiply(candidate > out, k, dtype=argmax.dtype), out=argmax)
             np.maximum(out, candidate, out=out)
-        return out, argmax
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         saved = self._recall(grad_output)
         argmax = saved.argmax
         if argmax is None:
             argmax = self._max_and_argmax(saved.x_pad, grad_output.shape[2:])[1]
+        grad = batch_last(saved.padded_shape, grad_output.dtype, fill=None)
+        parallel.channelwise(self._route_to_max, grad, grad_output, argmax)
+        return self._unpad(grad, saved.input_shape, saved.padding)
+
+    def _route_to_max(self, grad, grad_output, argmax):
+        """``grad``: ``dL/dy`` sent to the offset ``argmax`` of each window, 0 elsewhere."""
         # When the windows tile the input exactly, every pixel is written below: no zeros first.
-        tiled = self.stride == self.kernel_size and saved.padded_shape[2:] == tuple(
+        tiled = self.stride == self.kernel_size and grad.shape[2:] == tuple(
             size * kernel for size, kernel in zip(grad_output.shape[2:], self.kernel_size))
-        grad = batch_last(saved.padded_shape, grad_output.dtype, fill=None if tiled else 0.0)
+        if not tiled:
+            grad.fill(0)
         for k, offset in enumerate(kernel_offsets(self.kernel_size)):
             target = window(grad, offset, self.stride, grad_output.shape[2:])
             if self._windows_overlap():
                 target += grad_output * (argmax == k)
             else:                     # each pixel is in one window: write, no need to read
                 np.multiply(grad_output, argmax == k, out=target)
-        return self._unpad(grad, saved.input_shape, saved.padding)
 
 
 class AvgPool2D(_Pool2D):

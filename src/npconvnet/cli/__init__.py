@@ -20,6 +20,7 @@ import sys
 import warnings
 
 from ..datasets import DatasetError
+from ..parallel import get_num_threads, set_num_threads
 from .common import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from .evaluate import cmd_evaluate
 from .export import cmd_export
@@ -58,7 +59,10 @@ def main(argv=None):
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "summary": cmd_summary, "features": cmd_features, "export": cmd_export}
     expected = (CliError, DatasetError, ValueError, TypeError, OSError, ImportError)
+    threads = get_num_threads()         # --threads holds for this command, not for the caller after it
     try:
+        if getattr(args, "threads", None) is not None:
+            set_num_threads(args.threads)
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _show_warning
@@ -79,3 +83,5 @@ def main(argv=None):
         print(f"npconvnet: internal error: {type(error).__name__}: {_one_line(error)} "
               "(run again with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
+    finally:
+        set_num_threads(threads)

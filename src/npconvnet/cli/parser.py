@@ -71,6 +71,9 @@ def _paragraphs(*texts):
 def _add_common(parser):
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full Python traceback of an error (default: one line)")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="threads for the layers' work (default: $NPCONVNET_NUM_THREADS, else "
+                             "every core this process may use)")
 
 
 def _add_dataset(parser, default_text):

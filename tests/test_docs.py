@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 DOCUMENTED_MODULES = [
+    "npconvnet.callbacks",
     "npconvnet.layers.activations",
     "npconvnet.layers.containers",
     "npconvnet.layers.conv",

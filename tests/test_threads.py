@@ -9,6 +9,7 @@ its terms in another order); weights after a few training steps to a relative 1e
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -206,6 +207,18 @@ def test_a_failing_part_raises_in_the_caller_after_every_part_has_finished(threa
     with pytest.raises(ArithmeticError, match="part 1 failed"):
         parallel.run(part, range(3))
     assert sorted(finished) == [0, 2]
+
+
+def test_the_callers_floating_point_error_settings_hold_in_every_thread(threads, rng, small_blocks):
+    threads(3)
+    layer = Conv2D(3, 4, 3, padding=1)
+    layer.weight.data[...] = 3e38
+    x = np.full((64, 3, 20, 18), 3e38, np.float32)
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="overflow"):
+        layer.forward(x)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not np.isfinite(layer.forward(x)).any()
 
 
 def get_num_threads_in_a_new_process(value):

@@ -109,7 +109,10 @@ def run(function, parts):
     with _blas_on_one_thread():
         if len(parts) < 2 or _num_threads == 1:
             return [_run_inside(function, part) for part in parts]
-        futures = [_thread_pool().submit(_run_inside, function, part) for part in parts[1:]]
+        # NumPy's floating-point error handling (np.errstate) belongs to each thread: the
+        # caller's goes with the parts, so that an overflow warns, raises or stays quiet alike.
+        errors = {"call": np.geterrcall(), **np.geterr()}
+        futures = [_thread_pool().submit(_run_inside, function, part, errors) for part in parts[1:]]
         try:
             first = _run_inside(function, parts[0])
         finally:
@@ -142,10 +145,11 @@ def channelwise(function, *arrays):
     run(lambda part: function(*(array[:, part] for array in arrays)), parts)
 
 
-def _run_inside(function, part):
+def _run_inside(function, part, errors=None):
     _worker.inside = True
     try:
-        return function(part)
+        with contextlib.nullcontext() if errors is None else np.errstate(**errors):
+            return function(part)
     finally:
         _worker.inside = False
 

@@ -1,6 +1,7 @@
 """The layer protocol: ``forward`` computes the output, ``backward`` applies the chain rule."""
 
 import inspect
+import math
 from collections import namedtuple
 from types import SimpleNamespace
 
@@ -96,7 +97,7 @@ class Layer:
         training step, 15% of the step). Smaller arrays are better left to the allocator, which
         hands out memory freed a moment ago and still in the cache.
         """
-        if np.prod(shape) * np.dtype(dtype).itemsize < WORKSPACE_BYTES:
+        if math.prod(shape) * np.dtype(dtype).itemsize < WORKSPACE_BYTES:
             return create()
         key = (tuple(shape), np.dtype(dtype))
         if self._workspaces.get(name, (None,))[0] != key:

@@ -1,5 +1,7 @@
 """Convolution."""
 
+import math
+
 import numpy as np
 
 from .. import checks, parallel
@@ -154,7 +156,7 @@ class Conv2D(_AffineLayer):
         row; at least one block per thread (unless the columns are too small to share out, see
         ``parallel.MIN_PART_BYTES``), evened out."""
         (out_h, out_w), n = out_size, x_pad.shape[0]
-        window_size = x_pad.shape[1] * np.prod(self.kernel_size)
+        window_size = x_pad.shape[1] * math.prod(self.kernel_size)
         pixel_bytes = window_size * n * x_pad.itemsize
         pixels = max(1, BLOCK_BYTES // max(1, pixel_bytes))                         # output pixels a block
         threads = min(parallel.get_num_threads(), out_h * out_w * pixel_bytes // parallel.MIN_PART_BYTES)
@@ -173,21 +175,22 @@ class Conv2D(_AffineLayer):
         blocks = self._blocks(x_pad, out_size)
         block_size = max((rows.stop - rows.start) * (columns.stop - columns.start) for rows, columns in blocks)
         shape = (x_pad.shape[1], *self.kernel_size)
-        buffer_size = np.prod(shape) * block_size * x_pad.shape[0]
+        buffer_size = math.prod(shape) * block_size * x_pad.shape[0]
         return [self._column_blocks(x_pad, stride, share, self._workspace(
-                    f"columns of {np.prod(shape)}, share {index}", (buffer_size,), x_pad.dtype,
+                    f"columns of {math.prod(shape)}, share {index}", (buffer_size,), x_pad.dtype,
                     lambda: np.empty(buffer_size, x_pad.dtype)))
                 for index, share in enumerate(parallel.shares(blocks))]
 
     def _column_blocks(self, x_pad, stride, blocks, buffer):
         """``(rows, columns, cols)`` for each of ``blocks``, the columns built in ``buffer``."""
         n, shape = x_pad.shape[0], (x_pad.shape[1], *self.kernel_size)
+        window_size = math.prod(shape)
         for rows, columns in blocks:
             extent = (rows.stop - rows.start, columns.stop - columns.start)
-            cols = buffer[:np.prod(shape) * extent[0] * extent[1] * n].reshape(*shape, *extent, n)
+            cols = buffer[:window_size * extent[0] * extent[1] * n].reshape(*shape, *extent, n)
             im2col(windows_of_outputs(x_pad, rows, columns, self.kernel_size, stride), self.kernel_size, stride,
                    (0, 0, 0, 0), out=cols)
-            yield rows, columns, cols.reshape(np.prod(shape), -1)
+            yield rows, columns, cols.reshape(window_size, -1)
 
     def backward(self, grad_output: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """The chain rule through ``y = W @ cols + b``, one block of outputs at a time::

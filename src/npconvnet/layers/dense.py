@@ -1,5 +1,7 @@
 """Fully connected layers and the reshape in front of them."""
 
+import math
+
 import numpy as np
 
 from .. import checks, regularizers
@@ -112,13 +114,13 @@ class Flatten(Layer):
     samplewise = True
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int]:
-        return (int(np.prod(input_shape)),)
+        return (math.prod(input_shape),)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._check_input(x, layout="(N, ...)")
         if x.ndim < 2:
             raise ValueError(f"{self!r}: expected an input with a batch axis, got shape {x.shape}")
-        out = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))      # -1 is ambiguous for an empty batch
+        out = x.reshape(x.shape[0], math.prod(x.shape[1:]))      # -1 is ambiguous for an empty batch
         self._remember(out, input_shape=x.shape, batch_last=is_batch_last(x))
         return out
 

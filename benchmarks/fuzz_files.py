@@ -59,6 +59,10 @@ from npconvnet import Sequential, datasets, serialization  # noqa: E402
 from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU  # noqa: E402
 from npconvnet.models import load_checkpoint, load_model  # noqa: E402
 
+# The tests' independent IDX reader is the reference here too.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from idx_reference import read_idx_independently  # noqa: E402
+
 OUTCOMES = ("refused", "identical", "as-stored", "accepted", "silent", "leak", "hang")
 BAD = ("silent", "leak", "hang")
 # How the cases are shared among the kinds of file, and the changes made to each kind.
@@ -428,21 +432,6 @@ def change_idx(raw, change, rng):
     return edit_idx_header(raw, rng)
 
 
-def independent_idx(raw):
-    """The array an IDX file's bytes hold, read here from the format's definition, or None."""
-    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in dtypes or not 1 <= raw[3] <= 4:
-        return None
-    ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim:
-        return None
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    dtype = np.dtype(dtypes[raw[2]])
-    body = raw[4 + 4 * ndim:]
-    if len(body) != math.prod(shape) * dtype.itemsize:
-        return None
-    return np.frombuffer(body, dtype).reshape(shape)
-
 
 # One case
 
@@ -503,7 +492,7 @@ def run_case(corpus, folder, kind, change, content, expected, time_limit):
         sample, stored = expected
         if same_array(array, sample):
             return "identical", ""
-        holds = None if stored is None else independent_idx(stored)
+        holds = None if stored is None else read_idx_independently(stored)
         if holds is not None and same_array(array, holds.astype(holds.dtype.newbyteorder("="))):
             return "as-stored", ""
         return "silent", f"read {array.dtype} {array.shape}; the bytes hold {holds!r:.200}"

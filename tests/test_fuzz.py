@@ -29,6 +29,7 @@ from npconvnet.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPo
 from npconvnet import Sequential
 from npconvnet.models import load_checkpoint, load_model
 from npconvnet.serialization import ModelFileError
+from idx_reference import read_idx_independently
 from model_files import as_format_version, header_of, npy_bytes, npy_parts, read_members, sealed, set_header, zipped
 from synthetic import png_declaring
 
@@ -283,25 +284,9 @@ IDX_SAMPLES = [np.arange(60, dtype=np.uint8).reshape(5, 4, 3), np.arange(6, dtyp
                np.linspace(-1, 1, 12).reshape(2, 2, 3).astype(np.float32)]
 
 
-def expected_idx(raw):
-    """An independent reading of an uncompressed IDX file, or None when it is not valid."""
-    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in dtypes or not 1 <= raw[3] <= 4:
-        return None
-    ndim = raw[3]
-    if len(raw) < 4 + 4 * ndim:
-        return None
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    dtype = np.dtype(dtypes[raw[2]])
-    body = raw[4 + 4 * ndim:]
-    if len(body) != int(np.prod(shape, dtype=object)) * dtype.itemsize:
-        return None
-    return np.frombuffer(body, dtype).reshape(shape)
-
-
 def check_idx(path, raw):
     """``read_idx(path)``, whose uncompressed content is ``raw``: the array, or DatasetError."""
-    expected = expected_idx(raw)
+    expected = read_idx_independently(raw)
     try:
         array = read_idx(path)
     except DatasetError:

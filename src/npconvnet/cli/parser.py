@@ -45,6 +45,26 @@ def input_shape(text):
     return shape
 
 
+def class_weight(text):
+    """``balanced``, or ``LABEL:WEIGHT,...`` such as ``3:5,7:2.5`` (labels left out weigh 1)."""
+    if text == "balanced":
+        return text
+    weights = {}
+    for item in text.split(","):
+        label, _, weight = item.partition(":")
+        try:
+            label, weight = int(label), float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected 'balanced' or LABEL:WEIGHT pairs such as 3:5,7:2.5, "
+                                             f"got {text!r}") from None
+        if label < 0 or not math.isfinite(weight) or weight < 0:
+            raise argparse.ArgumentTypeError(f"expected labels >= 0 and finite weights >= 0, got {item!r}")
+        if label in weights:
+            raise argparse.ArgumentTypeError(f"label {label} is given twice in {text!r}")
+        weights[label] = weight
+    return weights
+
+
 def model_name(text):
     if text not in zoo.names():
         raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose from {', '.join(zoo.names())}")
@@ -146,6 +166,15 @@ def _add_train(commands):
     train.add_argument("--validation-split", type=fraction, metavar="X",
                        help="fraction of the training images held out for validation, per class "
                             "(default: 0.1; 0 for none)")
+    train.add_argument("--class-weight", type=class_weight, metavar="balanced|LABEL:WEIGHT,...",
+                       help="weigh each training image's loss by its class: 'balanced' gives a class "
+                            "N / (classes * its count), as scikit-learn and Keras do; '3:5,7:2' "
+                            "weighs 3s 5 times and 7s twice, the others once (default: all 1)")
+    train.add_argument("--balance", choices=("over", "under"),
+                       help="resample the training images (not the validation or test ones) to "
+                            "the same count per class: 'over' repeats images of the smaller classes "
+                            "up to the largest's count, 'under' keeps as many of each as the "
+                            "smallest has; seeded by --seed (default: as they are)")
     train.add_argument("--out", metavar="DIR",
                        help="folder for the files (default: runs/MODEL-DATASET; with --resume the "
                             "checkpoint's folder)")

@@ -12,7 +12,7 @@ import numpy as np
 from .. import __version__, plots, zoo
 from ..atomic import atomic_write
 from ..callbacks import Callback
-from ..data import train_val_split
+from ..data import oversample, train_val_split, undersample
 from ..rng import manual_seed
 from ..models import Sequential, load_checkpoint
 from ..training import CHECKPOINT_FILE, TrainingDivergedError, unfinished_checkpoint
@@ -90,8 +90,8 @@ def resolve_run(args):
     model = args.model or DEFAULT_MODEL
     recipe = QUICK_RECIPE if args.model is None else zoo.recipe(model, dataset_label(data))
     run = {"model": model, "dataset": _dataset_key(data), "seed": 0, "validation_split": 0.1,
-           "recipe": recipe}
-    for option in ("seed", "validation_split"):
+           "class_weight": None, "balance": None, "recipe": recipe}
+    for option in ("seed", "validation_split", "class_weight", "balance"):
         if getattr(args, option) is not None:
             run[option] = getattr(args, option)
     run["recipe"] = _apply_overrides(run["recipe"], args)
@@ -107,10 +107,30 @@ def _dataset_key(data):
     return str(Path(data).resolve()) if Path(data).is_dir() else str(data)
 
 
+def _class_weight_setting(value):
+    """--class-weight as run.json records it (JSON keys are text), or as fit takes it back."""
+    if isinstance(value, dict):
+        return {str(label): weight for label, weight in value.items()}
+    return value
+
+
+def _fit_class_weight(value):
+    return {int(label): weight for label, weight in value.items()} if isinstance(value, dict) else value
+
+
+def _class_weight_text(value):
+    """``balanced`` or ``3:5,7:2``: class weights as --class-weight takes them."""
+    if isinstance(value, dict):
+        return ",".join(f"{label}:{weight:g}" for label, weight in value.items())
+    return value
+
+
 def _recorded_options(run):
-    """What each train option was in the recorded ``run``, as argparse would give it."""
+    """What each train option was in the recorded ``run``, as argparse would give it (runs
+    recorded before --class-weight and --balance existed had neither)."""
     recipe = run["recipe"]
     return {"model": run["model"], "seed": run["seed"], "validation_split": run["validation_split"],
+            "class_weight": _fit_class_weight(run.get("class_weight")), "balance": run.get("balance"),
             "batch_size": recipe["batch_size"], "optimizer": recipe["optimizer"], "lr": recipe["lr"],
             "weight_decay": (recipe.get("optimizer_kwargs") or {}).get("weight_decay", 0),
             "augment": bool(recipe.get("augment"))}
@@ -121,6 +141,10 @@ def _option_text(option, value):
     flag = "--" + option.replace("_", "-")
     if option == "augment":
         return flag if value else "--no-augment"
+    if value is None:
+        return f"no {flag}"
+    if option == "class_weight":
+        return f"{flag} {_class_weight_text(value)}"
     return f"{flag} {value:.12g}" if isinstance(value, float) else f"{flag} {value}"
 
 
@@ -177,10 +201,16 @@ def _training_data(run, data_dir):
     x_train, y_train = x_train[:subset.get("train")], y_train[:subset.get("train")]
     x_test, y_test = x_test[:subset.get("test")], y_test[:subset.get("test")]
     if not run["validation_split"]:
-        return (x_train, y_train), None, (x_test, y_test), class_names
+        return _balanced((x_train, y_train), run), None, (x_test, y_test), class_names
     fit, validation = train_val_split(x_train, y_train, val_fraction=run["validation_split"],
                                       seed=run["seed"], stratify=True)
-    return fit, validation, (x_test, y_test), class_names
+    return _balanced(fit, run), validation, (x_test, y_test), class_names
+
+
+def _balanced(fit, run):
+    """The training images resampled as --balance asks (validation and test images never are)."""
+    resample = {"over": oversample, "under": undersample, None: None}[run.get("balance")]
+    return fit if resample is None else resample(*fit, seed=run["seed"])
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -255,7 +285,9 @@ def _describe_run(run, model, initial_epoch, x_fit, validation, x_test, shape, c
           + (f", weight decay {weight_decay:g}" if weight_decay else "")
           + (f", {recipe['schedule']['name']} schedule" if recipe.get("schedule") else "")
           + f"), batch size {recipe['batch_size']}, epochs {initial_epoch + 1}-{recipe['epochs']}, "
-          f"augmentation {'on' if recipe.get('augment') else 'off'}, seed {run['seed']}")
+          f"augmentation {'on' if recipe.get('augment') else 'off'}, seed {run['seed']}"
+          + (f", {run['balance']}sampled to the same count per class" if run.get("balance") else "")
+          + (f", class weights {_class_weight_text(run['class_weight'])}" if run.get("class_weight") else ""))
 
 
 def _describe_stretch(recipe, planned):
@@ -302,7 +334,8 @@ def cmd_train(args):
     augmenter = zoo.build_augmenter(recipe, seed=run["seed"])
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / SETTINGS_FILE, {**run, "version": __version__})
+    write_json(out / SETTINGS_FILE, {**run, "class_weight": _class_weight_setting(run.get("class_weight")),
+                                     "version": __version__})
     checkpoint = out / CHECKPOINT_FILE
     history_files = HistoryFiles(out)
     _describe_run(run, model, initial_epoch, x_fit, validation, x_test, shape, class_names)
@@ -319,7 +352,8 @@ def cmd_train(args):
             model.fit(x_fit, y_fit, epochs=recipe["epochs"], batch_size=recipe["batch_size"],
                       validation_data=validation, augment=augmenter, seed=run["seed"],
                       verbose=args.verbose, callbacks=callbacks, checkpoint_dir=out,
-                      resume_from=args.resume, overwrite=True)    # checked above, with run.json
+                      resume_from=args.resume, overwrite=True,    # checked above, with run.json
+                      class_weight=_fit_class_weight(run.get("class_weight")))
     except TrainingDivergedError as error:
         raise TrainingDiverged(_divergence_message(error, run)) from error
     except KeyboardInterrupt:

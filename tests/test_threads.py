@@ -17,7 +17,9 @@ import pytest
 import npconvnet
 from npconvnet import parallel, reference, zoo
 from npconvnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                              GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh, conv)
+                              GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Sequential, Sigmoid, Tanh, conv)
+from npconvnet.layers.containers import EVAL_CHUNK
+from npconvnet.parameter import Parameter
 from npconvnet.losses import CrossEntropyLoss
 from npconvnet.optim import Adam
 
@@ -178,6 +180,52 @@ def test_fit_and_predict_on_three_threads_match_one_thread(threads):
         model.fit(x, y, epochs=1, batch_size=64, verbose=0)
         results.append(model.predict(x))
     assert_equal_to_float32_rounding(results[1], results[0], rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["convnet", "resnet-mini"])
+def test_a_large_batch_in_evaluation_gives_the_one_thread_output_on_two_and_three_threads(name, threads):
+    """In evaluation a Sequential hands whole chunks of the batch to the threads, through twins of
+    its layers: each chunk's output is that of one thread."""
+    npconvnet.manual_seed(0)
+    model = zoo.get(name, input_shape=(1, 28, 28), num_classes=10).eval()
+    x = np.random.default_rng(1).standard_normal((3 * EVAL_CHUNK + 5, 1, 28, 28)).astype(np.float32)
+    threads(1)
+    expected = model.forward(x)
+    for count in THREAD_COUNTS[1:]:
+        threads(count)
+        assert_equal_to_float32_rounding(model.forward(x), expected, f"on {count} threads")
+        np.testing.assert_array_equal(model.forward(x), model.forward(x))
+
+
+def test_the_chunks_threads_see_weights_replaced_since_their_last_call(threads):
+    threads(2)
+    model = Sequential(Conv2D(1, 4, 3), ReLU(), Flatten(), Dense(4 * 6 * 6, 3)).eval()
+    x = np.random.default_rng(0).standard_normal((2 * EVAL_CHUNK + 2, 1, 8, 8)).astype(np.float32)
+    model.forward(x)
+    model[3].weight = Parameter(np.zeros_like(model[3].weight.data))     # a new array, not the old one changed
+    model[3].bias.data[:] = 7.0                                          # changed in place
+    np.testing.assert_array_equal(model.forward(x), np.full((len(x), 3), 7.0, np.float32))
+
+
+def test_the_chunks_threads_see_a_layer_added_inside_the_model(threads):
+    threads(2)
+    inner = Sequential(Dense(4, 4), Dropout(0.5))
+    model = Sequential(inner, Dense(4, 2)).eval()
+    x = np.random.default_rng(0).standard_normal((2 * EVAL_CHUNK + 2, 4)).astype(np.float32)
+    expected = model.forward(x)
+    inner.add(ReLU())
+    with_relu = Sequential(Sequential(inner[0], ReLU()), model[1]).eval()
+    assert_equal_to_float32_rounding(model.forward(x), with_relu.forward(x))
+    assert not np.allclose(model.forward(x), expected)
+
+
+def test_a_twin_shares_the_parameters_and_keeps_workspaces_of_its_own():
+    layer = Conv2D(8, 4, 3, padding=1, activation="relu")
+    layer.forward(np.zeros((64, 8, 64, 64), np.float32))     # a padded copy large enough to keep
+    twin = layer.twin()
+    assert twin.weight is layer.weight and twin.bias is layer.bias
+    assert twin.activation_layer is not layer.activation_layer
+    assert layer._workspaces and not twin._workspaces and twin._cache is None
 
 
 def test_set_num_threads_changes_what_get_num_threads_returns(threads):

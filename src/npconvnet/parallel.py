@@ -8,10 +8,14 @@ every layer shares. The parts, and the order their results are added in, depend 
 of threads alone, so that the same number of threads gives the same bits every time; with one
 thread the parts are plain calls, one after the other, in the caller.
 
-While the parts run, BLAS is held to one thread (with threadpoolctl), one thread of npconvnet's
-included: the cores are npconvnet's then, and a BLAS pool beside its threads would only fight
-them for the cores (on a busy machine, OpenBLAS's spinning threads made a one-thread
-convolution ten times slower). Outside the parts BLAS keeps its own setting.
+While the parts run, and for the whole of a pass through a ``Sequential``
+(:func:`blas_on_one_thread`), BLAS is held to one thread (with threadpoolctl), one thread of
+npconvnet's included: the cores are npconvnet's then, and a BLAS pool beside its threads would
+only fight them for the cores. OpenBLAS's threads spin for a while after each product they
+share, so one product of a Dense layer left to BLAS's pool between two convolutions kept both
+cores spinning while npconvnet's threads waited for them (vgg-mini trained 15% slower on two
+threads than with BLAS held for the whole pass; on a busy machine, spinning threads once made a
+one-thread convolution ten times slower). Outside npconvnet's calls BLAS keeps its own setting.
 
 The number of threads is, as for PyTorch's ``torch.set_num_threads``, the cores this process may
 run on, unless the environment variable ``NPCONVNET_NUM_THREADS`` or :func:`set_num_threads`
@@ -64,6 +68,7 @@ _num_threads = _from_environment()
 _pool = None                 # created at the first parallel call, for _num_threads - 1 workers
 _blas = None                 # threadpoolctl's controllers of the loaded BLAS libraries
 _worker = threading.local()  # .inside: this thread is running a part (nested calls run inline)
+_holding = threading.local()  # .depth: blas_on_one_thread blocks this thread is inside
 
 
 def get_num_threads():
@@ -84,16 +89,22 @@ def set_num_threads(num_threads):
     _num_threads = num_threads
 
 
+def threads_here():
+    """The threads a call made here may share its work among: :func:`get_num_threads` in the
+    caller's thread, 1 inside a part (whose own parts run inline, one after the other)."""
+    return 1 if getattr(_worker, "inside", False) else _num_threads
+
+
 def split(length):
-    """``range(length)`` cut into at most :func:`get_num_threads` slices of nearly equal
+    """``range(length)`` cut into at most :func:`threads_here` slices of nearly equal
     lengths (fewer when ``length`` is short), one for each thread."""
-    count = max(1, min(_num_threads, length))
+    count = max(1, min(threads_here(), length))
     bounds = [length * part // count for part in range(count + 1)]
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
 def shares(items):
-    """The list ``items`` cut into at most :func:`get_num_threads` runs in order, one for each thread."""
+    """The list ``items`` cut into at most :func:`threads_here` runs in order, one for each thread."""
     return [items[part] for part in split(len(items))]
 
 
@@ -106,7 +117,7 @@ def run(function, parts):
     parts = list(parts)
     if getattr(_worker, "inside", False):
         return [function(part) for part in parts]
-    with _blas_on_one_thread():
+    with blas_on_one_thread():
         if len(parts) < 2 or _num_threads == 1:
             return [_run_inside(function, part) for part in parts]
         # NumPy's floating-point error handling (np.errstate) belongs to each thread: the
@@ -127,7 +138,7 @@ def channel_parts(array):
     """The channels (axis 1) of ``array`` cut into one slice for each thread, or into a single
     slice when the array is too small to share out (``MIN_PART_BYTES`` for each thread)."""
     channels = array.shape[1] if array.ndim > 1 else 1
-    count = max(1, min(_num_threads, channels, array.nbytes // MIN_PART_BYTES))
+    count = max(1, min(threads_here(), channels, array.nbytes // MIN_PART_BYTES))
     bounds = [channels * part // count for part in range(count + 1)]
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
@@ -162,19 +173,25 @@ def _thread_pool():
 
 
 @contextlib.contextmanager
-def _blas_on_one_thread():
-    """BLAS on one thread inside the block, its own setting back after it. Only the libraries
-    not on one thread already are changed: that costs a microsecond a call (threadpoolctl's
-    ``limit`` some tens), which matters at batch 1."""
+def blas_on_one_thread():
+    """BLAS on one thread inside the block, its own setting back after it; blocks inside it
+    (a layer's parts inside a Sequential's pass) change nothing. Only the libraries not on one
+    thread already are changed: that costs a microsecond a call (threadpoolctl's ``limit``
+    some tens), which matters at batch 1."""
     global _blas
+    if getattr(_holding, "depth", 0):
+        yield
+        return
     if _blas is None:
         _blas = ThreadpoolController().select(user_api="blas").lib_controllers
     changed = [(library, count) for library in _blas if (count := library.get_num_threads()) != 1]
     for library, _ in changed:
         library.set_num_threads(1)
+    _holding.depth = 1
     try:
         yield
     finally:
+        _holding.depth = 0
         for library, count in changed:
             library.set_num_threads(count)
 

@@ -1,5 +1,6 @@
 """The layer protocol: ``forward`` computes the output, ``backward`` applies the chain rule."""
 
+import copy
 import inspect
 import math
 from collections import namedtuple
@@ -9,6 +10,10 @@ import numpy as np
 
 from ..parameter import Parameter
 from ..rng import default_rng
+
+#: What a layer's call leaves behind for its backward, as opposed to what defines the layer.
+_PER_CALL = frozenset({"_cache", "_workspaces", "_chunked_input", "_twins"})
+
 
 #: Every layer class by name, so that an architecture (and a model file) can name its layers.
 LAYER_CLASSES = {}
@@ -103,6 +108,36 @@ class Layer:
         if self._workspaces.get(name, (None,))[0] != key:
             self._workspaces[name] = (key, create())
         return self._workspaces[name][1]
+
+    def twin(self):
+        """A copy of this layer, and of every layer inside it, that shares their parameters and
+        buffers (the same arrays) but has workspaces and saved values of its own, so that the
+        copy's forward can run on another thread while this layer's does (as a Sequential runs
+        the chunks of a large batch in evaluation mode). The copy reads the weights as they are
+        at each call, but a parameter, buffer or layer replaced by another after the copy was
+        made is not replaced in it (see :meth:`definition`)."""
+        shared = {}
+        for layer in self.walk():
+            for name, value in vars(layer).items():
+                if name in _PER_CALL:
+                    shared[id(value)] = {} if name == "_workspaces" else None
+                elif isinstance(value, (np.ndarray, Parameter)):
+                    shared[id(value)] = value
+        return copy.deepcopy(self, shared)
+
+    def walk(self):
+        """This layer, then every layer inside it, depth first."""
+        yield self
+        for _, child in self.children():
+            yield from child.walk()
+
+    def definition(self):
+        """``[(layer, name, value), ...]``: every attribute of this layer and of the layers inside
+        it but what a call leaves behind. Two definitions of the same layer hold the same
+        objects (``is``) until a parameter, a buffer, an option or a layer has been replaced or
+        added, or the mode switched: a :meth:`twin` made in between is stale then."""
+        return [(layer, name, value) for layer in self.walk()
+                for name, value in vars(layer).items() if name not in _PER_CALL]
 
     # What backward needs from forward.
     def _remember(self, output, **values):

@@ -159,7 +159,7 @@ class Conv2D(_AffineLayer):
         window_size = x_pad.shape[1] * math.prod(self.kernel_size)
         pixel_bytes = window_size * n * x_pad.itemsize
         pixels = max(1, BLOCK_BYTES // max(1, pixel_bytes))                         # output pixels a block
-        threads = min(parallel.get_num_threads(), out_h * out_w * pixel_bytes // parallel.MIN_PART_BYTES)
+        threads = min(parallel.threads_here(), out_h * out_w * pixel_bytes // parallel.MIN_PART_BYTES)
         pixels = min(pixels, -(-out_h * out_w // max(1, threads)))
         if pixels >= out_w:
             block_h, block_w = _evened(out_h, pixels // out_w), out_w

@@ -3,12 +3,12 @@
     module = npconvnet.to_torch(model)          # a torch.nn.Sequential computing model.forward
     model = npconvnet.from_torch(module)        # a trainable npconvnet.Sequential, not compiled
 
-Each layer maps onto one PyTorch module (classes matched exactly, both ways)::
+Each layer maps onto its PyTorch module (classes matched exactly, both ways)::
 
     Conv2D            nn.Conv2d: stride, padding as ints, pairs, "same" (stride 1, as PyTorch
                       allows) or "valid"; "full" becomes kernel - 1 on each side. Zero padding,
-                      dilation 1 and groups 1 only; padding with other values on the two sides
-                      of an axis has no nn.Conv2d equivalent and is refused
+                      dilation 1 and groups 1 only. Unequal padding on the two sides of an axis
+                      and "same" at a larger stride have no nn.Conv2d equivalent: refused
     MaxPool2D         nn.MaxPool2d (dilation 1, ceil_mode=False, return_indices=False)
     AvgPool2D         nn.AvgPool2d with count_include_pad=True, as npconvnet counts the zero
                       padding in the mean (count_include_pad=False is taken without padding
@@ -39,7 +39,9 @@ same outputs and gradients; npconvnet then trains them as any other parameter).
 
 The values are copied bit for bit, in the dtype they have: float32 (npconvnet's and PyTorch's
 default) or float64, one dtype for the whole network. Each layer keeps its training or
-evaluation mode. Both directions take CPU or GPU tensors and give CPU arrays and modules.
+evaluation mode. ``from_torch`` takes a module on any device; ``to_torch`` gives one on the
+CPU (``module.to("cuda")`` moves it).
+
 What a Sequential of layers does not hold is left behind: ``model.preprocessing`` (the module
 takes what ``model.forward`` takes, preprocessed floats, and gives what it gives, logits for
 the zoo), ``input_shape``, ``class_names``, ``weight_init`` and ``kernel_regularizer`` (a

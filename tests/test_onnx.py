@@ -14,34 +14,13 @@ import npconvnet
 from npconvnet import Sequential, layers, zoo
 from npconvnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                               GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual, Sigmoid, Softmax, Tanh)
+from synthetic import randomise
 
 onnx = pytest.importorskip("onnx", reason="the onnx package (pip install 'npconvnet[onnx]') builds the graphs")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (in the test extra) runs the exported graphs")
 
 PROBABILITY_TOLERANCE = 1e-5
 OUTPUT_TOLERANCE = 1e-4
-
-
-def randomise(model, seed=0):
-    """Random biases, batch-norm scales and shifts, and running statistics far from (0, 1), so
-    that every parameter and buffer shows in the output (fresh ones are zeros and ones)."""
-    generator = np.random.default_rng(seed)
-    for name, parameter in model.named_parameters():
-        if name.endswith("bias"):
-            parameter.data[...] = generator.normal(0, 0.3, parameter.data.shape)
-        elif parameter.data.ndim == 1:            # a batch-norm scale
-            parameter.data[...] = generator.uniform(0.5, 1.5, parameter.data.shape)
-    for _, layer in all_layers(model):
-        if isinstance(layer, (BatchNorm1D, BatchNorm2D)):
-            layer.running_mean[...] = generator.normal(0, 0.5, layer.num_features)
-            layer.running_var[...] = generator.uniform(0.5, 2.0, layer.num_features)
-    return model
-
-
-def all_layers(layer, prefix="model"):
-    yield prefix, layer
-    for name, child in layer.children():
-        yield from all_layers(child, f"{prefix}.{name}")
 
 
 def pixels(shape, seed=0):

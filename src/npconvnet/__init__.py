@@ -20,18 +20,20 @@ The public surface::
     npconvnet.reference    conv2d, max_pool2d, avg_pool2d, dense (+ _backward): the layers' math, plainly
     npconvnet.load_model   rebuild a model saved with model.save(path)
     npconvnet.export_onnx  write a model as an ONNX graph (needs the onnx extra)
+    npconvnet.to_torch, from_torch   a model as a torch.nn.Sequential and back, weights included
+                           (needs the torch extra)
     npconvnet.set_num_threads, get_num_threads   the threads a layer call runs on (all cores by default)
 
 The modules import one way: ``layers`` at the bottom (with ``windows``, ``products``,
 ``parameter``, ``rng``), then ``losses``, ``optim``, ``schedulers``, ``callbacks``, ``metrics``
 and ``data``; then ``serialization`` (model files), ``training`` (fit and friends) and
 ``models`` (the trainable Sequential); then ``zoo`` and the exporters (``export``,
-``onnx_export``); the command line (``cli``) on top.
+``onnx_export``, ``torch_interop``); the command line (``cli``) on top.
 """
 
 from . import (callbacks, data, datasets, imaging, layers, losses, metrics, models, optim, plots, reference,
                regularizers, schedulers, zoo)
-from .export import export_onnx
+from .export import export_onnx, from_torch, to_torch
 from .models import Sequential, load_model
 from .parallel import get_num_threads, set_num_threads
 from .parameter import Parameter
@@ -43,4 +45,5 @@ from .version import __version__
 __all__ = ["callbacks", "data", "datasets", "imaging", "layers", "plots", "losses", "metrics", "models", "optim",
            "reference", "regularizers", "schedulers", "zoo",
            "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError", "export_onnx",
+           "from_torch", "to_torch",
            "get_num_threads", "set_num_threads"]

@@ -357,3 +357,74 @@ def test_fit_after_explaining_gives_the_same_weights_as_fit_without_it():
     without, with_explanations = trained(False), trained(True)
     for name, value in without.items():
         np.testing.assert_array_equal(with_explanations[name], value, err_msg=name)
+
+
+# ---------------------------------------------------------------------------- npconvnet explain
+
+@pytest.fixture
+def model_and_image(tmp_path, pillow):
+    """A digit model file (untrained, 3 classes named) and a 28x28 image file of a bright square."""
+    pytest.importorskip("matplotlib", reason="npconvnet explain draws its pictures with matplotlib")
+    model = npconvnet.Sequential(Conv2D(1, 4, 3, activation="relu"), MaxPool2D(2), Conv2D(4, 4, 3, activation="relu"),
+                                 Flatten(), Dense(4 * 11 * 11, 3))
+    model.input_shape, model.class_names = (1, 28, 28), ["bar", "ring", "dot"]
+    model.save(tmp_path / "model.npz")
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[8:20, 10:18] = 255
+    pillow.fromarray(pixels).save(tmp_path / "square.png")
+    return tmp_path / "model.npz", tmp_path / "square.png"
+
+
+def run_cli(capsys, *argv):
+    from npconvnet import cli
+    status = cli.main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_the_explain_command_writes_the_grad_cam_and_saliency_pictures(model_and_image, tmp_path, capsys):
+    from test_plots import assert_png
+    model_file, image = model_and_image
+    status, out, err = run_cli(capsys, "explain", model_file, image, "--out", tmp_path / "why", "--prepare", "resize")
+    assert status == 0, err
+    assert sorted(path.name for path in (tmp_path / "why").iterdir()) == ["grad_cam.png", "saliency.png"]
+    assert_png(tmp_path / "why" / "grad_cam.png", min_size=(500, 200))
+    assert_png(tmp_path / "why" / "saliency.png", min_size=(400, 200))
+    assert "with Grad-CAM of layer 2 (Conv2D)" in out and "Wrote 2 pictures" in out
+
+
+def test_the_explain_command_takes_a_class_by_name_or_index_and_a_layer_by_name(model_and_image, tmp_path, capsys):
+    model_file, image = model_and_image
+    status, out, _ = run_cli(capsys, "explain", model_file, image, "--out", tmp_path / "a", "--target", "ring",
+                             "--layer", "0.activation", "--prepare", "resize")
+    assert status == 0 and "explained class ring with Grad-CAM of layer 0.activation (ReLU)" in out
+    status, out, _ = run_cli(capsys, "explain", model_file, image, "--out", tmp_path / "b", "--target", "2",
+                             "--layer", "1", "--prepare", "resize")
+    assert status == 0 and "explained class dot with Grad-CAM of layer 1 (MaxPool2D)" in out
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--target", "7"], "--target 7: the model has 3 classes, indices 0 to 2"),
+    (["--target", "cat"], "--target 'cat': not a class of the model (its classes: bar, ring, dot)"),
+    (["--layer", "9"], "--layer: layer index 9 is out of range for a model of 5 layers"),
+    (["--layer", "3"], "layer 3 (Flatten) outputs shape (1, 484), not feature maps"),
+])
+def test_the_explain_command_reports_a_bad_target_or_layer_in_one_line(model_and_image, tmp_path, capsys,
+                                                                       options, message):
+    model_file, image = model_and_image
+    status, _, err = run_cli(capsys, "explain", model_file, image, "--out", tmp_path / "x", *options)
+    assert status == 2 and err.strip().count("\n") == 0 and message in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_plot_grad_cam_draws_the_map_divided_by_its_maximum_over_the_image():
+    pytest.importorskip("matplotlib", reason="pictures need matplotlib")
+    from npconvnet import plots
+    image, heat = np.random.default_rng(16).uniform(0, 1, (2, 6, 7))
+    figure = plots.plot_grad_cam(image, 3 * heat)
+    np.testing.assert_allclose(figure.axes[1].images[0].get_array(), heat / heat.max(), rtol=1e-6)
+    overlay = figure.axes[2].images
+    np.testing.assert_allclose(overlay[0].get_array(), image, rtol=1e-6)
+    assert overlay[1].get_alpha() == 0.5
+    with pytest.raises(ValueError, match=r"expected a map \(H, W\) of the image's size \(6, 7\)"):
+        plots.plot_grad_cam(image, heat[:5])

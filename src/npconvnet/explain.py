@@ -204,7 +204,7 @@ def _is_one_image(model, x):
     else:
         first = next((layer for _, layer in named_layers(model) if isinstance(layer, Conv2D)), None)
         channels = None if first is None else first.in_channels
-    ndim = np.ndim(x) if not isinstance(x, str) else 0
+    ndim = np.ndim(x)                   # 0 for the path of a .npy file: a batch
     return channels is not None and ((ndim == 2 and channels == 1) or (ndim == 3 and channels > 1))
 
 

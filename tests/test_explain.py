@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import npconvnet
-from npconvnet import explain, optim
+from npconvnet import cli, explain, optim, plots
 from npconvnet.layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU,
                               Residual, Sequential, Softmax)
 
@@ -211,7 +211,7 @@ def test_a_trained_model_puts_most_of_its_grad_cam_mass_in_the_quadrant_holding_
                                  Conv2D(16, 32, 3, padding="same", activation="relu"), GlobalAvgPool2D(),
                                  Dense(32, 4))
     model.compile(optimizer=optim.Adam(lr=1e-2))
-    model.fit(x, y, epochs=8, batch_size=32, seed=1)
+    model.fit(x, y, epochs=8, batch_size=32, seed=1, verbose=0)
     assert model.evaluate(x_test, y_test)["accuracy"] > 0.95
     cam = explain.grad_cam(model, x_test, target=y_test)
     quadrant_mass = cam.reshape(-1, 2, 8, 2, 8).sum(axis=(2, 4)).reshape(-1, 4)     # (N, 4 quadrants)
@@ -349,11 +349,11 @@ def test_fit_after_explaining_gives_the_same_weights_as_fit_without_it():
         model = npconvnet.Sequential(Conv2D(1, 4, 3, padding="same", activation="relu"), BatchNorm2D(4),
                                      MaxPool2D(2), Dropout(0.3), Flatten(), Dense(4 * 8 * 8, 4))
         model.compile(optimizer=optim.Adam(lr=1e-2))
-        model.fit(x, y, epochs=1, batch_size=16, seed=3)
+        model.fit(x, y, epochs=1, batch_size=16, seed=3, verbose=0)
         if explain_between:
             explain.grad_cam(model, x[:10])
             explain.saliency(model, x[:10], target=2)
-        model.fit(x, y, epochs=2, batch_size=16, seed=3, initial_epoch=1)
+        model.fit(x, y, epochs=2, batch_size=16, seed=3, initial_epoch=1, verbose=0)
         return model.state_dict()
 
     without, with_explanations = trained(False), trained(True)
@@ -367,8 +367,8 @@ def test_fit_after_explaining_gives_the_same_weights_as_fit_without_it():
 def model_and_image(tmp_path, pillow):
     """A digit model file (untrained, 3 classes named) and a 28x28 image file of a bright square."""
     pytest.importorskip("matplotlib", reason="npconvnet explain draws its pictures with matplotlib")
-    model = npconvnet.Sequential(Conv2D(1, 4, 3, activation="relu"), MaxPool2D(2), Conv2D(4, 4, 3, activation="relu"),
-                                 Flatten(), Dense(4 * 11 * 11, 3))
+    model = npconvnet.Sequential(Conv2D(1, 4, 3, activation="relu"), MaxPool2D(2),
+                                 Conv2D(4, 4, 3, activation="relu"), Flatten(), Dense(4 * 11 * 11, 3))
     model.input_shape, model.class_names = (1, 28, 28), ["bar", "ring", "dot"]
     model.save(tmp_path / "model.npz")
     pixels = np.zeros((28, 28), np.uint8)
@@ -378,16 +378,16 @@ def model_and_image(tmp_path, pillow):
 
 
 def run_cli(capsys, *argv):
-    from npconvnet import cli
     status = cli.main([str(arg) for arg in argv])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
 
 def test_the_explain_command_writes_the_grad_cam_and_saliency_pictures(model_and_image, tmp_path, capsys):
-    from test_plots import assert_png
+    from test_plots import assert_png   # a module that needs matplotlib, present once the fixture ran
     model_file, image = model_and_image
-    status, out, err = run_cli(capsys, "explain", model_file, image, "--out", tmp_path / "why", "--prepare", "resize")
+    status, out, err = run_cli(capsys, "explain", model_file, image, "--out", tmp_path / "why",
+                               "--prepare", "resize")
     assert status == 0, err
     assert sorted(path.name for path in (tmp_path / "why").iterdir()) == ["grad_cam.png", "saliency.png"]
     assert_png(tmp_path / "why" / "grad_cam.png", min_size=(500, 200))
@@ -421,7 +421,6 @@ def test_the_explain_command_reports_a_bad_target_or_layer_in_one_line(model_and
 
 def test_plot_grad_cam_draws_the_map_divided_by_its_maximum_over_the_image():
     pytest.importorskip("matplotlib", reason="pictures need matplotlib")
-    from npconvnet import plots
     image, heat = np.random.default_rng(16).uniform(0, 1, (2, 6, 7))
     figure = plots.plot_grad_cam(image, 3 * heat)
     np.testing.assert_allclose(figure.axes[1].images[0].get_array(), heat / heat.max(), rtol=1e-6)

@@ -268,7 +268,8 @@ def _heat_map(heat, image, where):
     maximum (its magnitude, for a signed one); an all-zero map stays 0."""
     heat = np.asarray(heat, dtype=np.float32)
     if heat.shape != image.shape[:2]:
-        raise ValueError(f"{where}: expected a map (H, W) of the image's size {image.shape[:2]}, got shape {heat.shape}")
+        raise ValueError(f"{where}: expected a map (H, W) of the image's size {image.shape[:2]}, "
+                         f"got shape {heat.shape}")
     if not np.isfinite(heat).all():
         raise ValueError(f"{where}: the map holds NaN or infinite values")
     top = float(np.abs(heat).max())

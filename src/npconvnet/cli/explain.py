@@ -13,7 +13,8 @@ another (see ``npconvnet.explain``). The pictures go to ``explain/MODEL-IMAGE/``
 from pathlib import Path
 
 from .. import explain, plots
-from .common import EXIT_OK, CliError, class_names, load_model_file, model_images, model_label, predict, write_pictures
+from .common import (EXIT_OK, CliError, class_names, load_model_file, model_images, model_label, predict,
+                     write_pictures)
 
 
 def _target(text, names):

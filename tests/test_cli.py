@@ -551,7 +551,7 @@ def test_the_horizontal_edge_filter_finds_a_horizontal_step_which_the_vertical_o
 
 # ---------------------------------------------------------------------------- help
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "summary", "features"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "summary", "features", "explain"])
 def test_help_of_every_subcommand_gives_each_option_a_default(command, capsys):
     status, out, _ = run(capsys, command, "--help")
     assert status == 0
@@ -566,7 +566,7 @@ def test_help_of_every_subcommand_gives_each_option_a_default(command, capsys):
 def test_main_help_lists_the_subcommands(capsys):
     status, out, _ = run(capsys, "--help")
     assert status == 0
-    for command in ("train", "evaluate", "predict", "summary", "features"):
+    for command in ("train", "evaluate", "predict", "summary", "features", "explain"):
         assert command in out
 
 

@@ -16,7 +16,8 @@ The public surface::
     npconvnet.metrics      accuracy, precision, recall, f1_score, confusion_matrix
     npconvnet.zoo          get(name), names(), recipe(name): tiny ... resnet-mini
     npconvnet.imaging      load_image, prepare_digit (a photo of a digit made to look like MNIST)
-    npconvnet.plots        training curves, confusion matrices, filters and feature maps
+    npconvnet.plots        training curves, confusion matrices, filters, feature maps, heat maps
+    npconvnet.explain      saliency, saliency_map, grad_cam: what the network looks at
     npconvnet.reference    conv2d, max_pool2d, avg_pool2d, dense (+ _backward): the layers' math, plainly
     npconvnet.load_model   rebuild a model saved with model.save(path)
     npconvnet.export_onnx  write a model as an ONNX graph (needs the onnx extra)
@@ -27,12 +28,12 @@ The public surface::
 The modules import one way: ``layers`` at the bottom (with ``windows``, ``products``,
 ``parameter``, ``rng``), then ``losses``, ``optim``, ``schedulers``, ``callbacks``, ``metrics``
 and ``data``; then ``serialization`` (model files), ``training`` (fit and friends) and
-``models`` (the trainable Sequential); then ``zoo`` and the exporters (``export``,
-``onnx_export``, ``torch_interop``); the command line (``cli``) on top.
+``models`` (the trainable Sequential); then ``zoo``, ``explain`` (saliency and Grad-CAM) and
+the exporters (``export``, ``onnx_export``, ``torch_interop``); the command line (``cli``) on top.
 """
 
-from . import (callbacks, data, datasets, imaging, layers, losses, metrics, models, optim, plots, reference,
-               regularizers, schedulers, zoo)
+from . import (callbacks, data, datasets, explain, imaging, layers, losses, metrics, models, optim, plots,
+               reference, regularizers, schedulers, zoo)
 from .export import export_onnx, from_torch, to_torch
 from .models import Sequential, load_model
 from .parallel import get_num_threads, set_num_threads
@@ -42,7 +43,7 @@ from .serialization import ModelFileError, save_model
 
 from .version import __version__
 
-__all__ = ["callbacks", "data", "datasets", "imaging", "layers", "plots", "losses", "metrics", "models", "optim",
+__all__ = ["callbacks", "data", "datasets", "explain", "imaging", "layers", "plots", "losses", "metrics", "models", "optim",
            "reference", "regularizers", "schedulers", "zoo",
            "Sequential", "Parameter", "manual_seed", "load_model", "save_model", "ModelFileError", "export_onnx",
            "from_torch", "to_torch",

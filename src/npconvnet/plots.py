@@ -1,4 +1,5 @@
-"""Pictures: training curves, confusion matrices, image grids, filters and feature maps.
+"""Pictures: training curves, confusion matrices, image grids, filters, feature maps, and the
+heat maps of what a network looks at (Grad-CAM and saliency, from ``npconvnet.explain``).
 
 Every function draws on a matplotlib ``Figure`` of its own with the non-interactive Agg canvas
 (no window, no pyplot state, works on servers), saves it when ``path`` is given (PNG at
@@ -18,7 +19,8 @@ import numpy as np
 from .atomic import atomic_write
 
 __all__ = ["plot_history", "plot_confusion_matrix", "plot_image_grid", "plot_filters",
-           "plot_feature_maps", "plot_misclassified", "save_figure", "png_bytes"]
+           "plot_feature_maps", "plot_misclassified", "plot_grad_cam", "plot_saliency", "save_figure",
+           "png_bytes"]
 
 DPI = 100
 
@@ -259,3 +261,66 @@ def plot_misclassified(images, true_labels, predicted_labels, probabilities, cla
     ncols = min(len(images), 8)
     return plot_image_grid(images, titles, path=path, title=title, ncols=ncols, cell=1.3,
                            dpi=dpi)
+
+
+def _heat_map(heat, image, where):
+    """A finite ``(H, W)`` map of ``image``'s height and width, stretched to [0, 1] by its
+    maximum (its magnitude, for a signed one); an all-zero map stays 0."""
+    heat = np.asarray(heat, dtype=np.float32)
+    if heat.shape != image.shape[:2]:
+        raise ValueError(f"{where}: expected a map (H, W) of the image's size {image.shape[:2]}, "
+                         f"got shape {heat.shape}")
+    if not np.isfinite(heat).all():
+        raise ValueError(f"{where}: the map holds NaN or infinite values")
+    top = float(np.abs(heat).max())
+    return np.abs(heat) / top if top > 0 else np.zeros_like(heat)
+
+
+def _image_panel(axes, image, label):
+    axes.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes.set_title(label, fontsize=9)
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def plot_grad_cam(image, heat_map, path=None, title="Grad-CAM", alpha=0.5, cmap="jet", dpi=DPI):
+    """Grad-CAM over its image: the image, the heat map, and the heat map laid over the image.
+
+    ``image``: ``(H, W)``, ``(C, H, W)`` or ``(H, W, 3)`` with values in [0, 1] (the image as
+    the model gets it, before its preprocessing); ``heat_map``: ``(H, W)``, e.g.
+    ``explain.grad_cam(model, image)``, drawn divided by its maximum (``cmap``, red the most
+    important; the colour bar reads in fractions of the maximum), over the image with opacity
+    ``alpha``.
+    """
+    image = _as_displayable(image)
+    heat = _heat_map(heat_map, image, "plot_grad_cam")
+    figure = _figure(7.5, 2.9)
+    panels = figure.subplots(1, 3)
+    _image_panel(panels[0], image, "input")
+    shown = panels[1].imshow(heat, cmap=cmap, vmin=0, vmax=1, interpolation="bilinear")
+    panels[1].set_title("Grad-CAM", fontsize=9)
+    _image_panel(panels[2], image, "Grad-CAM over the input")
+    panels[2].imshow(heat, cmap=cmap, vmin=0, vmax=1, alpha=alpha, interpolation="bilinear")
+    panels[1].set_xticks([])
+    panels[1].set_yticks([])
+    figure.colorbar(shown, ax=list(panels), shrink=0.8, label="fraction of the maximum")
+    figure.suptitle(title, fontsize=11)
+    return _save(figure, path, dpi)
+
+
+def plot_saliency(image, saliency_map, path=None, title="Saliency", cmap="hot", dpi=DPI):
+    """A saliency map beside its image. ``saliency_map``: ``(H, W)``, e.g.
+    ``explain.saliency_map(model, image)`` (``max_c |dS/dx|``), drawn divided by its maximum;
+    ``image`` as in :func:`plot_grad_cam`."""
+    image = _as_displayable(image)
+    heat = _heat_map(saliency_map, image, "plot_saliency")
+    figure = _figure(5.4, 2.9)
+    panels = figure.subplots(1, 2)
+    _image_panel(panels[0], image, "input")
+    shown = panels[1].imshow(heat, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    panels[1].set_title("|gradient|, largest over the channels", fontsize=9)
+    panels[1].set_xticks([])
+    panels[1].set_yticks([])
+    figure.colorbar(shown, ax=list(panels), shrink=0.8, label="fraction of the maximum")
+    figure.suptitle(title, fontsize=11)
+    return _save(figure, path, dpi)

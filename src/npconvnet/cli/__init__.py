@@ -1,4 +1,4 @@
-"""The ``npconvnet`` command: train, evaluate, predict, summary, features and export.
+"""The ``npconvnet`` command: train, evaluate, predict, summary, features, explain and export.
 
 ``main(argv)`` is the console script's entry point (``python -m npconvnet`` runs it too); it
 returns the exit status: 0 on success, 2 for bad input (a missing or unreadable file, an
@@ -13,7 +13,7 @@ checkpoint keeps the last good epoch.
 
 The package: ``parser`` (the options of every subcommand), ``common`` (errors, files, image
 preparation), and one module per subcommand: ``train``, ``evaluate``, ``predict``,
-``summary``, ``features``, ``export``.
+``summary``, ``features``, ``explain``, ``export``.
 """
 
 import sys
@@ -23,6 +23,7 @@ from ..datasets import DatasetError
 from ..parallel import get_num_threads, set_num_threads
 from .common import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, CliError
 from .evaluate import cmd_evaluate
+from .explain import cmd_explain
 from .export import cmd_export
 from .features import cmd_features
 from .parser import build_parser
@@ -57,7 +58,8 @@ def main(argv=None):
     except SystemExit as exit_:             # --help, --version, or a bad command line
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "summary": cmd_summary, "features": cmd_features, "export": cmd_export}
+                "summary": cmd_summary, "features": cmd_features, "explain": cmd_explain,
+                "export": cmd_export}
     expected = (CliError, DatasetError, ValueError, TypeError, OSError, ImportError)
     threads = get_num_threads()         # --threads holds for this command, not for the caller after it
     try:

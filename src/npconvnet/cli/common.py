@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import plots
 from ..atomic import atomic_write
 from ..data import scale, to_nchw
 from ..datasets import MNIST_CLASSES, load_dataset
@@ -62,6 +63,30 @@ def read_settings(folder):
     if not isinstance(settings, dict):
         raise CliError(f"{path}: expected a JSON object of settings")
     return settings
+
+
+def model_label(path):
+    """A model file's name for folders of pictures: a model.npz or checkpoint.npz is named after
+    its folder (runs/convnet-mnist/model.npz: convnet-mnist), any other file after itself."""
+    model = Path(path).resolve()
+    return {"model": model.parent.name, "checkpoint": f"{model.parent.name}-checkpoint"}.get(
+        model.stem, model.stem)
+
+
+def write_pictures(out, figures, overwrite):
+    """Write the figures ``{name: Figure}`` as PNG files into ``out``, atomically; without
+    ``overwrite``, refuse (before writing any) when a file there would change, so that no
+    earlier run's pictures are lost (the same model, image and options draw the same pixels)."""
+    pictures = {name: plots.png_bytes(figure) for name, figure in figures.items()}
+    if not overwrite:
+        changed = [name for name, picture in pictures.items()
+                   if (out / name).exists() and (out / name).read_bytes() != picture]
+        if changed:
+            raise CliError(f"{out} already holds {', '.join(changed)} of another model, image or "
+                           "options: choose another --out, or add --overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, picture in pictures.items():
+        atomic_write(out / name, lambda file, picture=picture: file.write(picture))
 
 
 def skip_pictures(names, error):

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import plots
-from ..atomic import atomic_write
 from ..imaging import load_image, resize_image, to_grayscale
 from ..layers import (AvgPool2D, Conv2D, LeakyReLU, MaxPool2D, ReLU, Residual, Sequential, Sigmoid,
                       Tanh)
 from ..training import layer_outputs
 from .common import (DIGIT_SHAPE, EXIT_OK, IMAGE_MAX_SIZE, CliError, class_names, load_model_file,
-                     model_images, predict, prepared_images)
+                     model_images, model_label, predict, prepared_images, write_pictures)
 
 #: The hand-made filters of the classic NumPy-CNN walkthroughs: vertical and horizontal edges.
 EDGE_FILTERS = np.array([[[-1, 0, 1], [-1, 0, 1], [-1, 0, 1]],
@@ -37,10 +36,7 @@ def _default_folder(args):
     image = Path(args.paths[-1]).stem
     if args.filters == "edges":
         return Path("features") / f"edges-{image}"
-    model = Path(args.paths[0]).resolve()
-    label = {"model": model.parent.name, "checkpoint": f"{model.parent.name}-checkpoint"}.get(
-        model.stem, model.stem)
-    return Path("features") / f"{label}-{image}"
+    return Path("features") / f"{model_label(args.paths[0])}-{image}"
 
 
 def _first_kernel(model):
@@ -101,21 +97,6 @@ def _model_figures(args):
     return figures, f"{image_path}: predicted {names[best]} ({probabilities[0, best]:.1%})"
 
 
-def _write_pictures(out, figures, overwrite):
-    """Write the figures as PNG files into ``out``, atomically; without ``overwrite``, refuse
-    (before writing any) when a file there would change."""
-    pictures = {name: plots.png_bytes(figure) for name, figure in figures.items()}
-    if not overwrite:
-        changed = [name for name, picture in pictures.items()
-                   if (out / name).exists() and (out / name).read_bytes() != picture]
-        if changed:
-            raise CliError(f"{out} already holds {', '.join(changed)} of another model, image or "
-                           "options: choose another --out, or add --overwrite to replace them")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, picture in pictures.items():
-        atomic_write(out / name, lambda file, picture=picture: file.write(picture))
-
-
 def cmd_features(args):
     if args.filters == "edges":
         if len(args.paths) != 1:
@@ -126,7 +107,7 @@ def cmd_features(args):
     else:
         figures, line = _model_figures(args)
     out = Path(args.out) if args.out is not None else _default_folder(args)
-    _write_pictures(out, figures, args.overwrite)
+    write_pictures(out, figures, args.overwrite)
     if line is None:
         print(f"Wrote {', '.join(str(out / name) for name in figures)}")
     else:

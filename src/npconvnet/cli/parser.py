@@ -288,6 +288,37 @@ def _add_features(commands):
     _add_common(features)
 
 
+def _add_explain(commands):
+    explain = commands.add_parser(
+        "explain", help="Grad-CAM and saliency pictures: what the network looks at in one image",
+        formatter_class=_HelpFormatter,
+        description=_paragraphs(
+            "Save pictures of what the model looks at in one image: grad_cam.png (the image, "
+            "its Grad-CAM heat map for one class, and the map over the image) and saliency.png "
+            "(the largest absolute gradient of the class score over the channels, per pixel). "
+            "The class score is the logit, before any softmax. The image is prepared as "
+            "predict prepares it.",
+            "The pictures go to explain/MODEL-IMAGE/, named after the model file (or its run's "
+            "folder) and the image. Pictures already in the folder are never replaced by "
+            "different ones without --overwrite."))
+    explain.add_argument("model_file", metavar="MODEL_FILE", help="a model file from npconvnet train")
+    explain.add_argument("image", metavar="IMAGE", help="an image file")
+    explain.add_argument("--target", metavar="CLASS",
+                         help="the class to explain, by name or index (default: the predicted class)")
+    explain.add_argument("--layer", metavar="LAYER",
+                         help="the layer whose feature maps Grad-CAM weighs: an index into the model's "
+                              "layers (as npconvnet summary numbers them) or a layer's name such as "
+                              "4.block.0 (default: the last convolution)")
+    explain.add_argument("--out", metavar="DIR",
+                         help="folder for the pictures (default: explain/MODEL-IMAGE, where MODEL is the "
+                              "model file's name, or its folder's for model.npz, and IMAGE the image's name)")
+    explain.add_argument("--overwrite", action="store_true", default=False,
+                         help="replace pictures in the folder that this run draws differently "
+                              "(default: off; they are refused)")
+    _add_prepare(explain)
+    _add_common(explain)
+
+
 def _add_export(commands):
     export = commands.add_parser(
         "export", help="write a model file as an ONNX graph", formatter_class=_HelpFormatter,
@@ -321,6 +352,7 @@ def build_parser():
                         help="show the full Python traceback of an error (default: one line)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_features, _add_export):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_features, _add_explain,
+                _add_export):
         add(commands)
     return parser

@@ -104,6 +104,14 @@ class Communicator:
     def __repr__(self):
         return f"Communicator(rank={self.rank}, size={self.size})"
 
+    def local_size(self) -> int:
+        """How many ranks run on this rank's machine (a collective call: every rank calls it)."""
+        local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        try:
+            return local.Get_size()
+        finally:
+            local.Free()
+
     # Sharding.
     def split(self, count: int) -> tuple[int, int]:
         """``(start, stop)`` of this rank's part of ``count`` items: contiguous parts in rank

@@ -194,6 +194,28 @@ def test_mpirun_npconvnet_train_distributed_trains_the_model_of_one_process(mpir
                                                                        "history.csv", "run.json"}
 
 
+def test_bad_input_on_the_ranks_of_npconvnet_train_is_one_line_and_exit_status_2(mpirun, tmp_path):
+    from test_cli import write_dataset
+    data = write_dataset(tmp_path / "data", train=40, test=10)
+    result = launch(mpirun, 2, "-m", "npconvnet", "train", "--distributed", "--dataset", data, "--out",
+                    tmp_path / "run", "--model", "conv5", "--epochs", "1", "--batch-size", "1")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert ("error: fit: distributed training on 2 ranks needs at least 2 samples in every batch (one per "
+            "rank)") in result.stderr
+
+
+def test_a_divergence_stops_every_rank_with_exit_status_3_and_rank_0_reports_it(mpirun, tmp_path):
+    from test_cli import write_dataset
+    data = write_dataset(tmp_path / "data", train=120, test=10)
+    result = launch(mpirun, 2, "-m", "npconvnet", "train", "--distributed", "--dataset", data, "--out",
+                    tmp_path / "run", "--model", "conv5", "--epochs", "1", "--batch-size", "16",
+                    "--optimizer", "sgd", "--lr", "1e30", "--quiet")
+    assert result.returncode == 3
+    assert result.stderr.count("npconvnet: error: training diverged in epoch 1/1") == 1
+    assert not (tmp_path / "run" / "model.npz").exists()
+
+
 # Without MPI.
 
 def test_distributed_fit_without_mpi4py_names_the_extra_to_install(monkeypatch):

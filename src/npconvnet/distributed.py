@@ -96,6 +96,7 @@ class Communicator:
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.shard = None
         self.gradient_bytes, self.gradient_seconds = 0, 0.0
+        self._guards = 0            # abort_on_error blocks entered: the outermost one reports
 
     @property
     def is_root(self) -> bool:
@@ -176,9 +177,6 @@ class Communicator:
             raise value
         return value
 
-    def barrier(self) -> None:
-        self.comm.Barrier()
-
     # Faults.
     @contextlib.contextmanager
     def abort_on_error(self, passing=(), exit_status=EXIT_ABORTED, describe=None):
@@ -187,12 +185,16 @@ class Communicator:
         forever in their next collective. ``describe(error)`` gives the message and exit
         status to use (default: the traceback, and ``exit_status``). Exceptions of the types
         in ``passing`` (raised by every rank alike) go through, and so do KeyboardInterrupt
-        and SystemExit: mpirun is then stopping the job already."""
+        and SystemExit: mpirun is then stopping the job already. Inside another such block
+        (``npconvnet train`` around ``fit``) the outer one reports and aborts."""
+        self._guards += 1
         try:
             yield self
         except passing:
             raise
         except Exception as error:
+            if self._guards > 1:
+                raise
             if describe is None:
                 message = "".join(traceback.format_exception(error)).rstrip()
                 status = exit_status
@@ -204,6 +206,8 @@ class Communicator:
             sys.stdout.flush()
             self.comm.Abort(status)
             raise       # Abort does not return; this only keeps the exception if it ever did
+        finally:
+            self._guards -= 1
 
 
 def communicator(distributed) -> Communicator | None:

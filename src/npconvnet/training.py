@@ -199,7 +199,7 @@ def _check_shards(samples, batch_size, ranks, per_rank):
     """A ValueError unless every batch of ``samples`` in batches of ``batch_size`` has
     ``per_rank`` samples for each of ``ranks`` ranks (the last batch is the smallest)."""
     smallest = samples - (math.ceil(samples / batch_size) - 1) * batch_size
-    if smallest < ranks * per_rank:
+    if ranks > 1 and smallest < ranks * per_rank:       # one rank holds every batch whole
         reason = "one per rank" if per_rank == 1 else f"{per_rank} per rank, for the model's Dropout layers"
         raise ValueError(f"fit: distributed training on {ranks} ranks needs at least {ranks * per_rank} "
                          f"samples in every batch ({reason}), but {samples} training samples in batches "

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 import npconvnet
-from npconvnet import Sequential, callbacks, optim
+from npconvnet import Sequential, callbacks, optim, regularizers
 from npconvnet.layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,10 +43,11 @@ class FailAt(callbacks.Callback):
             raise RuntimeError(f"rank {self.rank} fails on purpose in epoch {epoch + 1}")
 
 
-def build_model(optimizer):
+def build_model(optimizer, penalty=None):
     npconvnet.manual_seed(1)
     model = Sequential(Conv2D(1, 4, 3, padding=1, bias=False), BatchNorm2D(4), ReLU(), MaxPool2D(2), Dropout(0.25),
-                       Flatten(), Dense(4 * 5 * 5, 8, bias=False), BatchNorm1D(8), ReLU(), Dropout(0.5), Dense(8, 2))
+                       Flatten(), Dense(4 * 5 * 5, 8, bias=False), BatchNorm1D(8), ReLU(), Dropout(0.5),
+                       Dense(8, 2, kernel_regularizer=penalty))
     model.compile(optimizer=OPTIMIZERS[optimizer](), loss="cross_entropy", metrics=["accuracy"])
     return model
 
@@ -63,6 +64,8 @@ def main():
     parser.add_argument("--checkpoint-dir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--npy", action="store_true", help="pass the images as a memory-mapped .npy file")
+    parser.add_argument("--weighted", action="store_true",
+                        help="sample weights, balanced class weights and an L1/L2 penalty on the last layer")
     parser.add_argument("--fail-rank", type=int)
     parser.add_argument("--fail-epoch", type=int, default=1)
     parser.add_argument("--fail-how", choices=("raise", "kill"), default="raise")
@@ -74,13 +77,14 @@ def main():
         x = os.path.join(args.out, "images.npy")
         if not os.path.exists(x):
             np.save(x, images)
-    model = build_model(args.optimizer)
+    model = build_model(args.optimizer, regularizers.l1_l2(l1=1e-3, l2=1e-2) if args.weighted else None)
+    weights = dict(sample_weight=np.linspace(0.5, 2, args.samples), class_weight="balanced") if args.weighted else {}
     extra = [] if args.fail_rank is None else [FailAt(args.fail_rank, args.fail_epoch, args.fail_how)]
     checkpoint = None if args.checkpoint_dir is None else os.path.join(args.checkpoint_dir, "checkpoint.npz")
     model.fit(x, labels, epochs=args.epochs, batch_size=args.batch_size, seed=5,
               validation_split=args.validation_split, verbose=2, callbacks=extra,
               checkpoint_dir=args.checkpoint_dir, resume_from=checkpoint if args.resume else None,
-              distributed=args.distributed)
+              distributed=args.distributed, **weights)
     rank = 0
     if args.distributed:
         from mpi4py import MPI

@@ -103,6 +103,15 @@ def test_k_ranks_train_the_weights_one_process_trains_on_the_whole_batch(train, 
         assert_weights_close(weights, one)
 
 
+def test_sample_weights_and_weight_penalties_count_as_for_one_process_on_uneven_shards(train):
+    options = ("--weighted", "--batch-size", 10, "--epochs", 3)
+    one = train(None, *options)
+    for weights in train(3, *options).weights:
+        assert_weights_close(weights, one.weights[0])
+    np.testing.assert_allclose(train(3, *options).histories[0]["history"]["loss"],
+                               one.histories[0]["history"]["loss"], rtol=1e-5)
+
+
 def test_every_rank_ends_with_the_same_weights_bit_for_bit(train):
     weights = train(3, "--optimizer", "adam", "--batch-size", 10, "--epochs", 3).weights
     assert len(weights) == 3

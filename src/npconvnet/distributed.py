@@ -133,8 +133,8 @@ class Communicator:
         """Replace every parameter's ``.grad`` by its sum over the ranks.
 
         The gradients are copied into contiguous buckets of one dtype and at most about
-        :data:`BUCKET_BYTES` each, summed in place with one ``MPI.Allreduce`` per bucket, and
-        copied back. (Training scales each rank's gradients by its share of the batch first,
+        :data:`BUCKET_BYTES` each and summed in place with one ``MPI.Allreduce`` per bucket;
+        each ``.grad`` is then a view of its bucket. (Training scales each rank's gradients by its share of the batch first,
         so the sum is the mean gradient of the whole batch; see the module docstring.)
         """
         started = time.perf_counter()

@@ -106,7 +106,10 @@ class Callback:
 
     Attributes:
         model: the model being trained (``set_model``); None before ``fit``.
-        params: ``{"epochs", "steps", "metrics"}`` of the ``fit`` call (``set_params``).
+        params: ``{"epochs", "steps", "metrics"}`` of the ``fit`` call (``set_params``); in a
+            distributed ``fit`` also ``"rank"`` and ``"world_size"``. The callbacks run on every
+            rank, with the same logs, so that they decide alike; the built-in ones print and
+            write files on rank 0 alone (:attr:`is_root`).
 
     Example::
 
@@ -140,6 +143,12 @@ class Callback:
 
     def set_params(self, params: dict) -> None:
         self.params = params
+
+    @property
+    def is_root(self) -> bool:
+        """Whether this process prints and writes files: always, except on the ranks after
+        the first of a distributed ``fit``."""
+        return self.params.get("rank", 0) == 0
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         pass
@@ -511,7 +520,7 @@ class EarlyStopping(_Monitor):
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
-            if self.verbose:
+            if self.verbose and self.is_root:
                 print(f"EarlyStopping: {self.monitor} has not improved for {self.wait} epochs; "
                       f"stopping after epoch {epoch + 1}")
 
@@ -537,7 +546,7 @@ class EarlyStopping(_Monitor):
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.best_weights is not None and self.best_epoch != self.last_epoch:
             self.model.load_state_dict(self.best_weights)
-            if self.verbose:
+            if self.verbose and self.is_root:
                 print(f"EarlyStopping: restored the weights of epoch {self.best_epoch + 1} "
                       f"({self.monitor} = {self.best:.4f})")
 
@@ -614,7 +623,7 @@ class ReduceLROnPlateau(_Monitor):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         previous = self.model.optimizer.lr
         self.scheduler.step(self._current(logs))
-        if self.verbose and self.model.optimizer.lr != previous:
+        if self.verbose and self.is_root and self.model.optimizer.lr != previous:
             print(f"ReduceLROnPlateau: learning rate {previous:.4g} -> {self.model.optimizer.lr:.4g} "
                   f"after epoch {epoch + 1}")
 
@@ -789,12 +798,13 @@ class ModelCheckpoint(_Monitor):
                 return
             self.best = current
         path = self._path(epoch, logs)
-        folder = os.path.dirname(path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        self.model.save(path, include_optimizer=self.include_optimizer)
+        if self.is_root:                # every rank holds the same model: one file is enough
+            folder = os.path.dirname(path)
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            self.model.save(path, include_optimizer=self.include_optimizer)
         self.saved.append(path)
-        if self.verbose:
+        if self.verbose and self.is_root:
             print(f"ModelCheckpoint: saved {path}")
 
     def _path(self, epoch, logs):

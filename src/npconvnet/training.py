@@ -46,6 +46,12 @@ A checkpoint already in ``checkpoint_dir`` is never lost by accident: without ``
 call's ``epochs``, and not stopped early) or cannot be read; ``overwrite=True`` replaces it.
 A finished run's checkpoint is replaced, so that the same call can be run again.
 
+Data parallelism: ``fit(..., distributed=True)``, in every process of ``mpirun -n K``, trains
+on K ranks, each on its shard of every batch, with the gradients and the batch-normalization
+statistics summed over the ranks: the weights are those of one process with the same batch
+size, up to float32 rounding. Rank 0 alone prints and writes the checkpoint; see
+``npconvnet.distributed``.
+
 Divergence: a batch loss that is NaN or infinite (or weights that became so) stops ``fit``
 with :class:`TrainingDivergedError` before anything is saved; the checkpoint keeps the last
 good epoch, and ``save_model`` refuses non-finite weights anyway.
@@ -62,6 +68,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import data, losses, optim, rng, serialization
+from . import distributed as dist
 from . import metrics as metric_functions
 from .callbacks import CallbackList, History, ProgressBar
 from .layers.activations import Softmax, softmax
@@ -186,6 +193,18 @@ def _class_weights(class_weight, num_classes, labels):
             raise ValueError(f"fit: class_weight[{label}] must be a finite number >= 0, got {weight!r:.100}")
         per_class[label] = weight
     return per_class[labels]
+
+
+def _check_shards(samples, batch_size, ranks, per_rank):
+    """A ValueError unless every batch of ``samples`` in batches of ``batch_size`` has
+    ``per_rank`` samples for each of ``ranks`` ranks (the last batch is the smallest)."""
+    smallest = samples - (math.ceil(samples / batch_size) - 1) * batch_size
+    if ranks > 1 and smallest < ranks * per_rank:       # one rank holds every batch whole
+        reason = "one per rank" if per_rank == 1 else f"{per_rank} per rank, for the model's Dropout layers"
+        raise ValueError(f"fit: distributed training on {ranks} ranks needs at least {ranks * per_rank} "
+                         f"samples in every batch ({reason}), but {samples} training samples in batches "
+                         f"of {batch_size} end with a batch of {smallest}; choose another batch_size, "
+                         "or fewer ranks")
 
 
 def _augmenter(augment):
@@ -430,7 +449,8 @@ class Model:
             shuffle: bool = True, verbose: int = 1, initial_epoch: int = 0,
             checkpoint_dir: str | os.PathLike | None = None, resume_from: str | os.PathLike | None = None,
             overwrite: bool = False, sample_weight: np.ndarray | str | os.PathLike | None = None,
-            class_weight: dict[int, float] | str | None = None) -> History:
+            class_weight: dict[int, float] | str | None = None,
+            distributed: "bool | dist.Communicator" = False) -> History:
         """Train for ``epochs - initial_epoch`` epochs (``epochs`` is the index of the last
         epoch, as in Keras). Every layer's ``kernel_regularizer`` penalty is added to the loss
         minimised and reported.
@@ -468,14 +488,41 @@ class Model:
                 (``N / (classes * count of the label)``, as scikit-learn and Keras compute it),
                 which gives every sample of a label that weight; with ``sample_weight``, the
                 two weights multiply.
+            distributed: True to train data-parallel over MPI, in every process that
+                ``mpirun -n K`` started (or a ``npconvnet.distributed.Communicator``): each rank
+                reads and trains on its shard of every batch (every batch must hold at least
+                K samples), the gradients and batch-normalization statistics are summed over
+                the ranks, and validation is scored in parts and summed. Rank 0 alone prints
+                and writes the checkpoint; an exception on any rank stops the whole job
+                (``MPI_Abort``). Needs mpi4py (``pip install "npconvnet[mpi]"``). Default
+                False, one process. See ``npconvnet.distributed``.
 
         Returns:
             A :class:`~npconvnet.callbacks.History` of these epochs (``model.history`` holds
             every epoch trained so far).
 
         Raises:
-            TrainingDivergedError: when the loss becomes NaN or infinite.
+            TrainingDivergedError: when the loss becomes NaN or infinite (on every rank alike,
+                in a distributed run).
         """
+        communicator = dist.communicator(distributed)
+        arguments = dict(x=x, y=y, epochs=epochs, batch_size=batch_size, validation_data=validation_data,
+                         validation_split=validation_split, augment=augment, callbacks=callbacks, seed=seed,
+                         shuffle=shuffle, verbose=verbose, initial_epoch=initial_epoch,
+                         checkpoint_dir=checkpoint_dir, resume_from=resume_from, overwrite=overwrite,
+                         sample_weight=sample_weight, class_weight=class_weight)
+        if communicator is None:
+            return self._fit(None, **arguments)
+        # A divergence is seen by every rank alike (the loss is the whole batch's): it is
+        # raised as usual. Anything else may have hit this rank alone, and stops the job.
+        with communicator.abort_on_error(passing=(TrainingDivergedError,)):
+            return self._fit(communicator, **arguments)
+
+    def _fit(self, communicator, x, y, epochs, batch_size, validation_data, validation_split, augment,
+             callbacks, seed, shuffle, verbose, initial_epoch, checkpoint_dir, resume_from, overwrite,
+             sample_weight, class_weight):
+        """``fit``, on the ranks of ``communicator`` (None: in this process alone)."""
+        is_root = communicator is None or communicator.is_root
         self._require_compiled("fit")
         epochs = _check_count("fit", "epochs", epochs, 1)
         batch_size = _check_count("fit", "batch_size", batch_size, 1)
@@ -493,8 +540,11 @@ class Model:
             raise ValueError(f"fit: initial_epoch={initial_epoch} leaves no epoch to train with "
                              f"epochs={epochs} (epochs is the index of the last epoch, as in Keras)")
         if resume_from is None and checkpoint_dir is not None and not overwrite:
-            _refuse_unfinished_checkpoint(os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_FILE), epochs,
-                                          type(self))
+            path = os.path.join(os.fspath(checkpoint_dir), CHECKPOINT_FILE)
+            if communicator is None:
+                _refuse_unfinished_checkpoint(path, epochs, type(self))
+            else:
+                communicator.root_call(_refuse_unfinished_checkpoint, path, epochs, type(self))
         x, y = _as_array(x, "fit", "x"), _as_array(y, "fit", "y")
         x, y, validation = self._split_validation(x, y, validation_data, validation_split)
         if training is not None:
@@ -517,13 +567,21 @@ class Model:
             self.input_shape = tuple(convert(x[:1]).shape[1:])
         if seed is None:
             seed = int(rng.default_rng().integers(2**63))
+        if communicator is not None:
+            _check_shards(len(x), batch_size, communicator.size, dist.min_shard_size(self))
+            seed = communicator.broadcast(seed)
+            # Every rank starts from rank 0's weights, as PyTorch's DDP does.
+            communicator.broadcast_arrays([parameter.data for parameter in self.parameters()]
+                                          + [buffer for _, buffer in self.named_buffers()])
 
         logged = ["loss", *self.metric_names]
         logged += [f"val_{name}" for name in logged] if validation is not None else []
         params = {"epochs": epochs, "steps": math.ceil(len(x) / batch_size), "samples": len(x),
                   "batch_size": batch_size, "metrics": logged + ["lr"]}
-        callback_list = CallbackList(([ProgressBar(verbose)] if verbose else []) + list(callbacks or []),
-                                     self, params)
+        if communicator is not None:
+            params.update(rank=communicator.rank, world_size=communicator.size)
+        callback_list = CallbackList(([ProgressBar(verbose)] if verbose and is_root else [])
+                                     + list(callbacks or []), self, params)
         history = History()
         if self.history is None:
             self.history = History()
@@ -543,32 +601,38 @@ class Model:
             if training is not None:
                 callback_list.load_state_dict(training["callbacks"])
                 self.stop_training = training["stop_training"]
-            self._write_checkpoint(run, initial_epoch, callback_list)
+            self._write_checkpoint(run, initial_epoch, callback_list, communicator)
             for epoch in range(initial_epoch, epochs):
                 if self.stop_training:
                     break
                 epoch_rng = np.random.default_rng([seed, epoch])
                 rng.manual_seed(int(epoch_rng.integers(2**63)))      # this epoch's dropout masks
+                # Augmentation draws per batch, for the samples at hand: the ranks after the
+                # first draw their own (see npconvnet.distributed).
+                augment_rng = (epoch_rng if communicator is None or communicator.is_root
+                               else np.random.default_rng([seed, epoch, communicator.rank]))
                 callback_list.on_epoch_begin(epoch)
                 lr = self.optimizer.lr
-                if lr == 0:
+                if lr == 0 and is_root:
                     warnings.warn(f"fit: epoch {epoch + 1}/{epochs} starts with learning rate 0, so it "
                                   "will not change the weights (does a learning-rate schedule end "
                                   "before the last epoch? e.g. CosineAnnealingLR with T_max < epochs)",
-                                  stacklevel=2)
+                                  stacklevel=3)   # the caller of fit
                 self.train()
-                logs = self._train_epoch((x, y, convert, num_classes, weights), batch_size, shuffle, augmenter,
-                                         epoch, epoch_rng, callback_list, run)
+                with dist.attached(self, communicator):
+                    logs = self._train_epoch((x, y, convert, num_classes, weights), batch_size, shuffle,
+                                             augmenter, epoch, epoch_rng, callback_list, run, communicator,
+                                             augment_rng)
                 self._check_weights_are_finite(epoch, run)
                 if validation is not None:
                     self.eval()
-                    scores = self._evaluate_batches(*validation, batch_size=batch_size)
+                    scores = self._evaluate_batches(*validation, batch_size=batch_size, communicator=communicator)
                     logs.update((f"val_{name}", value) for name, value in scores.items())
                 logs["lr"] = lr
                 history.append(epoch, logs)
                 self.history.append(epoch, logs)
                 callback_list.on_epoch_end(epoch, logs)
-                self._write_checkpoint(run, epoch + 1, callback_list)
+                self._write_checkpoint(run, epoch + 1, callback_list, communicator)
             callback_list.on_train_end(logs)
         finally:
             rng.set_state(global_rng_state)
@@ -576,13 +640,21 @@ class Model:
         return history
 
     # Checkpoints.
-    def _write_checkpoint(self, run, next_epoch, callback_list):
+    def _write_checkpoint(self, run, next_epoch, callback_list, communicator=None):
+        """Write the checkpoint (on rank 0 alone in a distributed run: every rank holds the same
+        state; a failure to write is raised on every rank)."""
         if run.checkpoint is None:
             return
-        os.makedirs(os.path.dirname(run.checkpoint), exist_ok=True)
-        serialization.save_checkpoint(self, run.checkpoint, {**run.training, "next_epoch": next_epoch,
-                                               "stop_training": bool(self.stop_training),
-                                               "callbacks": callback_list.state_dict()})
+
+        def write():
+            os.makedirs(os.path.dirname(run.checkpoint), exist_ok=True)
+            serialization.save_checkpoint(self, run.checkpoint, {**run.training, "next_epoch": next_epoch,
+                                                   "stop_training": bool(self.stop_training),
+                                                   "callbacks": callback_list.state_dict()})
+        if communicator is None:
+            write()
+        else:
+            communicator.root_call(write)
         run.saved_epochs = next_epoch
 
     def _read_checkpoint(self, path, epochs, batch_size, seed, shuffle):
@@ -676,49 +748,92 @@ class Model:
                              f"{split_at} for training and {len(x) - split_at} for validation")
         return x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
 
-    def _train_epoch(self, prepared, batch_size, shuffle, augmenter, epoch, epoch_rng, callback_list, run):
+    def _train_epoch(self, prepared, batch_size, shuffle, augmenter, epoch, epoch_rng, callback_list, run,
+                     communicator=None, augment_rng=None):
         """One pass over the training data; returns the epoch's logs (sample-weighted means).
 
         A NaN or infinite batch loss raises :class:`TrainingDivergedError` before its
-        gradients reach the weights."""
+        gradients reach the weights. With a ``communicator``, this rank reads and trains on
+        its shard of each batch (see :meth:`_distributed_backward`)."""
         x, y, convert, num_classes, weights = prepared
+        x = np.asarray(x)           # a memmap stays on disk: each batch reads its rows alone
         total_loss, seen = 0.0, 0
         confusion = np.zeros((num_classes, num_classes), np.int64)
         logs = {}
-        # The batches are drawn as sample indices, so that labels and weights follow the images.
-        for batch, (x_batch, index) in enumerate(
-                data.batches(x, np.arange(len(x)), batch_size, shuffle=shuffle, seed=epoch_rng)):
+        # The batches are drawn as sorted sample indices (sequential reads from a memmap), so
+        # that labels and weights follow the images.
+        for batch, index in enumerate(data.batches(np.arange(len(x)), batch_size=batch_size, shuffle=shuffle,
+                                                   seed=epoch_rng)):
             callback_list.on_batch_begin(batch)
+            batch_length = len(index)
+            if communicator is not None:
+                start, stop = communicator.split(batch_length)
+                communicator.shard = (start, stop, batch_length)
+                index = index[start:stop]
             y_batch = y[index]
-            inputs = convert(x_batch)
+            inputs = convert(x[index])
             if augmenter is not None:
-                inputs = augmenter(inputs, rng=epoch_rng)
+                inputs = augmenter(inputs, rng=epoch_rng if augment_rng is None else augment_rng)
             outputs = self.forward(inputs)
             loss = self._loss(outputs, y_batch, num_classes, None if weights is None else weights[index])
-            if not math.isfinite(loss):
-                raise self._diverged(run, epoch, batch, loss, f"the loss is {loss}")
+            if communicator is None:
+                if not math.isfinite(loss):
+                    raise self._diverged(run, epoch, batch, loss, f"the loss is {loss}")
+                self.backward(self.loss.backward(), input_grad=False)
+                batch_confusion = self._batch_confusion(y_batch, outputs, num_classes)
+            else:
+                loss, batch_confusion = self._distributed_backward(
+                    communicator, loss, len(y_batch) / batch_length,
+                    self._batch_confusion(y_batch, outputs, num_classes))
+                if not math.isfinite(loss):
+                    raise self._diverged(run, epoch, batch, loss, f"the loss is {loss}")
             run.last_finite_loss = loss
-            self.backward(self.loss.backward(), input_grad=False)
             self._add_regularization_gradients()
             self.optimizer.step()       # backward overwrote every .grad: no zero_grad needed
-            total_loss += loss * len(y_batch)
-            seen += len(y_batch)
-            confusion += self._batch_confusion(y_batch, outputs, num_classes)
+            total_loss += loss * batch_length
+            seen += batch_length
+            confusion += batch_confusion
             logs = self._logs(total_loss / seen, confusion)
             callback_list.on_batch_end(batch, logs)
             if self.stop_training:
                 break
+        if communicator is not None:
+            communicator.shard = None
         return logs
 
+    def _distributed_backward(self, communicator, loss, share, confusion):
+        """Backward for this rank's shard, holding ``share`` (b_r / B) of the batch, and the sums
+        over the ranks; returns the whole batch's loss and confusion matrix, and leaves in
+        every ``.grad`` the whole batch's gradient, on every rank.
+
+        The shard's loss is its own mean; its gradient times ``share`` is its part of the
+        gradient of the whole batch's mean, so the sum over the ranks is that gradient, for
+        shards of any sizes. The weight penalties' gradients are added afterwards, once."""
+        grad_output = self.loss.backward()
+        self.backward(grad_output if share == 1 else grad_output * grad_output.dtype.type(share),
+                      input_grad=False)
+        communicator.allreduce_gradients(self.parameters())
+        totals = communicator.allreduce_sum(np.append(loss * share, confusion.ravel()))
+        return float(totals[0]), totals[1:].astype(np.int64).reshape(confusion.shape)
+
     # Evaluation and prediction.
-    def _evaluate_batches(self, x, y, convert, num_classes, batch_size):
+    def _evaluate_batches(self, x, y, convert, num_classes, batch_size, communicator=None):
+        """The logs over all of ``x``; with a ``communicator``, each rank scores its part
+        (:meth:`~npconvnet.distributed.Communicator.split`) and the sums are added up."""
+        count = len(x)
+        if communicator is not None:
+            start, stop = communicator.split(count)
+            x, y = x[start:stop], y[start:stop]
         total_loss = 0.0
         confusion = np.zeros((num_classes, num_classes), np.int64)
         for x_batch, y_batch in data.batches(x, y, batch_size, shuffle=False):
             outputs = self.forward(convert(x_batch))
             total_loss += self._loss(outputs, y_batch, num_classes) * len(y_batch)
             confusion += self._batch_confusion(y_batch, outputs, num_classes)
-        return self._logs(total_loss / len(x), confusion)
+        if communicator is not None:
+            totals = communicator.allreduce_sum(np.append(total_loss, confusion.ravel()))
+            total_loss, confusion = float(totals[0]), totals[1:].astype(np.int64).reshape(confusion.shape)
+        return self._logs(total_loss / count, confusion)
 
     def _loss(self, outputs, y_batch, num_classes, sample_weight=None):
         """The loss of a batch, its gradient kept for backward, plus the layers' weight penalties."""

@@ -19,9 +19,8 @@ preparation), and one module per subcommand: ``train``, ``evaluate``, ``predict`
 import sys
 import warnings
 
-from ..datasets import DatasetError
 from ..parallel import get_num_threads, set_num_threads
-from .common import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, CliError
+from .common import EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, EXPECTED_ERRORS, CliError, one_line
 from .evaluate import cmd_evaluate
 from .explain import cmd_explain
 from .export import cmd_export
@@ -34,19 +33,8 @@ from .train import cmd_train
 __all__ = ["main", "build_parser"]
 
 
-def _one_line(error):
-    """An error's message on one line: the lines joined, indentation dropped."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    message = lines[0]
-    for line in lines[1:]:
-        message += (" " if message.endswith(":") else "; ") + line
-    return message
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"npconvnet: warning: {_one_line(message)}", file=sys.stderr)
+    print(f"npconvnet: warning: {one_line(message)}", file=sys.stderr)
 
 
 def main(argv=None):
@@ -60,7 +48,6 @@ def main(argv=None):
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "summary": cmd_summary, "features": cmd_features, "explain": cmd_explain,
                 "export": cmd_export}
-    expected = (CliError, DatasetError, ValueError, TypeError, OSError, ImportError)
     threads = get_num_threads()         # --threads holds for this command, not for the caller after it
     try:
         if getattr(args, "threads", None) is not None:
@@ -74,15 +61,15 @@ def main(argv=None):
             raise
         print("npconvnet: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except expected as error:
+    except EXPECTED_ERRORS as error:
         if debug:
             raise
-        print(f"npconvnet: error: {_one_line(error)}", file=sys.stderr)
+        print(f"npconvnet: error: {one_line(error)}", file=sys.stderr)
         return error.exit_status if isinstance(error, CliError) else EXIT_USAGE
     except Exception as error:      # a bug: say so in one line; --debug shows where
         if debug:
             raise
-        print(f"npconvnet: internal error: {type(error).__name__}: {_one_line(error)} "
+        print(f"npconvnet: internal error: {type(error).__name__}: {one_line(error)} "
               "(run again with --debug for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
     finally:

@@ -10,7 +10,7 @@ import numpy as np
 from .. import plots
 from ..atomic import atomic_write
 from ..data import scale, to_nchw
-from ..datasets import MNIST_CLASSES, load_dataset
+from ..datasets import MNIST_CLASSES, DatasetError, load_dataset
 from ..imaging import ImageError, load_image, prepare_digit, resize_image
 from ..models import load_model
 
@@ -34,6 +34,21 @@ class TrainingDiverged(CliError):
     """The loss became NaN or infinite during npconvnet train (exit status 3)."""
 
     exit_status = EXIT_DIVERGED
+
+
+def one_line(error):
+    """An error's message on one line: the lines joined, indentation dropped."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    message = lines[0]
+    for line in lines[1:]:
+        message += (" " if message.endswith(":") else "; ") + line
+    return message
+
+
+#: The errors that bad input raises: reported as one line, exit status 2 (a CliError's own).
+EXPECTED_ERRORS = (CliError, DatasetError, ValueError, TypeError, OSError, ImportError)
 
 
 # ---------------------------------------------------------------------------- files

@@ -140,7 +140,13 @@ def _add_train(commands):
             "reached as if the run had been started with the new --epochs.",
             "A loss that becomes NaN or infinite stops training with exit status 3: model.npz is "
             "not written (one already there is left as it was) and checkpoint.npz keeps the last "
-            "good epoch."))
+            "good epoch.",
+            "'mpirun -n K npconvnet train --distributed ...' trains data-parallel on K processes "
+            "(needs mpi4py: pip install \"npconvnet[mpi]\"): each takes its share of every batch, "
+            "the gradients and batch-normalization statistics are summed over them, and the "
+            "model is the one a single process trains with the same batch size. Rank 0 prints "
+            "and writes the files; --resume may continue with another K. An error on any rank "
+            "stops them all."))
     train.add_argument("--model", type=model_name, metavar="NAME",
                        help=f"a model of the zoo: {', '.join(zoo.names())} (default: {DEFAULT_MODEL} "
                             "with the quick recipe)")
@@ -186,6 +192,10 @@ def _add_train(commands):
                        help="start afresh even when --out holds an unfinished run, replacing its "
                             "checkpoint.npz and run.json (default: off; an unfinished run there is "
                             "refused, a finished one is replaced)")
+    train.add_argument("--distributed", action="store_true", default=False,
+                       help="train data-parallel over MPI, one rank per process that mpirun started "
+                            "(default: off, one process); unless --threads says otherwise, the "
+                            "cores of a machine are shared out among its ranks")
     train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                        help="0 no progress output, 1 a progress bar per epoch on a terminal (one "
                             "line per epoch when the output goes to a file or a pipe), 2 one line "

@@ -1,23 +1,30 @@
 """``npconvnet train``: the run's settings (a recipe, the command line, or run.json when
-resuming), training through ``fit`` with a checkpoint after every epoch, and the run's files."""
+resuming), training through ``fit`` with a checkpoint after every epoch, and the run's files.
+With ``--distributed`` (in every process of ``mpirun -n K``) ``fit`` trains data-parallel and
+rank 0 alone prints and writes the files."""
 
+import contextlib
 import csv
 import io
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, plots, zoo
+from .. import __version__, parallel, plots, zoo
 from ..atomic import atomic_write
 from ..callbacks import Callback
 from ..data import oversample, train_val_split, undersample
+from ..distributed import Communicator
 from ..rng import manual_seed
 from ..models import Sequential, load_checkpoint
 from ..training import CHECKPOINT_FILE, TrainingDivergedError, unfinished_checkpoint
-from .common import (EXIT_INTERRUPTED, EXIT_OK, MODEL_FILE, SETTINGS_FILE, CliError, TrainingDiverged,
-                     dataset, dataset_label, read_settings, sample_shape, skip_pictures, write_json)
+from .common import (EXIT_DIVERGED, EXIT_INTERNAL_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, EXPECTED_ERRORS,
+                     MODEL_FILE, SETTINGS_FILE, CliError, TrainingDiverged, dataset, dataset_label, one_line,
+                     read_settings, sample_shape, skip_pictures, write_json)
 
 #: What ``npconvnet train`` does without --model: the zoo's convnet with a recipe (in the
 #: zoo's recipe format) short enough to run in a couple of minutes on two CPU cores.
@@ -41,7 +48,8 @@ class HistoryFiles(Callback):
         self.folder = Path(folder)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.write(self.model.history)
+        if self.is_root:            # rank 0 alone writes, in a distributed run
+            self.write(self.model.history)
 
     def write(self, history):
         if history is None or not len(history):
@@ -298,14 +306,48 @@ def _describe_stretch(recipe, planned):
               f"on as if the run had been started with --epochs {recipe['epochs']}")
 
 
+def _abort_message(error):
+    """What a rank prints before it stops a distributed run, and the exit status: one line for
+    bad input, as ``main`` prints it, the traceback for a bug."""
+    if isinstance(error, EXPECTED_ERRORS):
+        return f"error: {one_line(error)}", getattr(error, "exit_status", EXIT_USAGE)
+    return "internal error: " + "".join(traceback.format_exception(error)).rstrip(), EXIT_INTERNAL_ERROR
+
+
 def cmd_train(args):
     run = resolve_run(args)
+    if not args.distributed:
+        return _train(args, run, None)
+    communicator = Communicator()
+    if args.threads is None and parallel.ENVIRONMENT_VARIABLE not in os.environ:
+        # The ranks on one machine share its cores (main restores the count afterwards).
+        parallel.set_num_threads(max(1, parallel.get_num_threads() // communicator.local_size()))
+    # An error on one rank would leave the others waiting for it in their next collective: it
+    # stops them all. A divergence is seen by every rank alike, and reported by rank 0.
+    with communicator.abort_on_error(passing=(TrainingDiverged,), describe=_abort_message):
+        try:
+            with contextlib.ExitStack() as stack:
+                if not communicator.is_root:        # rank 0 alone prints
+                    stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+                return _train(args, run, communicator)
+        except TrainingDiverged:
+            if communicator.is_root:
+                raise
+            return EXIT_DIVERGED
+
+
+def _train(args, run, communicator):
+    """The run, in this process alone (``communicator`` None) or as one of its ranks."""
+    is_root = communicator is None or communicator.is_root
     recipe = run["recipe"]
     out = Path(args.out if args.out is not None else
                Path(args.resume).parent if args.resume is not None else
                Path("runs") / f"{run['model']}-{dataset_label(run['dataset'])}")
     if args.resume is None and not args.overwrite:
-        _refuse_unfinished_run(out)
+        if communicator is None:
+            _refuse_unfinished_run(out)
+        else:
+            communicator.root_call(_refuse_unfinished_run, out)
     (x_fit, y_fit), validation, (x_test, y_test), class_names = _training_data(run, args.data_dir)
     shape = sample_shape(x_fit)
     preprocessing = zoo.build_preprocessing(recipe)
@@ -333,9 +375,10 @@ def cmd_train(args):
     scheduler = zoo.build_scheduler(recipe, model.optimizer)
     augmenter = zoo.build_augmenter(recipe, seed=run["seed"])
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / SETTINGS_FILE, {**run, "class_weight": _class_weight_setting(run.get("class_weight")),
-                                     "version": __version__})
+    if is_root:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / SETTINGS_FILE, {**run, "class_weight": _class_weight_setting(run.get("class_weight")),
+                                         "version": __version__})
     checkpoint = out / CHECKPOINT_FILE
     history_files = HistoryFiles(out)
     _describe_run(run, model, initial_epoch, x_fit, validation, x_test, shape, class_names)
@@ -353,10 +396,13 @@ def cmd_train(args):
                       validation_data=validation, augment=augmenter, seed=run["seed"],
                       verbose=args.verbose, callbacks=callbacks, checkpoint_dir=out,
                       resume_from=args.resume, overwrite=True,    # checked above, with run.json
-                      class_weight=_fit_class_weight(run.get("class_weight")))
+                      class_weight=_fit_class_weight(run.get("class_weight")),
+                      distributed=communicator or False)
     except TrainingDivergedError as error:
         raise TrainingDiverged(_divergence_message(error, run)) from error
     except KeyboardInterrupt:
+        if not is_root:
+            return EXIT_INTERRUPTED
         history_files.write(model.history)
         if not checkpoint.is_file():
             print("\nInterrupted before training started: no checkpoint was written.", file=sys.stderr)
@@ -366,6 +412,8 @@ def cmd_train(args):
               f"continue with:\n  npconvnet train --resume {checkpoint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     seconds = time.perf_counter() - started
+    if not is_root:
+        return EXIT_OK
 
     model.save(out / MODEL_FILE)
     history_files.write(model.history)

@@ -12,7 +12,11 @@ class Dropout(Layer):
     so that evaluation (``y = x``) needs no rescaling. Backward multiplies by the same mask.
 
     The masks come from the global generator (``npconvnet.manual_seed``; ``fit(seed=...)``
-    seeds it for every epoch).
+    seeds it for every epoch). In a data-parallel run (``npconvnet.distributed``) every rank
+    draws the noise of the whole batch, in the order one process would draw it, and keeps the
+    slice of its own samples: a sample's mask does not depend on the number of ranks. That
+    order is the memory order of the samples, which a rank reads from its own shard: each
+    shard needs two samples or more (one sample's array has no order along the batch).
 
     Args:
         p: the probability that an element is zeroed, in [0, 1]; default 0.5.
@@ -34,6 +38,11 @@ class Dropout(Layer):
     """
 
     samplewise = True
+    #: The ``npconvnet.distributed.Communicator`` of a data-parallel run, set by ``fit`` while it
+    #: trains: its ``shard`` says which samples of the whole batch this rank holds. None: all.
+    process_group = None
+    #: The fewest samples of each batch a rank may hold in a distributed run (see above).
+    min_shard_size = 2
 
     def __init__(self, p: float = 0.5):
         super().__init__()
@@ -48,8 +57,21 @@ class Dropout(Layer):
         else:
             # The noise is drawn straight into x's memory order (batch-last after a convolution),
             # so that every pass below, x * scale and dL/dy * scale run in one order.
-            noise = self._workspace("noise", x.shape, x.dtype, lambda: np.empty_like(x))
-            default_rng().random(out=noise.ravel(order="K"), dtype=noise.dtype)
+            shard = None if self.process_group is None else self.process_group.shard
+            if shard is None:
+                noise = self._workspace("noise", x.shape, x.dtype, lambda: np.empty_like(x))
+                default_rng().random(out=noise.ravel(order="K"), dtype=noise.dtype)
+            else:
+                start, stop, total = shard
+                if len(x) < self.min_shard_size <= total:
+                    raise ValueError(f"{self!r}: in a distributed run every rank needs two samples or more "
+                                     f"of each batch (the whole batch's noise is laid out as they are), "
+                                     f"this rank has {len(x)} of {total}")
+                batch_shape = (total,) + x.shape[1:]
+                batch_noise = self._workspace("noise", batch_shape, x.dtype,
+                                              lambda: np.empty_like(x, shape=batch_shape))
+                default_rng().random(out=batch_noise.ravel(order="K"), dtype=batch_noise.dtype)
+                noise = batch_noise[start:stop]
             scale = np.multiply(noise >= self.p, x.dtype.type(1 / (1 - self.p)), out=noise)
         out = x if scale is None else _times(x, scale)
         self._remember(out, scale=scale)

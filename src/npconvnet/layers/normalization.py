@@ -21,12 +21,23 @@ class _BatchNorm(Layer):
     a channel (the statistics depend on x too)::
 
         dL/dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(var + eps)
+
+    Synchronized over the ranks of a data-parallel run (``npconvnet.distributed``), when ``fit``
+    sets ``process_group``: the batch is the union of the ranks' shards, and the means above
+    are over all of it. The count and the per-channel sums are summed over the ranks, which
+    gives the mean; then the sums of squares about that mean, which give the variance (the
+    same two passes as on one process); backward sums ``sum(g)`` and ``sum(g * x_hat)``
+    likewise. The parameters' gradients stay this rank's part (the gradient all-reduce adds
+    the parts).
     """
 
     samplewise = True
     buffer_names = ("running_mean", "running_var")
     input_ndims = ()
     layout = ""
+    #: The ``npconvnet.distributed.Communicator`` whose ranks hold the rest of the batch, set
+    #: by a distributed ``fit`` while it trains; None: this process's batch is the whole batch.
+    process_group = None
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
@@ -47,18 +58,22 @@ class _BatchNorm(Layer):
         channel = (1, -1) + (1,) * (x.ndim - 2)             # broadcasts a (C,) vector over x
         if not self.training:
             return self._evaluate(x, channel)
-        count = x.size // self.num_features
-        if count < 2:
-            raise ValueError(f"{self!r}: training needs more than one value per channel, got "
-                             f"input shape {x.shape} (use eval() for single samples)")
-        centered = self._workspace("centered", x.shape, x.dtype, lambda: np.empty_like(x))
+        if self.process_group is not None:
+            centered = self._workspace("centered", x.shape, x.dtype, lambda: np.empty_like(x))
+            count, mean, var = self._synchronized_statistics(x, centered, channel)
+        else:
+            count = x.size // self.num_features
+            if count < 2:
+                raise ValueError(f"{self!r}: training needs more than one value per channel, got "
+                                 f"input shape {x.shape} (use eval() for single samples)")
+            centered = self._workspace("centered", x.shape, x.dtype, lambda: np.empty_like(x))
 
-        def statistics(channels):
-            mean = _channel_sum(x[:, channels]) / count
-            part = np.subtract(x[:, channels], mean.reshape(channel), out=centered[:, channels])
-            return mean, _channel_dot(part, part) / count
-        # Each thread takes whole channels: the statistics are those of the whole batch.
-        mean, var = (np.concatenate(parts) for parts in zip(*parallel.run(statistics, parallel.channel_parts(x))))
+            def statistics(channels):
+                mean = _channel_sum(x[:, channels]) / count
+                part = np.subtract(x[:, channels], mean.reshape(channel), out=centered[:, channels])
+                return mean, _channel_dot(part, part) / count
+            # Each thread takes whole channels: the statistics are those of the whole batch.
+            mean, var = (np.concatenate(parts) for parts in zip(*parallel.run(statistics, parallel.channel_parts(x))))
         self.running_mean = ((1 - self.momentum) * self.running_mean
                              + self.momentum * mean).astype(self.running_mean.dtype)
         self.running_var = ((1 - self.momentum) * self.running_var
@@ -68,8 +83,32 @@ class _BatchNorm(Layer):
         out = np.empty_like(centered)
         parallel.channelwise(_scale_and_shift, centered, (self.weight.data * inv_std).reshape(channel),
                              self.bias.data.reshape(channel), out)
-        self._remember(out, centered=centered, inv_std=inv_std, channel=channel, batch_statistics=True)
+        self._remember(out, centered=centered, inv_std=inv_std, channel=channel, batch_statistics=True,
+                       count=count)
         return out
+
+    def _synchronized_statistics(self, x, centered, channel):
+        """``(count, mean, var)`` of the whole batch, whose shards are on the ranks of
+        ``process_group``, with ``centered = x - mean`` written for backward. The sums travel
+        in float64, which holds the count exactly; on one rank the results are those of the
+        one-process statistics bit for bit (a quotient rounded from float64 to float32 is the
+        float32 quotient)."""
+        parts = parallel.channel_parts(x)
+        sums = np.concatenate(parallel.run(lambda channels: _channel_sum(x[:, channels]), parts))
+        totals = self.process_group.allreduce_sum(np.append(sums.astype(np.float64),
+                                                            x.size // self.num_features))
+        count = int(totals[-1])
+        if count < 2:
+            raise ValueError(f"{self!r}: training needs more than one value per channel in the whole "
+                             f"batch, got {count} (this rank's input shape {x.shape})")
+        mean = (totals[:-1] / count).astype(x.dtype)
+
+        def squares(channels):
+            part = np.subtract(x[:, channels], mean[channels].reshape(channel), out=centered[:, channels])
+            return _channel_dot(part, part)
+        squares = np.concatenate(parallel.run(squares, parts))
+        var = (self.process_group.allreduce_sum(squares.astype(np.float64)) / count).astype(x.dtype)
+        return count, mean, var
 
     def _evaluate(self, x, channel):
         """With the running statistics the layer is one affine map per channel,
@@ -103,10 +142,15 @@ class _BatchNorm(Layer):
         scale = self.weight.data * saved.inv_std
         grad_input = np.empty_like(grad_output)
         if saved.batch_statistics:
-            count = grad_output.size // self.num_features
+            sum_g, sum_g_x_hat = self.bias.grad, self.weight.grad
+            if self.process_group is not None:
+                # The means are over the whole batch: its sums, from every rank.
+                both = self.process_group.allreduce_sum(np.concatenate([sum_g, sum_g_x_hat]))
+                sum_g, sum_g_x_hat = both[:self.num_features], both[self.num_features:]
+            count = saved.count
             parallel.channelwise(_input_gradient, grad_output, centered, scale.reshape(channel),
-                                 (scale * saved.inv_std * self.weight.grad / count).reshape(channel),
-                                 (scale * self.bias.grad / count).reshape(channel), grad_input)
+                                 (scale * saved.inv_std * sum_g_x_hat / count).reshape(channel),
+                                 (scale * sum_g / count).reshape(channel), grad_input)
         else:
             parallel.channelwise(np.multiply, grad_output, scale.reshape(channel), grad_input)
         return grad_input

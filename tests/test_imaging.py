@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from npconvnet.imaging import ImageError, load_image, prepare_digit, resize_image, to_grayscale
+from npconvnet.imaging import (ImageError, ImageTooLargeError, decode_image, load_image, prepare_digit,
+                               resize_image, to_grayscale)
 from synthetic import png_declaring
 
 Image = pytest.importorskip("PIL.Image", reason="reading image files needs Pillow (pip install pillow)")
@@ -138,6 +139,43 @@ def test_load_image_refuses_a_decompression_bomb_before_allocating_its_pixels(pi
     with pytest.raises(ImageError, match=rf"bomb.png: the image is too large to read safely "
                                          rf"\(Image size \({pixels} pixels\) exceeds limit"):
         load_image(tmp_path / "bomb.png")
+
+
+# ---------------------------------------------------------------------------- decode_image
+
+def test_decode_image_reads_bytes_as_load_image_reads_the_file(tmp_path):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 4), np.uint8), "RGBA")
+    image.save(tmp_path / "photo.png")
+    decoded = decode_image((tmp_path / "photo.png").read_bytes(), max_size=25)
+    np.testing.assert_array_equal(decoded, load_image(tmp_path / "photo.png", max_size=25))
+    assert decoded.shape == (15, 25, 3)
+
+
+def test_decode_image_refuses_more_pixels_than_max_pixels_from_the_header():
+    with pytest.raises(ImageTooLargeError, match=r"upload: the image has 3000x2000 pixels, more than the "
+                                                  r"5,999,999 accepted"):
+        decode_image(png_declaring(3000, 2000), name="upload", max_pixels=5_999_999)
+    small = io.BytesIO()
+    Image.new("L", (2, 3)).save(small, "PNG")
+    assert decode_image(small.getvalue(), max_pixels=6).shape == (3, 2)
+
+
+def test_decode_image_refuses_a_decompression_bomb_as_too_large():
+    with pytest.raises(ImageTooLargeError, match="too large to read safely"):
+        decode_image(png_declaring(Image.MAX_IMAGE_PIXELS + 1, 1))
+
+
+def test_decode_image_refuses_formats_not_listed_and_names_those_that_are():
+    buffer = io.BytesIO()
+    Image.new("L", (4, 4)).save(buffer, "BMP")
+    with pytest.raises(ImageError, match=r"upload: cannot read this as an image \(not a PNG, JPEG file\)"):
+        decode_image(buffer.getvalue(), name="upload", formats=["PNG", "JPEG"])
+    assert decode_image(buffer.getvalue(), formats=["BMP"]).shape == (4, 4)
+
+
+def test_decode_image_names_bytes_that_are_no_image():
+    with pytest.raises(ImageError, match=r"^upload: cannot read this as an image \(not an image file\)$"):
+        decode_image(b"plain text", name="upload")
 
 
 def test_load_image_keeps_quiet_about_damaged_metadata_that_pillow_skips(tmp_path):

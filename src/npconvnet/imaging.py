@@ -3,7 +3,8 @@
 ``load_image(path)`` reads PNG, JPEG, BMP (and whatever else Pillow reads) into float32 values
 in [0, 1]: ``(H, W)`` for grayscale files, ``(H, W, 3)`` for colour ones. Transparent pixels
 are composited onto white, 16-bit files keep their full range, and the EXIF orientation of
-phone photos is applied.
+phone photos is applied. ``decode_image(data)`` reads the bytes of such a file (an upload) the
+same way, with limits on the pixels and the formats.
 
 ``prepare_digit(image)`` turns a photo or scan of one digit into a ``(28, 28)`` MNIST-style
 image. MNIST's digits (LeCun et al.) are white ink on black, size-normalised to fit a 20x20 box
@@ -27,12 +28,13 @@ keeping their aspect ratio (with anti-aliasing), and centred by their centre of 
    nearest pixel (MNIST's own centres of mass lie within half a pixel of (14, 14)).
 """
 
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageError", "load_image", "to_grayscale", "prepare_digit", "resize_image",
+__all__ = ["ImageError", "ImageTooLargeError", "load_image", "decode_image", "to_grayscale", "prepare_digit", "resize_image",
            "MNIST_SIZE", "MNIST_BOX"]
 
 MNIST_SIZE = 28
@@ -45,6 +47,10 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 
 class ImageError(ValueError):
     """An image file cannot be read, or holds nothing that can be prepared."""
+
+
+class ImageTooLargeError(ImageError):
+    """An image file declares more pixels than may be decoded."""
 
 
 def _pillow():
@@ -70,11 +76,31 @@ def load_image(path, max_size=None):
     filter, same aspect ratio) before its pixels become floats, so that a 24-megapixel photo
     (or a tiny file declaring one) costs no more than a small image; None keeps every pixel.
     """
-    Image, ImageOps = _pillow()
     path = Path(path)
+    _pillow()                       # a missing Pillow is reported before a missing file
     if not path.is_file():
         raise ImageError(f"{path}: no such image file" if not path.exists()
                          else f"{path}: not a file")
+    return _decode(path, path, max_size)
+
+
+def decode_image(data, name="image", max_size=None, max_pixels=None, formats=None):
+    """The bytes of an image file (``data``: bytes) as ``load_image`` reads a file.
+
+    For images that arrive over a network: ``max_pixels`` refuses an image of more pixels
+    (width x height, read from its header before any pixel is decoded) with
+    ``ImageTooLargeError``, as it does one over Pillow's ``Image.MAX_IMAGE_PIXELS``;
+    ``formats``, a list of Pillow format names such as ``["PNG", "JPEG"]``, refuses the other
+    formats (None: every format Pillow reads). ``name`` says what the data is in the errors
+    (``ImageError``).
+    """
+    return _decode(io.BytesIO(data), name, max_size, max_pixels, formats)
+
+
+def _decode(source, name, max_size, max_pixels=None, formats=None):
+    """Open ``source`` (a path or a binary file) with Pillow and return ``_to_float`` of it,
+    shrunk to ``max_size``; errors name ``name``."""
+    Image, ImageOps = _pillow()
     try:
         with warnings.catch_warnings():
             # Pillow refuses a header declaring more than 2 * Image.MAX_IMAGE_PIXELS pixels
@@ -84,15 +110,23 @@ def load_image(path, max_size=None):
             # be read raises ImageError.
             warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source, formats=formats) as image:
+                if max_pixels is not None and image.width * image.height > max_pixels:
+                    raise ImageTooLargeError(f"{name}: the image has {image.width}x{image.height} pixels, "
+                                     f"more than the {max_pixels:,} accepted")
                 image = ImageOps.exif_transpose(image)
                 image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{path}: the image is too large to read safely ({err})") from None
-    except (OSError, ValueError, SyntaxError) as err:   # UnidentifiedImageError is an OSError
-        raise ImageError(f"{path}: cannot read this as an image ({err})") from None
+        raise ImageTooLargeError(f"{name}: the image is too large to read safely ({err})") from None
+    except ImageError:
+        raise
+    except Image.UnidentifiedImageError:    # its message names the source: a path, or a buffer
+        kind = "an image file" if formats is None else f"a {', '.join(formats)} file"
+        raise ImageError(f"{name}: cannot read this as an image (not {kind})") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ImageError(f"{name}: cannot read this as an image ({err})") from None
     if image.width == 0 or image.height == 0:
-        raise ImageError(f"{path}: the image is empty ({image.width}x{image.height} pixels)")
+        raise ImageError(f"{name}: the image is empty ({image.width}x{image.height} pixels)")
     if max_size is not None and max(image.size) > max_size:
         scale = max_size / max(image.size)
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),

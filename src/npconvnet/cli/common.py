@@ -163,15 +163,24 @@ def is_digit_model(model):
             and model.class_names in (None, MNIST_CLASSES))
 
 
-def prepare(image, input_shape, how, digits):
-    """An image file's pixels as one input ``(C, H, W)`` of shape ``input_shape``: prepared as
-    an MNIST digit (``how`` "digit", or "auto" when ``digits``: a digit model) or resized."""
+def preparation(input_shape, how, digits):
+    """What ``--prepare`` ``how`` does for a model taking ``input_shape``: "digit" (prepared as
+    an MNIST digit: ``how`` "digit", or "auto" when ``digits``, a digit model) or "resize";
+    a CliError when a digit cannot be made for that model."""
     if how == "digit" or (how == "auto" and digits):
-        channels, height, width = input_shape
+        _, height, width = input_shape
         if (height, width) != DIGIT_SHAPE[1:]:
             raise CliError(f"--prepare digit makes 28x28 images, but the model takes "
                            f"{height}x{width}; use --prepare resize")
-        return np.repeat(prepare_digit(image)[None], channels, axis=0)
+        return "digit"
+    return "resize"
+
+
+def prepare(image, input_shape, how, digits):
+    """An image file's pixels as one input ``(C, H, W)`` of shape ``input_shape``, made as
+    :func:`preparation` says."""
+    if preparation(input_shape, how, digits) == "digit":
+        return np.repeat(prepare_digit(image)[None], input_shape[0], axis=0)
     return resize_image(image, *input_shape)
 
 
@@ -187,8 +196,13 @@ def prepared_images(paths, input_shape, how, digits):
     return np.stack(images).astype(np.float32)
 
 
-def model_images(model, paths, how):
-    """The image files as the model's inputs ``(N, C, H, W)`` in [0, 1]."""
+def model_input_shape(model):
+    """The ``(C, H, W)`` that images are prepared to for ``model``, from its file."""
     if model.input_shape is None:
         raise CliError("the model file does not record its input shape; cannot prepare images for it")
-    return prepared_images(paths, tuple(model.input_shape), how, is_digit_model(model))
+    return tuple(model.input_shape)
+
+
+def model_images(model, paths, how):
+    """The image files as the model's inputs ``(N, C, H, W)`` in [0, 1]."""
+    return prepared_images(paths, model_input_shape(model), how, is_digit_model(model))

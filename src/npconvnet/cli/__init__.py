@@ -1,4 +1,5 @@
-"""The ``npconvnet`` command: train, evaluate, predict, summary, features, explain and export.
+"""The ``npconvnet`` command: train, evaluate, predict, summary, features, explain, export and
+serve.
 
 ``main(argv)`` is the console script's entry point (``python -m npconvnet`` runs it too); it
 returns the exit status: 0 on success, 2 for bad input (a missing or unreadable file, an
@@ -13,7 +14,8 @@ checkpoint keeps the last good epoch.
 
 The package: ``parser`` (the options of every subcommand), ``common`` (errors, files, image
 preparation), and one module per subcommand: ``train``, ``evaluate``, ``predict``,
-``summary``, ``features``, ``explain``, ``export``.
+``summary``, ``features``, ``explain``, ``export``, ``serve`` (a web page to draw digits on;
+Ctrl-C stops it with exit status 130 like any other command).
 """
 
 import sys
@@ -27,6 +29,7 @@ from .export import cmd_export
 from .features import cmd_features
 from .parser import build_parser
 from .predict import cmd_predict
+from .serve import cmd_serve
 from .summary import cmd_summary
 from .train import cmd_train
 
@@ -47,7 +50,7 @@ def main(argv=None):
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "summary": cmd_summary, "features": cmd_features, "explain": cmd_explain,
-                "export": cmd_export}
+                "export": cmd_export, "serve": cmd_serve}
     threads = get_num_threads()         # --threads holds for this command, not for the caller after it
     try:
         if getattr(args, "threads", None) is not None:

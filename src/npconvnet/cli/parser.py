@@ -6,6 +6,7 @@ import textwrap
 
 from .. import __version__, zoo
 from .common import EXIT_USAGE
+from .serve import IMAGE_FORMATS, MAX_BODY_BYTES, MAX_PIXELS
 from .train import DEFAULT_MODEL, OPTIMIZER_NAMES, QUICK_RECIPE
 
 # ---------------------------------------------------------------------------- argument types
@@ -32,6 +33,7 @@ non_negative_int = _number_type(int, lambda value: value >= 0, "an integer >= 0"
 positive_float = _number_type(float, lambda value: value > 0, "a positive number")
 non_negative_float = _number_type(float, lambda value: value >= 0, "a number >= 0")
 fraction = _number_type(float, lambda value: 0 <= value < 1, "a number in [0, 1)")
+port_number = _number_type(int, lambda value: 0 <= value <= 65535, "a port number in 0-65535")
 
 
 def input_shape(text):
@@ -348,6 +350,32 @@ def _add_export(commands):
     _add_common(export)
 
 
+def _add_serve(commands):
+    serve = commands.add_parser(
+        "serve", help="a web page to draw a digit on, classified as you draw",
+        formatter_class=_HelpFormatter,
+        description=_paragraphs(
+            "Serve a page (http://HOST:PORT/) with a canvas to draw a digit on with the mouse or "
+            "a finger, or a photo to upload: as you draw, the page shows the model's class "
+            "probabilities as bars, the most probable class large, the image the model was given "
+            "and the first convolution's feature maps. The drawing is prepared as predict "
+            "prepares an image file. The page needs no internet connection. Needs Pillow (pip "
+            "install \"npconvnet[all]\"). Ctrl-C stops the server.",
+            "The page posts the drawing (a PNG) to /predict, which answers JSON: "
+            '{"probabilities": [...], "label": k, ...}; any program may post an image file '
+            f"there too. Bodies over {MAX_BODY_BYTES // 2 ** 20} MiB, images over "
+            f"{MAX_PIXELS // 10 ** 6} megapixels and data that is not a {', '.join(IMAGE_FORMATS)} "
+            "image are refused with a JSON error."))
+    serve.add_argument("model_file", metavar="MODEL_FILE", help="a model file from npconvnet train")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="the address to listen on (default: 127.0.0.1, this computer only; "
+                            "0.0.0.0 lets other computers on the network in)")
+    serve.add_argument("--port", type=port_number, default=8000, metavar="N",
+                       help="the port to listen on, 0 for any free one (default: 8000)")
+    _add_prepare(serve)
+    _add_common(serve)
+
+
 def build_parser():
     parser = _Parser(prog="npconvnet", formatter_class=_HelpFormatter,
                      description="Train, evaluate and look inside convolutional networks written "
@@ -363,6 +391,6 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     for add in (_add_train, _add_evaluate, _add_predict, _add_summary, _add_features, _add_explain,
-                _add_export):
+                _add_export, _add_serve):
         add(commands)
     return parser

@@ -36,7 +36,8 @@ from npconvnet.imaging import prepare_digit
 from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
 from synthetic import png_declaring
 
-Image = pytest.importorskip("PIL.Image", reason="the server decodes the drawings with Pillow (pip install pillow)")
+Image = pytest.importorskip("PIL.Image", reason="the server decodes the drawings with Pillow "
+                                                "(pip install pillow)")
 ImageDraw = pytest.importorskip("PIL.ImageDraw")
 
 from test_imaging import DIGIT_STROKES, draw_digit  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -111,7 +112,8 @@ def request(server, method, path, body=None, headers=None):
     try:
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
-        return response.status, {name.lower(): value for name, value in response.getheaders()}, response.read()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, headers, response.read()
     finally:
         connection.close()
 
@@ -157,7 +159,8 @@ def test_predict_answers_the_probabilities_that_npconvnet_predict_gives_for_the_
     assert status == 200
     assert answer["label"] == expected["class_index"] == 3
     by_class = {entry["class_index"]: entry["probability"] for entry in expected["top"]}
-    np.testing.assert_allclose(answer["probabilities"], [by_class[k] for k in range(10)], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(answer["probabilities"], [by_class[k] for k in range(10)],
+                               rtol=1e-6, atol=1e-9)
     assert answer["class_name"] == "3" and answer["classes"] == [str(k) for k in range(10)]
 
 
@@ -187,7 +190,8 @@ def test_predict_sends_the_prepared_input_and_the_first_convolutions_feature_map
     first = conv.forward(prepared[None, None].astype(np.float32))[0]   # (8, 28, 28)
     low, high = first.min(axis=(1, 2), keepdims=True), first.max(axis=(1, 2), keepdims=True)
     assert answer["feature_maps"]["layer"] == 0
-    np.testing.assert_allclose(answer["feature_maps"]["maps"], np.rint(255 * (first - low) / (high - low)), atol=1)
+    np.testing.assert_allclose(answer["feature_maps"]["maps"], np.rint(255 * (first - low) / (high - low)),
+                               atol=1)
 
 
 def test_predict_answers_concurrent_requests_each_with_its_own_drawing(server):
@@ -399,7 +403,8 @@ def test_serve_refuses_a_port_out_of_range(model_file, capsys):
 
 def test_serve_without_pillow_says_which_extra_to_install(model, monkeypatch):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *rest: None if name == "PIL" else find_spec(name, *rest))
+    monkeypatch.setattr("importlib.util.find_spec",
+                        lambda name, *rest: None if name == "PIL" else find_spec(name, *rest))
     with pytest.raises(ModuleNotFoundError, match=r'pip install "npconvnet\[all\]"'):
         make_server(model, "127.0.0.1", 0)
 
@@ -414,7 +419,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests drive Chromium with "
                                                                  "Playwright (pip install playwright)")
-    chromium = os.environ.get("NPCONVNET_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = (os.environ.get("NPCONVNET_CHROMIUM") or shutil.which("chromium")
+                or shutil.which("chromium-browser"))
     if chromium is None:
         pytest.skip("no Chromium for the browser tests: install Debian's chromium (apt-get install "
                     "chromium) or set NPCONVNET_CHROMIUM to one")

@@ -15,7 +15,7 @@ The public surface::
     npconvnet.callbacks    EarlyStopping, ReduceLROnPlateau, LearningRateScheduler, ModelCheckpoint
     npconvnet.metrics      accuracy, precision, recall, f1_score, confusion_matrix
     npconvnet.zoo          get(name), names(), recipe(name): tiny ... resnet-mini
-    npconvnet.imaging      load_image, prepare_digit (a photo of a digit made to look like MNIST)
+    npconvnet.imaging      load_image, decode_image, prepare_digit (a photo of a digit made to look like MNIST)
     npconvnet.plots        training curves, confusion matrices, filters, feature maps, heat maps
     npconvnet.explain      saliency, saliency_map, grad_cam: what the network looks at
     npconvnet.reference    conv2d, max_pool2d, avg_pool2d, dense (+ _backward): the layers' math, plainly

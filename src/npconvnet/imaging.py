@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageError", "ImageTooLargeError", "load_image", "decode_image", "to_grayscale", "prepare_digit", "resize_image",
-           "MNIST_SIZE", "MNIST_BOX"]
+__all__ = ["ImageError", "ImageTooLargeError", "load_image", "decode_image", "to_grayscale",
+           "prepare_digit", "resize_image", "MNIST_SIZE", "MNIST_BOX"]
 
 MNIST_SIZE = 28
 MNIST_BOX = 20

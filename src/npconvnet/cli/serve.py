@@ -299,6 +299,9 @@ class PredictionServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True                   # an open keep-alive connection does not hold up exit
+    # Connections waiting to be accepted: socketserver's 5 overflow (and are reset) when a few
+    # dozen clients connect at once.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, address, predictor, max_body_bytes=MAX_BODY_BYTES, log=None):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 import npconvnet
-from npconvnet import Sequential, cli, optim
+from npconvnet import Sequential, cli, explain, optim
 from npconvnet.cli.serve import MAX_BODY_BYTES, MAX_PIXELS, make_server
 from npconvnet.imaging import prepare_digit
 from npconvnet.layers import Conv2D, Dense, Flatten, MaxPool2D, ReLU
@@ -193,6 +193,15 @@ def test_predict_sends_the_prepared_input_and_the_first_convolutions_feature_map
     assert answer["feature_maps"]["layer"] == 0
     np.testing.assert_allclose(answer["feature_maps"]["maps"], np.rint(255 * (first - low) / (high - low)),
                                atol=1)
+
+
+def test_predict_sends_the_grad_cam_of_the_class_it_chose(server, model_file):
+    image = draw_digit(5)
+    status, answer = post_image(server, png_bytes(image))
+    prepared = prepare_digit(np.asarray(image, np.float32) / 255)
+    heat = explain.grad_cam(npconvnet.load_model(model_file), prepared[None, None], target=answer["label"])[0]
+    assert status == 200 and heat.max() > 0
+    np.testing.assert_allclose(answer["grad_cam"], np.rint(255 * heat / heat.max()), atol=1)
 
 
 def test_predict_answers_concurrent_requests_each_with_its_own_drawing(server):

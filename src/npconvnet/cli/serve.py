@@ -9,7 +9,8 @@ nothing else; it never reads a file after it starts, so no path can reach one:
     needs nothing from the internet. A canvas to draw on with a mouse, a pen or a finger, a
     button to clear it and one to upload a photo; as the drawing changes, the canvas goes to
     ``/predict`` as a PNG and the page shows the ten probabilities as bars, the most probable
-    class large, the 28x28 image the model was given and the first convolution's feature maps.
+    class large, the 28x28 image the model was given with its Grad-CAM heat map over it, and
+    the first convolution's feature maps.
 
 ``POST /predict``
     the body is an image file's bytes (PNG, JPEG, BMP, GIF or WebP; any size up to the
@@ -22,10 +23,15 @@ nothing else; it never reads a file after it starts, so no path can reach one:
          "class_name": "7",                      # and its name
          "classes": ["0", ..., "9"],             # every class's name
          "input": [[0..255, ...], ...],          # the prepared (H, W) input, channels averaged
-         "feature_maps": {"layer": 0, "maps": [[[0..255, ...], ...], ...]}}
+         "feature_maps": {"layer": 0, "maps": [[[0..255, ...], ...], ...]},
                                                  # the first Conv2D's outputs (at most 16),
                                                  # each scaled from its minimum (0) to its
                                                  # maximum (255); null without a Conv2D
+         "grad_cam": [[0..255, ...], ...]}       # where the model looks for the class it
+                                                 # chose: npconvnet.explain.grad_cam of the
+                                                 # last Conv2D, input-sized, its maximum 255
+                                                 # (all 0 when nothing raised the score);
+                                                 # null without a Conv2D
 
 Every refused request is answered ``{"error": "what was wrong"}`` with a 4xx status, and the
 server goes on serving: 400 for a body that is not an image (or not one of the formats
@@ -55,6 +61,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from ..explain import grad_cam
 from ..imaging import ImageError, ImageTooLargeError, decode_image
 from ..layers import Conv2D
 from ..training import layer_outputs
@@ -101,6 +108,12 @@ def _stretched(maps):
     return np.divide(maps - low, spread, out=np.zeros_like(maps), where=spread > 0)
 
 
+def _of_maximum(heat):
+    """A map scaled by its maximum, to [0, 1]; all 0 where it is 0 everywhere."""
+    peak = heat.max()
+    return heat / peak if peak > 0 else np.zeros_like(heat)
+
+
 class Predictor:
     """The model behind ``/predict``: image bytes in, the JSON answer (a dict) out.
 
@@ -121,6 +134,7 @@ class Predictor:
         self.max_pixels = max_pixels
         self.first_conv = next((index for index, layer in enumerate(model.layers)
                                 if isinstance(layer, Conv2D)), None)
+        self.has_conv = any(isinstance(layer, Conv2D) for layer in model.walk())
         self._lock = threading.Lock()
 
     def __call__(self, data):
@@ -138,17 +152,20 @@ class Predictor:
         batch = prepared[None].astype(np.float32)
         with self._lock:
             probabilities = predict(self.model, batch, self.name, ["the uploaded image"])[0]
-            maps = None
+            label = int(np.argmax(probabilities))
+            maps = heat = None
             if self.first_conv is not None:
                 outputs = layer_outputs(self.model, self.model.preprocess_input(batch))
                 maps = outputs[self.first_conv][1][0, :MAX_FEATURE_MAPS]
-        label = int(np.argmax(probabilities))
+            if self.has_conv:
+                heat = grad_cam(self.model, batch, target=label)[0].astype(np.float64)
         names = class_names(self.model, len(probabilities))
         return {"probabilities": [float(p) for p in probabilities], "label": label,
                 "class_name": names[label], "classes": names,
                 "input": _as_bytes(prepared.mean(axis=0)),
                 "feature_maps": None if maps is None else
-                {"layer": self.first_conv, "maps": _as_bytes(_stretched(maps.astype(np.float64)))}}
+                {"layer": self.first_conv, "maps": _as_bytes(_stretched(maps.astype(np.float64)))},
+                "grad_cam": None if heat is None else _as_bytes(_of_maximum(heat))}
 
 
 class PredictionHandler(BaseHTTPRequestHandler):

@@ -9,13 +9,14 @@ its terms in another order); weights after a few training steps to a relative 1e
 import os
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
 import pytest
 
 import npconvnet
-from npconvnet import parallel, reference, zoo
+from npconvnet import parallel, reference, regularizers, zoo
 from npconvnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                               GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Sequential, Sigmoid, Tanh, conv)
 from npconvnet.layers.containers import EVAL_CHUNK
@@ -228,6 +229,16 @@ def test_a_twin_shares_the_parameters_and_keeps_workspaces_of_its_own():
     assert layer._workspaces and not twin._workspaces and twin._cache is None
 
 
+def test_a_twin_with_gradients_of_its_own_shares_the_weights_but_not_their_gradients():
+    layer = Sequential(Conv2D(1, 4, 3), BatchNorm2D(4))
+    twin = layer.twin(own_gradients=True)
+    for mine, theirs in zip(layer.parameters(), twin.parameters()):
+        assert theirs is not mine and theirs.data is mine.data and theirs.grad is not mine.grad
+    x = np.random.default_rng(0).standard_normal((2, 1, 5, 5)).astype(np.float32)
+    twin.backward(twin.forward(x) ** 2, input_grad=False)
+    assert not layer[0].weight.grad.any() and twin[0].weight.grad.any()
+
+
 def test_set_num_threads_changes_what_get_num_threads_returns(threads):
     threads(3)
     assert npconvnet.get_num_threads() == 3
@@ -292,3 +303,203 @@ def test_a_bad_environment_variable_is_a_clear_error(bad):
     done = get_num_threads_in_a_new_process(bad)
     assert done.returncode != 0
     assert f"NPCONVNET_NUM_THREADS must be a positive integer (a number of threads), got '{bad}'" in done.stderr
+
+
+# Training steps in shards of the batch, one shard per thread (npconvnet.shards).
+#
+# Adam turns the tiny rounding differences of a gradient near zero into differences of the
+# learning rate's size (its first steps are about lr * sign(g)), so the float32 comparisons
+# train with SGD with momentum, whose weights follow the gradients; Adam is checked in float64.
+
+def fit_model(make_model, x, y, count, optimizer="momentum", lr=0.05, dtype=np.float32, **options):
+    """A model from ``make_model()`` (built after seeding) fitted on ``count`` threads; the model
+    and its history."""
+    npconvnet.set_num_threads(count)
+    npconvnet.manual_seed(0)
+    model = make_model().astype(dtype)
+    model.compile(optimizer=optimizer, loss="cross_entropy")
+    model.optimizer.lr = lr
+    options = {"epochs": 1, "batch_size": 32, "seed": 0, "verbose": 0, **options}
+    history = model.fit(x, y, **options)
+    return model, history
+
+
+def zoo_model(name):
+    return lambda: zoo.get(name, input_shape=(1, 28, 28), num_classes=10)
+
+
+def noise_images(count, seed=0):
+    data = np.random.default_rng(seed)
+    return data.random((count, 1, 28, 28), dtype=np.float32), data.integers(0, 10, count)
+
+
+def assert_same_state(model, expected, rtol=1e-4, message=""):
+    state, expected = model.state_dict(), expected.state_dict()
+    assert state.keys() == expected.keys()
+    for key, value in state.items():
+        assert_equal_to_float32_rounding(value, expected[key], f"{key} {message}", rtol=rtol)
+
+
+@pytest.fixture
+def shard_steps(monkeypatch):
+    """The number of training steps taken in shards so far (a list of each one's shard count)."""
+    taken = []
+    run = npconvnet.shards.ThreadGroup.run
+
+    def counted(group, function):
+        taken.append(group.size)
+        return run(group, function)
+    monkeypatch.setattr(npconvnet.shards.ThreadGroup, "run", counted)
+    return taken
+
+
+@pytest.mark.parametrize("name", ["vgg-mini", "convnet", "resnet-mini"])
+def test_fit_on_two_and_three_threads_trains_the_one_thread_weights_in_shards_of_each_batch(name, threads,
+                                                                                           shard_steps):
+    x, y = noise_images(96)
+    expected, expected_history = fit_model(zoo_model(name), x, y, 1)
+    assert shard_steps == []
+    for count in (2, 3):
+        model, history = fit_model(zoo_model(name), x, y, count)
+        assert_same_state(model, expected, message=f"on {count} threads")
+        np.testing.assert_allclose(history.history["loss"], expected_history.history["loss"], rtol=1e-5)
+        assert history.history["accuracy"] == expected_history.history["accuracy"]
+    assert shard_steps == [2] * 3 + [3] * 3
+
+
+@pytest.mark.parametrize("name", ["vgg-mini", "resnet-mini"])
+def test_fit_with_adam_in_float64_on_two_and_three_threads_matches_one_thread_to_float64_rounding(name, threads):
+    x, y = noise_images(64)
+    expected, _ = fit_model(zoo_model(name), x, y, 1, optimizer="adam", lr=1e-3, dtype=np.float64)
+    for count in (2, 3):
+        model, _ = fit_model(zoo_model(name), x, y, count, optimizer="adam", lr=1e-3, dtype=np.float64)
+        assert_same_state(model, expected, rtol=1e-9, message=f"on {count} threads")
+
+
+def test_fit_on_the_same_number_of_threads_gives_the_same_bits_twice(threads):
+    x, y = noise_images(96)
+    first, first_history = fit_model(zoo_model("vgg-mini"), x, y, 3, optimizer="adam", lr=1e-3)
+    second, second_history = fit_model(zoo_model("vgg-mini"), x, y, 3, optimizer="adam", lr=1e-3)
+    for key, value in first.state_dict().items():
+        np.testing.assert_array_equal(value, second.state_dict()[key], err_msg=key)
+    assert first_history.history == second_history.history
+
+
+def test_batch_normalization_in_shards_updates_the_running_statistics_once_with_the_whole_batch(threads):
+    # Momentum 0.5 over two batches: running = 0.5 * (0.5 * initial + 0.5 * first) + 0.5 * second,
+    # with the mean and the unbiased variance of each batch of x (the first layer's input).
+    x = np.random.default_rng(0).random((64, 3, 6, 6), dtype=np.float32) * 4 + 1
+    y = np.arange(64) % 2
+
+    def make_model():
+        return npconvnet.Sequential(BatchNorm2D(3, momentum=0.5), Flatten(), Dense(3 * 6 * 6, 2))
+    for count in THREAD_COUNTS:
+        model, _ = fit_model(make_model, x, y, count, shuffle=False)
+        first, second = x[:32].astype(np.float64), x[32:].astype(np.float64)
+        axes = (0, 2, 3)
+        mean = 0.25 * 0 + 0.25 * first.mean(axis=axes) + 0.5 * second.mean(axis=axes)
+        var = 0.25 * 1 + 0.25 * first.var(axis=axes, ddof=1) + 0.5 * second.var(axis=axes, ddof=1)
+        np.testing.assert_allclose(model[0].running_mean, mean, rtol=1e-5, err_msg=f"on {count} threads")
+        np.testing.assert_allclose(model[0].running_var, var, rtol=1e-5, err_msg=f"on {count} threads")
+
+
+def test_the_dropout_masks_of_fit_do_not_depend_on_the_number_of_threads(threads, shard_steps):
+    # Another mask for any sample would change the weights far beyond rounding.
+    x = np.random.default_rng(0).random((96, 20), dtype=np.float32)
+    y = np.arange(96) % 5
+
+    def make_model():
+        return npconvnet.Sequential(Dropout(0.5), Dense(20, 30), Dropout(0.3), Dense(30, 5))
+    expected, _ = fit_model(make_model, x, y, 1, lr=0.5, epochs=2)
+    for count in (2, 3):
+        model, _ = fit_model(make_model, x, y, count, lr=0.5, epochs=2)
+        assert_same_state(model, expected, message=f"on {count} threads")
+    assert len(shard_steps) == 12
+
+
+def test_uneven_shards_and_a_last_batch_too_small_to_share_train_the_one_thread_weights(threads, shard_steps):
+    # Batches of 65, 65 and 3 samples: shards of 33 + 32 samples, then 3 samples in one piece
+    # (fewer than two for each of the two threads).
+    x, y = noise_images(133)
+    expected, expected_history = fit_model(zoo_model("vgg-mini"), x, y, 1, batch_size=65)
+    model, history = fit_model(zoo_model("vgg-mini"), x, y, 2, batch_size=65)
+    assert_same_state(model, expected)
+    np.testing.assert_allclose(history.history["loss"], expected_history.history["loss"], rtol=1e-5)
+    assert shard_steps == [2, 2]
+
+
+def test_sample_and_class_weights_and_weight_penalties_count_in_shards_as_on_one_thread(threads):
+    data = np.random.default_rng(3)
+    x, y = noise_images(100)
+    sample_weight = data.random(100) * 2
+
+    def make_model():
+        return npconvnet.Sequential(Conv2D(1, 4, 3, kernel_regularizer=regularizers.l2(0.01)), ReLU(), MaxPool2D(2), Flatten(),
+                                    Dense(4 * 13 * 13, 10, kernel_regularizer=regularizers.l1(0.001)))
+    options = dict(sample_weight=sample_weight, class_weight={3: 4.0, 7: 0.5}, epochs=2, batch_size=25)
+    expected, expected_history = fit_model(make_model, x, y, 1, **options)
+    for count in (2, 3):
+        model, history = fit_model(make_model, x, y, count, **options)
+        assert_same_state(model, expected, message=f"on {count} threads")
+        np.testing.assert_allclose(history.history["loss"], expected_history.history["loss"], rtol=1e-5)
+
+
+class FailsOnOneThread(npconvnet.layers.Layer):
+    """The identity, but forward raises ``error`` in the caller's thread (``in_caller``) or in
+    the others, while ``failing``."""
+
+    samplewise = True
+
+    def __init__(self, error, in_caller):
+        super().__init__()
+        self.error, self.in_caller, self.failing = error, in_caller, True
+
+    def forward(self, x):
+        if self.failing and (threading.current_thread() is threading.main_thread()) == self.in_caller:
+            raise self.error
+        return x
+
+    def backward(self, grad_output):
+        return grad_output
+
+
+@pytest.mark.parametrize("error", [ArithmeticError("a shard failed"), KeyboardInterrupt()],
+                         ids=["exception", "KeyboardInterrupt"])
+@pytest.mark.parametrize("in_caller", [True, False], ids=["in the caller's shard", "in another shard"])
+def test_a_failing_shard_raises_in_the_caller_and_the_next_fit_trains(error, in_caller, threads, monkeypatch):
+    # The other shards wait at batch normalization after the failing layer: they must be
+    # released, not left at the barrier (which would time out after these few seconds).
+    monkeypatch.setattr(npconvnet.shards, "BARRIER_TIMEOUT_SECONDS", 20)
+    failing = FailsOnOneThread(error, in_caller)
+    x, y = noise_images(64)
+    x = x.reshape(64, -1)
+
+    def make_model():
+        return npconvnet.Sequential(Dense(784, 16, bias=False), failing, BatchNorm1D(16), ReLU(), Dropout(0.2), Dense(16, 10))
+    with pytest.raises(type(error), match=str(error) or None):
+        fit_model(make_model, x, y, 2)
+    failing.failing = False
+    model, _ = fit_model(make_model, x, y, 2)
+    expected, _ = fit_model(make_model, x, y, 1)
+    assert_same_state(model, expected)
+
+
+def test_the_shards_see_weights_replaced_between_two_fits(threads):
+    x, y = noise_images(64)
+    results = {}
+    for count in (1, 2):
+        model, _ = fit_model(zoo_model("vgg-mini"), x, y, count)
+        for parameter in model.parameters():
+            parameter.data = parameter.data * 0.5          # a new array, not the old one changed
+        model.fit(x, y, epochs=1, batch_size=32, seed=1, verbose=0)
+        results[count] = model
+    assert_same_state(results[2], results[1])
+
+
+def test_the_shards_twins_are_made_once_for_a_run_not_at_every_step(threads, monkeypatch):
+    made = []
+    twin = npconvnet.layers.Layer.twin
+    monkeypatch.setattr(npconvnet.layers.Layer, "twin", lambda layer, *args: made.append(layer) or twin(layer, *args))
+    x, y = noise_images(128)
+    model, _ = fit_model(zoo_model("vgg-mini"), x, y, 3)
+    assert len(made) == 2 * len(model.layers)

@@ -149,6 +149,11 @@ class Communicator:
                 offset += size
         self.gradient_seconds += time.perf_counter() - started
 
+    def shared(self, function):
+        """``function()``, a value of the whole batch that every rank computes alike (Dropout's
+        noise, from the generator each rank holds in the same state): here each rank calls it."""
+        return function()
+
     def broadcast(self, value):
         """Rank 0's ``value`` (any picklable object), on every rank."""
         return self.comm.bcast(value, root=0)
@@ -237,6 +242,17 @@ def attached(network, communicator):
     finally:
         for layer in layers:
             del layer.process_group         # back to the class's None
+
+
+def backward_shard(network, loss, share) -> None:
+    """Backward of ``network`` for a shard of a batch that holds ``share`` (b / B) of its
+    samples, from the last call of ``loss`` (on that shard). The shard's loss is its own mean;
+    its gradient times ``share`` is the shard's part of the gradient of the whole batch's mean,
+    so that the parameters' gradients summed over the shards are that gradient, for shards of
+    any sizes. (The weight penalties' gradients are for the caller to add, once.)"""
+    grad_output = loss.backward()
+    network.backward(grad_output if share == 1 else grad_output * grad_output.dtype.type(share),
+                     input_grad=False)
 
 
 def min_shard_size(network) -> int:

@@ -67,7 +67,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import data, losses, optim, rng, serialization
+from . import data, losses, optim, rng, serialization, shards
 from . import distributed as dist
 from . import metrics as metric_functions
 from .callbacks import CallbackList, History, ProgressBar
@@ -774,14 +774,26 @@ class Model:
             inputs = convert(x[index])
             if augmenter is not None:
                 inputs = augmenter(inputs, rng=epoch_rng if augment_rng is None else augment_rng)
-            outputs = self.forward(inputs)
-            loss = self._loss(outputs, y_batch, num_classes, None if weights is None else weights[index])
-            if communicator is None:
+            batch_weights = None if weights is None else weights[index]
+            if communicator is None and shards.shard_slices(self, batch_length) is None:
+                outputs = self.forward(inputs)
+                loss = self._loss(outputs, y_batch, num_classes, batch_weights)
                 if not math.isfinite(loss):
                     raise self._diverged(run, epoch, batch, loss, f"the loss is {loss}")
                 self.backward(self.loss.backward(), input_grad=False)
                 batch_confusion = self._batch_confusion(y_batch, outputs, num_classes)
+            elif communicator is None:
+                # On several threads, each takes a shard of the batch (npconvnet.shards).
+                loss, outputs = shards.forward_backward(self, self.loss, inputs,
+                                                        self._loss_targets(y_batch, num_classes, self.dtype),
+                                                        batch_weights)
+                loss += self.regularization_loss()
+                if not math.isfinite(loss):
+                    raise self._diverged(run, epoch, batch, loss, f"the loss is {loss}")
+                batch_confusion = self._batch_confusion(y_batch, outputs, num_classes)
             else:
+                outputs = self.forward(inputs)
+                loss = self._loss(outputs, y_batch, num_classes, batch_weights)
                 loss, batch_confusion = self._distributed_backward(
                     communicator, loss, len(y_batch) / batch_length,
                     self._batch_confusion(y_batch, outputs, num_classes))
@@ -806,12 +818,10 @@ class Model:
         over the ranks; returns the whole batch's loss and confusion matrix, and leaves in
         every ``.grad`` the whole batch's gradient, on every rank.
 
-        The shard's loss is its own mean; its gradient times ``share`` is its part of the
-        gradient of the whole batch's mean, so the sum over the ranks is that gradient, for
-        shards of any sizes. The weight penalties' gradients are added afterwards, once."""
-        grad_output = self.loss.backward()
-        self.backward(grad_output if share == 1 else grad_output * grad_output.dtype.type(share),
-                      input_grad=False)
+        The shard's loss is its own mean, its gradient scaled by ``share``
+        (:func:`npconvnet.distributed.backward_shard`). The weight penalties' gradients are
+        added afterwards, once."""
+        dist.backward_shard(self, self.loss, share)
         communicator.allreduce_gradients(self.parameters())
         totals = communicator.allreduce_sum(np.append(loss * share, confusion.ravel()))
         return float(totals[0]), totals[1:].astype(np.int64).reshape(confusion.shape)

@@ -109,18 +109,25 @@ class Layer:
             self._workspaces[name] = (key, create())
         return self._workspaces[name][1]
 
-    def twin(self):
+    def twin(self, own_gradients=False):
         """A copy of this layer, and of every layer inside it, that shares their parameters and
         buffers (the same arrays) but has workspaces and saved values of its own, so that the
         copy's forward can run on another thread while this layer's does (as a Sequential runs
         the chunks of a large batch in evaluation mode). The copy reads the weights as they are
         at each call, but a parameter, buffer or layer replaced by another after the copy was
-        made is not replaced in it (see :meth:`definition`)."""
+        made is not replaced in it (see :meth:`definition`).
+
+        ``own_gradients=True``: the copy's parameters are Parameters of its own that share
+        ``.data`` (the same arrays) but have a ``.grad`` of their own, so that the copy's
+        backward can run beside this layer's too (a training step shared out in shards of the
+        batch, ``npconvnet.shards``)."""
         shared = {}
         for layer in self.walk():
             for name, value in vars(layer).items():
                 if name in _PER_CALL:
-                    shared[id(value)] = {} if name == "_workspaces" else None
+                    shared[id(value)] = {} if name in ("_workspaces", "_twins") else None
+                elif isinstance(value, Parameter) and own_gradients:
+                    shared[id(value)] = Parameter(value.data)
                 elif isinstance(value, (np.ndarray, Parameter)):
                     shared[id(value)] = value
         return copy.deepcopy(self, shared)
@@ -131,13 +138,23 @@ class Layer:
         for _, child in self.children():
             yield from child.walk()
 
-    def definition(self):
+    def definition(self, buffers=True):
         """``[(layer, name, value), ...]``: every attribute of this layer and of the layers inside
-        it but what a call leaves behind. Two definitions of the same layer hold the same
-        objects (``is``) until a parameter, a buffer, an option or a layer has been replaced or
-        added, or the mode switched: a :meth:`twin` made in between is stale then."""
-        return [(layer, name, value) for layer in self.walk()
-                for name, value in vars(layer).items() if name not in _PER_CALL]
+        it but what a call leaves behind, and ``(parameter, "data", array)`` for every
+        Parameter among them. Two definitions of the same layer hold the same objects (``is``)
+        until a parameter (or its ``.data``), a buffer, an option or a layer has been replaced
+        or added, or the mode switched: a :meth:`twin` made in between is stale then.
+        ``buffers=False`` leaves the buffers out (in training mode a twin never reads them,
+        while batch normalization replaces its running statistics at every step)."""
+        entries = []
+        for layer in self.walk():
+            for name, value in vars(layer).items():
+                if name in _PER_CALL or (not buffers and name in layer.buffer_names):
+                    continue
+                entries.append((layer, name, value))
+                if isinstance(value, Parameter):
+                    entries.append((value, "data", value.data))
+        return entries
 
     # What backward needs from forward.
     def _remember(self, output, **values):

@@ -154,7 +154,7 @@ class Sequential(Layer):
             layers = layers[0]
         self.layers = []
         self._chunked_input = None          # the input of a forward run in chunks, for backward
-        self._twins = None                  # (definition, [twins of the layers, ...]) for the chunks' threads
+        self._twins = {}                    # own_gradients: (definition, [twins of the layers, ...])
         for layer in layers:
             self.add(layer)
 
@@ -217,18 +217,22 @@ class Sequential(Layer):
         return np.concatenate([chunk for outputs in parallel.run(forward_share, zip(layer_sets, shares))
                                for chunk in outputs])
 
-    def _layer_twins(self, count):
-        """``count`` lists of twins of the layers, kept from call to call but made again when a
-        layer has changed since (see ``Layer.definition``)."""
-        definition = [entry for layer in self.layers for entry in layer.definition()]
-        if self._twins is not None:
-            made_from, twins = self._twins
+    def _layer_twins(self, count, own_gradients=False):
+        """``count`` lists of twins of the layers (``Layer.twin(own_gradients)``), kept from call
+        to call but made again when a layer has changed since (see ``Layer.definition``; twins
+        with gradients of their own train, and never read the buffers)."""
+        definition = [entry for layer in self.layers for entry in layer.definition(buffers=not own_gradients)]
+        if own_gradients in self._twins:
+            made_from, twins = self._twins[own_gradients]
             if len(twins) >= count and len(made_from) == len(definition) and all(
                     a is b and name == other_name and value is other_value
                     for (a, name, value), (b, other_name, other_value) in zip(made_from, definition)):
                 return twins[:count]
-        twins = [[layer.twin() for layer in self.layers] for _ in range(count)]
-        self._twins = (definition, twins) if count else None
+        twins = [[layer.twin(own_gradients) for layer in self.layers] for _ in range(count)]
+        if count:
+            self._twins[own_gradients] = (definition, twins)
+        else:
+            self._twins.pop(own_gradients, None)
         return twins
 
     def backward(self, grad_output: np.ndarray, input_grad: bool = True) -> np.ndarray | None:

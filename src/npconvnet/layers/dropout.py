@@ -12,9 +12,10 @@ class Dropout(Layer):
     so that evaluation (``y = x``) needs no rescaling. Backward multiplies by the same mask.
 
     The masks come from the global generator (``npconvnet.manual_seed``; ``fit(seed=...)``
-    seeds it for every epoch). In a data-parallel run (``npconvnet.distributed``) every rank
-    draws the noise of the whole batch, in the order one process would draw it, and keeps the
-    slice of its own samples: a sample's mask does not depend on the number of ranks. That
+    seeds it for every epoch). In a data-parallel run (over MPI ranks, ``npconvnet.distributed``,
+    or shards of the batch on threads, ``npconvnet.shards``) the noise of the whole batch is
+    drawn, in the order one process would draw it, and each rank or shard keeps the slice of
+    its own samples: a sample's mask does not depend on the number of ranks or threads. That
     order is the memory order of the samples, which a rank reads from its own shard: each
     shard needs two samples or more (one sample's array has no order along the batch).
 
@@ -38,8 +39,10 @@ class Dropout(Layer):
     """
 
     samplewise = True
-    #: The ``npconvnet.distributed.Communicator`` of a data-parallel run, set by ``fit`` while it
-    #: trains: its ``shard`` says which samples of the whole batch this rank holds. None: all.
+    #: Set by ``fit`` while it trains data-parallel: a ``npconvnet.distributed.Communicator``, or
+    #: a shard's member of a ``npconvnet.shards.ThreadGroup``. Its ``shard`` says which samples of
+    #: the whole batch this layer holds, its ``shared(draw)`` gives the whole batch's noise (each
+    #: rank draws it; the shards on threads share one draw: the global generator is one). None: all.
     process_group = None
     #: The fewest samples of each batch a rank may hold in a distributed run (see above).
     min_shard_size = 2
@@ -68,10 +71,13 @@ class Dropout(Layer):
                                      f"of each batch (the whole batch's noise is laid out as they are), "
                                      f"this rank has {len(x)} of {total}")
                 batch_shape = (total,) + x.shape[1:]
-                batch_noise = self._workspace("noise", batch_shape, x.dtype,
-                                              lambda: np.empty_like(x, shape=batch_shape))
-                default_rng().random(out=batch_noise.ravel(order="K"), dtype=batch_noise.dtype)
-                noise = batch_noise[start:stop]
+
+                def draw():
+                    batch_noise = self._workspace("noise", batch_shape, x.dtype,
+                                                  lambda: np.empty_like(x, shape=batch_shape))
+                    default_rng().random(out=batch_noise.ravel(order="K"), dtype=batch_noise.dtype)
+                    return batch_noise
+                noise = self.process_group.shared(draw)[start:stop]
             scale = np.multiply(noise >= self.p, x.dtype.type(1 / (1 - self.p)), out=noise)
         out = x if scale is None else _times(x, scale)
         self._remember(out, scale=scale)

@@ -130,7 +130,10 @@ def check_twins(model, twin, x):
 
 def numpy_training_step(model, batches):
     """npconvnet's training step: forward, cross-entropy, backward, Adam update; returns the loss.
-    ``step(x, y)`` trains on that batch, ``step()`` on the next of ``batches`` (in a cycle)."""
+    ``step(x, y)`` trains on that batch, ``step()`` on the next of ``batches`` (in a cycle).
+    Forward and backward are fit's (``npconvnet.shards.forward_backward``): on several threads,
+    each takes a shard of the batch."""
+    from npconvnet import shards
     from npconvnet.losses import CrossEntropyLoss
     from npconvnet.optim import Adam
     loss_fn, optimizer = CrossEntropyLoss(), Adam(model.parameters(), lr=1e-3)
@@ -139,8 +142,7 @@ def numpy_training_step(model, batches):
     def step(x=None, y=None):
         if x is None:
             x, y = next(cycle)
-        loss = loss_fn(model.forward(x), y)
-        model.backward(loss_fn.backward(), input_grad=False)   # as PyTorch: the data needs no gradient
+        loss, _ = shards.forward_backward(model, loss_fn, x, y)   # backward without dL/dx, as PyTorch
         optimizer.step()
         return loss
     return step

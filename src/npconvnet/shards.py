@@ -30,6 +30,7 @@ for it; it is raised in the caller once every shard has stopped.
 
 import contextlib
 import copy
+import sys
 import threading
 
 import numpy as np
@@ -40,6 +41,11 @@ from .layers import Sequential
 
 #: The fewest samples of a batch each shard holds; a smaller batch trains as one shard.
 MIN_SHARD_SAMPLES = 2
+
+#: While the shards run, a thread that waits this long for the GIL asks its holder to hand it
+#: over (Python's default is 5 ms): a shard back from a NumPy call then waits less for the
+#: other shards' Python code (on two threads vgg-mini trained 4% faster, convnet 10%).
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 #: A shard that waits this long for the others at a barrier stops the step: only a shard that
 #: skipped a collective call can keep the others waiting so long.
@@ -80,6 +86,8 @@ class ThreadGroup:
             except BaseException as error:
                 self._fail(error)
                 raise
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL_SECONDS))
         try:
             return parallel.run(guarded, self.members)
         except BaseException as error:
@@ -88,6 +96,8 @@ class ThreadGroup:
             if failure is None or failure is error:
                 raise
             raise failure from None
+        finally:
+            sys.setswitchinterval(switch_interval)
 
     def _fail(self, error):
         with self._lock:

@@ -6,7 +6,9 @@ outputs, the channels of an element-wise operation) and hands them to :func:`run
 them on :func:`get_num_threads` threads: the calling thread and the workers of one pool that
 every layer shares. The parts, and the order their results are added in, depend on the number
 of threads alone, so that the same number of threads gives the same bits every time; with one
-thread the parts are plain calls, one after the other, in the caller.
+thread the parts are plain calls, one after the other, in the caller. In training, ``fit``
+hands out larger parts than a layer's: whole shards of the batch (``npconvnet.shards``), inside
+which every layer's own parts run inline.
 
 While the parts run, and for the whole of a pass through a ``Sequential``
 (:func:`blas_on_one_thread`), BLAS is held to one thread (with threadpoolctl), one thread of

@@ -52,6 +52,10 @@ statistics summed over the ranks: the weights are those of one process with the 
 size, up to float32 rounding. Rank 0 alone prints and writes the checkpoint; see
 ``npconvnet.distributed``.
 
+Threads: on several threads (``npconvnet.set_num_threads``) each training step gives each
+thread a shard of the batch in the same way, with the same results to float32 rounding (see
+``npconvnet.shards``).
+
 Divergence: a batch loss that is NaN or infinite (or weights that became so) stops ``fit``
 with :class:`TrainingDivergedError` before anything is saved; the checkpoint keeps the last
 good epoch, and ``save_model`` refuses non-finite weights anyway.

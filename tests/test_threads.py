@@ -428,6 +428,28 @@ def test_uneven_shards_and_a_last_batch_too_small_to_share_train_the_one_thread_
     assert shard_steps == [2, 2]
 
 
+class BatchMean(npconvnet.layers.Layer):
+    """``y = x - mean(x over the batch)``: not samplewise (each output depends on every sample)."""
+
+    def forward(self, x):
+        return x - x.mean(axis=0)
+
+    def backward(self, grad_output):
+        return grad_output - grad_output.mean(axis=0)
+
+
+def test_a_layer_that_is_not_samplewise_trains_on_the_whole_batch_in_one_piece(threads, shard_steps):
+    x, y = noise_images(64)
+    x = x.reshape(64, -1)
+
+    def make_model():
+        return npconvnet.Sequential(Dense(784, 16), BatchMean(), ReLU(), Dense(16, 10))
+    expected, _ = fit_model(make_model, x, y, 1)
+    model, _ = fit_model(make_model, x, y, 2)
+    assert shard_steps == []
+    assert_same_state(model, expected)
+
+
 def test_sample_and_class_weights_and_weight_penalties_count_in_shards_as_on_one_thread(threads):
     data = np.random.default_rng(3)
     x, y = noise_images(100)

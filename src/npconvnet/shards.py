@@ -155,9 +155,14 @@ class _Member:
 def shard_slices(network, length):
     """The shards :func:`forward_backward` cuts a batch of ``length`` samples into, one per
     thread (``parallel.split``), or None for the whole batch in one piece: on one thread, for a
-    network other than a ``Sequential``, or when a shard would hold fewer than
-    ``MIN_SHARD_SAMPLES`` samples (or than a layer's ``min_shard_size``)."""
+    network other than a ``Sequential``, when a shard would hold fewer than
+    ``MIN_SHARD_SAMPLES`` samples (or than a layer's ``min_shard_size``), or when a layer may
+    mix the samples: one neither ``samplewise`` nor meeting the other shards through a
+    ``process_group`` (a custom layer that does not say so; a custom layer drawing from the
+    global generator in training needs a ``process_group`` too, as Dropout has)."""
     if parallel.threads_here() < 2 or not isinstance(network, Sequential):
+        return None
+    if not all(layer.samplewise or hasattr(layer, "process_group") for layer in network.walk()):
         return None
     slices = parallel.split(length)
     if len(slices) < 2 or length < len(slices) * max(MIN_SHARD_SAMPLES, dist.min_shard_size(network)):

@@ -342,7 +342,7 @@ def assert_same_state(model, expected, rtol=1e-4, message=""):
 
 @pytest.fixture
 def shard_steps(monkeypatch):
-    """The number of training steps taken in shards so far (a list of each one's shard count)."""
+    """The training steps taken in shards so far: a list of each one's number of shards."""
     taken = []
     run = npconvnet.shards.ThreadGroup.run
 
@@ -456,7 +456,8 @@ def test_sample_and_class_weights_and_weight_penalties_count_in_shards_as_on_one
     sample_weight = data.random(100) * 2
 
     def make_model():
-        return npconvnet.Sequential(Conv2D(1, 4, 3, kernel_regularizer=regularizers.l2(0.01)), ReLU(), MaxPool2D(2), Flatten(),
+        return npconvnet.Sequential(Conv2D(1, 4, 3, kernel_regularizer=regularizers.l2(0.01)), ReLU(),
+                                    MaxPool2D(2), Flatten(),
                                     Dense(4 * 13 * 13, 10, kernel_regularizer=regularizers.l1(0.001)))
     options = dict(sample_weight=sample_weight, class_weight={3: 4.0, 7: 0.5}, epochs=2, batch_size=25)
     expected, expected_history = fit_model(make_model, x, y, 1, **options)
@@ -497,7 +498,8 @@ def test_a_failing_shard_raises_in_the_caller_and_the_next_fit_trains(error, in_
     x = x.reshape(64, -1)
 
     def make_model():
-        return npconvnet.Sequential(Dense(784, 16, bias=False), failing, BatchNorm1D(16), ReLU(), Dropout(0.2), Dense(16, 10))
+        return npconvnet.Sequential(Dense(784, 16, bias=False), failing, BatchNorm1D(16), ReLU(), Dropout(0.2),
+                                    Dense(16, 10))
     with pytest.raises(type(error), match=str(error) or None):
         fit_model(make_model, x, y, 2)
     failing.failing = False

@@ -385,3 +385,13 @@ def test_summary_refuses_an_input_the_model_cannot_take():
 def test_astype_refuses_a_dtype_that_is_not_floating_point(dtype):
     with pytest.raises(TypeError, match="floating-point dtype|expects a NumPy dtype"):
         Sequential(Dense(2, 2)).astype(dtype)
+
+
+def test_an_error_whose_class_takes_other_arguments_still_says_which_layer_raised_it():
+    class Refusing(base.Layer):
+        def forward(self, x):
+            np.add(x, 1.5, out=np.zeros(2, np.int64))          # NumPy's casting error: not a one-argument class
+
+    with pytest.raises(TypeError) as raised:
+        Sequential(ReLU(), Refusing()).forward(np.zeros(2))
+    assert "in layer 1 of the Sequential" in raised.value.__notes__

@@ -95,7 +95,13 @@ def _forward_through(layers, x):
         try:
             x = layer.forward(x)
         except (ValueError, TypeError) as error:
-            raise type(error)(f"layer {index} of the Sequential: {error}") from None
+            where = f"layer {index} of the Sequential"
+            try:
+                located = type(error)(f"{where}: {error}")
+            except Exception:           # an error class that takes other arguments (NumPy's casting errors)
+                error.add_note(f"in {where}")
+                raise error from None
+            raise located from None
     return x
 
 

@@ -272,7 +272,7 @@ def test_evaluation_runs_a_large_batch_in_chunks_with_the_same_output(rng, monke
     monkeypatch.setattr(containers, "EVAL_CHUNK", 4)
     sizes = batch_sizes_seen(network[0])
     np.testing.assert_allclose(network.forward(x), whole, rtol=1e-12, atol=1e-12)
-    assert sizes == [4, 4, 2]
+    assert sorted(sizes) == [2, 4, 4]          # the threads may take their chunks in any order
 
 
 def test_backward_after_an_evaluation_in_chunks_gives_the_gradients_of_the_whole_batch(rng, monkeypatch):

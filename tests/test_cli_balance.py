@@ -73,10 +73,11 @@ def test_a_malformed_class_weight_is_one_line_and_exit_2(text, imbalanced, tmp_p
     assert_one_line_error(status, err, "--class-weight")
 
 
-def test_a_class_weight_for_a_class_the_dataset_lacks_is_one_line_and_exit_2(imbalanced, tmp_path, capsys):
+def test_a_class_weight_for_a_class_the_dataset_lacks_is_refused_before_the_run_starts(imbalanced, tmp_path, capsys):
     status, _, err = run(capsys, "train", "--dataset", imbalanced, "--out", tmp_path, *QUICK,
                          "--class-weight", "7:2")
-    assert_one_line_error(status, err, "class_weight's labels must be ints in [0, 3), got 7")
+    assert_one_line_error(status, err, "--class-weight gives a weight to class 7", "has 3 classes (labels 0-2)")
+    assert not (tmp_path / "run.json").exists()
 
 
 @pytest.mark.parametrize("first, again, recorded", [

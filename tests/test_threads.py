@@ -19,6 +19,7 @@ import npconvnet
 from npconvnet import parallel, reference, regularizers, zoo
 from npconvnet.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                               GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Sequential, Sigmoid, Tanh, conv)
+from npconvnet.layers import base
 from npconvnet.layers.containers import EVAL_CHUNK
 from npconvnet.parameter import Parameter
 from npconvnet.losses import CrossEntropyLoss
@@ -527,3 +528,90 @@ def test_the_shards_twins_are_made_once_for_a_run_not_at_every_step(threads, mon
     x, y = noise_images(128)
     model, _ = fit_model(zoo_model("vgg-mini"), x, y, 3)
     assert len(made) == 2 * len(model.layers)
+
+
+class _ListedAffine(base.Layer):
+    """A custom samplewise layer that keeps its Parameters in a list: y = x * scale + shift."""
+
+    samplewise = True
+
+    def __init__(self, features):
+        super().__init__()
+        self.params = [Parameter(np.ones(features, np.float32)), Parameter(np.zeros(features, np.float32))]
+
+    def named_parameters(self, prefix=""):
+        return [(prefix + "scale", self.params[0]), (prefix + "shift", self.params[1])]
+
+    def forward(self, x):
+        self._remember(x, x=x)
+        return x * self.params[0].data + self.params[1].data
+
+    def backward(self, grad_output):
+        x = self._recall(grad_output).x
+        self.params[0].grad, self.params[1].grad = (grad_output * x).sum(axis=0), grad_output.sum(axis=0)
+        return grad_output * self.params[0].data
+
+
+def test_twins_share_the_parameters_a_custom_layer_keeps_in_a_list(threads):
+    threads(2)
+    network = Sequential(Dense(4, 4), _ListedAffine(4)).eval()
+    x = np.random.default_rng(0).standard_normal((2 * EVAL_CHUNK + 2, 4)).astype(np.float32)
+    network.forward(x)                          # the twins are made
+    for parameter in network.parameters():
+        parameter.data += 1.0                   # in place, as an optimizer steps
+    on_two = network.forward(x)
+    threads(1)
+    assert_equal_to_float32_rounding(on_two, network.forward(x))
+
+
+def test_a_custom_layer_keeping_its_parameters_in_a_list_trains_on_two_threads_as_on_one():
+    data = np.random.default_rng(1)
+    x, y = data.standard_normal((64, 4)).astype(np.float32), data.integers(0, 4, 64)
+    make_model = lambda: npconvnet.Sequential(Dense(4, 4), _ListedAffine(4))    # noqa: E731
+    expected, _ = fit_model(make_model, x, y, 1, epochs=3)
+    on_two, _ = fit_model(make_model, x, y, 2, epochs=3)
+    npconvnet.set_num_threads(parallel._cores())
+    for ours, theirs in zip(on_two.parameters(), expected.parameters()):
+        assert_equal_to_float32_rounding(ours.data, theirs.data, rtol=1e-4)
+
+
+class _ScaledInput(npconvnet.Sequential, register=False):
+    """A model whose own forward divides its input by 255 before the layers."""
+
+    def forward(self, x):
+        return super().forward(x / 255.0)
+
+
+def test_a_model_with_a_forward_of_its_own_trains_on_two_threads_as_on_one(shard_steps):
+    data = np.random.default_rng(2)
+    x, y = (data.random((64, 8)) * 255).astype(np.float32), data.integers(0, 3, 64)
+    make_model = lambda: _ScaledInput(Dense(8, 16, activation="relu"), Dense(16, 3))    # noqa: E731
+    expected, expected_history = fit_model(make_model, x, y, 1, epochs=3)
+    on_two, history = fit_model(make_model, x, y, 2, epochs=3)
+    npconvnet.set_num_threads(parallel._cores())
+    assert not shard_steps                      # the whole batch in one piece, through its forward
+    np.testing.assert_allclose(history.history["loss"], expected_history.history["loss"], rtol=1e-4)
+
+
+def test_the_switch_interval_comes_back_after_calls_from_two_threads_overlapped(threads):
+    """This thread's call ends while another thread's is still running: the interval of before
+    comes back once both have ended, not the short one the second call found."""
+    threads(2)
+    before = sys.getswitchinterval()
+    other_inside, first_ended = threading.Event(), threading.Event()
+
+    def second(part):
+        if part == 0:
+            other_inside.set()
+            assert first_ended.wait(timeout=10)
+    other = threading.Thread(target=parallel.run, args=(second, [0, 1]))
+
+    def first(part):
+        if part == 0:                           # the other call starts inside this one
+            other.start()
+            assert other_inside.wait(timeout=10)
+
+    parallel.run(first, [0, 1])
+    first_ended.set()
+    other.join(timeout=10)
+    assert sys.getswitchinterval() == before

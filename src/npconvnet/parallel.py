@@ -77,6 +77,9 @@ _pool = None                 # created at the first parallel call, for _num_thre
 _blas = None                 # threadpoolctl's controllers of the loaded BLAS libraries
 _worker = threading.local()  # .inside: this thread is running a part (nested calls run inline)
 _holding = threading.local()  # .depth: blas_on_one_thread blocks this thread is inside
+_switch_lock = threading.Lock()  # guards the two below: run's callers on several threads
+_switch_users = 0                # run calls inside _short_switch_interval now
+_saved_switch_interval = None    # the interval before the first of them
 
 
 def get_num_threads():
@@ -131,14 +134,12 @@ def run(function, parts):
         # NumPy's floating-point error handling (np.errstate) belongs to each thread: the
         # caller's goes with the parts, so that an overflow warns, raises or stays quiet alike.
         errors = {"call": np.geterrcall(), **np.geterr()}
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL_SECONDS))
-        futures = [_thread_pool().submit(_run_inside, function, part, errors) for part in parts[1:]]
-        try:
-            first = _run_inside(function, parts[0])
-        finally:
-            rest = [future.exception() for future in futures]     # waits for every part
-            sys.setswitchinterval(switch_interval)
+        with _short_switch_interval():
+            futures = [_thread_pool().submit(_run_inside, function, part, errors) for part in parts[1:]]
+            try:
+                first = _run_inside(function, parts[0])
+            finally:
+                rest = [future.exception() for future in futures]     # waits for every part
         for error in rest:
             if error is not None:
                 raise error
@@ -165,6 +166,25 @@ def channelwise(function, *arrays):
         function(*arrays)
         return
     run(lambda part: function(*(array[:, part] for array in arrays)), parts)
+
+
+@contextlib.contextmanager
+def _short_switch_interval():
+    """``SWITCH_INTERVAL_SECONDS`` inside the block; the interval of before once the last of the
+    blocks that callers on several threads may be inside at once has ended."""
+    global _switch_users, _saved_switch_interval
+    with _switch_lock:
+        if _switch_users == 0:
+            _saved_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(_saved_switch_interval, SWITCH_INTERVAL_SECONDS))
+        _switch_users += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_saved_switch_interval)
 
 
 def _run_inside(function, part, errors=None):

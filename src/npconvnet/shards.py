@@ -52,6 +52,11 @@ MIN_SHARD_SAMPLES = 2
 BARRIER_TIMEOUT_SECONDS = 300
 
 
+#: Groups started by two threads at once (two fits) share the pool's workers: each could hold a
+#: worker that the other's barrier waits for. One group runs at a time.
+_one_group_at_a_time = threading.Lock()
+
+
 class ThreadGroup:
     """The shards of one batch, each run on a thread of its own, as a process group.
 
@@ -87,7 +92,8 @@ class ThreadGroup:
                 self._fail(error)
                 raise
         try:
-            return parallel.run(guarded, self.members)
+            with _one_group_at_a_time:
+                return parallel.run(guarded, self.members)
         except BaseException as error:
             self._barrier.abort()           # a KeyboardInterrupt outside the shards' calls, too
             failure = self._failure
@@ -157,6 +163,10 @@ def shard_slices(network, length):
     ``process_group`` (a custom layer that does not say so; a custom layer drawing from the
     global generator in training needs a ``process_group`` too, as Dropout has)."""
     if parallel.threads_here() < 2 or not isinstance(network, Sequential):
+        return None
+    # The other shards run the layers in a plain Sequential: a model of its own forward or backward
+    # (a subclass's) would be skipped there.
+    if type(network).forward is not Sequential.forward or type(network).backward is not Sequential.backward:
         return None
     if not all(layer.samplewise or hasattr(layer, "process_group") for layer in network.walk()):
         return None

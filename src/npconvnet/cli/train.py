@@ -129,8 +129,19 @@ def _fit_class_weight(value):
 def _class_weight_text(value):
     """``balanced`` or ``3:5,7:2``: class weights as --class-weight takes them."""
     if isinstance(value, dict):
-        return ",".join(f"{label}:{weight:g}" for label, weight in value.items())
+        return ",".join(f"{label}:{weight:.12g}" for label, weight in value.items())
     return value
+
+
+def _check_class_weight(run, class_names):
+    """A CliError when --class-weight names a class the dataset does not have."""
+    weights = _fit_class_weight(run.get("class_weight"))
+    if not isinstance(weights, dict):
+        return
+    unknown = sorted(label for label in weights if label >= len(class_names))
+    if unknown:
+        raise CliError(f"--class-weight gives a weight to class {unknown[0]}, but {run['dataset']} has "
+                       f"{len(class_names)} classes (labels 0-{len(class_names) - 1})")
 
 
 def _recorded_options(run):
@@ -349,6 +360,7 @@ def _train(args, run, communicator):
         else:
             communicator.root_call(_refuse_unfinished_run, out)
     (x_fit, y_fit), validation, (x_test, y_test), class_names = _training_data(run, args.data_dir)
+    _check_class_weight(run, class_names)
     shape = sample_shape(x_fit)
     preprocessing = zoo.build_preprocessing(recipe)
     if args.resume is not None:

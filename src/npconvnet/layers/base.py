@@ -126,10 +126,13 @@ class Layer:
             for name, value in vars(layer).items():
                 if name in _PER_CALL:
                     shared[id(value)] = {} if name in ("_workspaces", "_twins") else None
-                elif isinstance(value, Parameter) and own_gradients:
-                    shared[id(value)] = Parameter(value.data)
-                elif isinstance(value, (np.ndarray, Parameter)):
+                elif isinstance(value, np.ndarray):
                     shared[id(value)] = value
+        # Wherever a layer keeps them (a custom layer may hold its Parameters in a list).
+        for _, parameter in self.named_parameters():
+            shared[id(parameter)] = Parameter(parameter.data) if own_gradients else parameter
+        for _, buffer in self.named_buffers():
+            shared[id(buffer)] = buffer
         return copy.deepcopy(self, shared)
 
     def walk(self):
@@ -152,8 +155,9 @@ class Layer:
                 if name in _PER_CALL or (not buffers and name in layer.buffer_names):
                     continue
                 entries.append((layer, name, value))
-                if isinstance(value, Parameter):
-                    entries.append((value, "data", value.data))
+        entries += [(parameter, name, parameter.data) for name, parameter in self.named_parameters()]
+        if buffers:
+            entries += [(self, name, buffer) for name, buffer in self.named_buffers()]
         return entries
 
     # What backward needs from forward.

@@ -779,15 +779,9 @@ class Model:
             if augmenter is not None:
                 inputs = augmenter(inputs, rng=epoch_rng if augment_rng is None else augment_rng)
             batch_weights = None if weights is None else weights[index]
-            if communicator is None and shards.shard_slices(self, batch_length) is None:
-                outputs = self.forward(inputs)
-                loss = self._loss(outputs, y_batch, num_classes, batch_weights)
-                if not math.isfinite(loss):
-                    raise self._diverged(run, epoch, batch, loss, f"the loss is {loss}")
-                self.backward(self.loss.backward(), input_grad=False)
-                batch_confusion = self._batch_confusion(y_batch, outputs, num_classes)
-            elif communicator is None:
-                # On several threads, each takes a shard of the batch (npconvnet.shards).
+            if communicator is None:
+                # On several threads each takes a shard of the batch (npconvnet.shards); on one,
+                # the batch goes through whole.
                 loss, outputs = shards.forward_backward(self, self.loss, inputs,
                                                         self._loss_targets(y_batch, num_classes, self.dtype),
                                                         batch_weights)

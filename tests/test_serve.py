@@ -119,6 +119,19 @@ def request(server, method, path, body=None, headers=None):
         connection.close()
 
 
+def raw_exchange(server, data):
+    """``data`` sent as it is on a new connection, which then stops sending: ``(head, body)``
+    of everything the server answers until it closes."""
+    with socket.create_connection(server.server_address[:2], timeout=30) as raw:
+        raw.sendall(data)
+        raw.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := raw.recv(4096):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head, body
+
+
 def post_image(server, body, content_type="image/png"):
     """``POST /predict`` with ``body``: ``(status, the JSON answer)``."""
     status, headers, data = request(server, "POST", "/predict", body, {"Content-Type": content_type})
@@ -277,13 +290,9 @@ def test_an_image_over_the_pixel_limit_is_refused_with_413_from_its_header(serve
 
 
 def test_a_body_shorter_than_its_content_length_is_refused_with_400(server):
-    with socket.create_connection(server.server_address[:2], timeout=30) as raw:
-        raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
-        raw.shutdown(socket.SHUT_WR)                # the client goes away mid-body
-        reply = b""
-        while chunk := raw.recv(4096):
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
+    # The client goes away mid-body.
+    head, body = raw_exchange(server, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                              + b"x" * 10)
     assert head.startswith(b"HTTP/1.1 400")
     assert_refused(400, json.loads(body), 400, "the body ended after 10 of 1,000 bytes")
     assert_still_serving(server)
@@ -325,12 +334,7 @@ def test_no_path_but_the_page_and_the_endpoint_is_served(server, path):
 
 
 def test_a_malformed_request_line_gets_a_json_error_and_the_server_goes_on(server):
-    with socket.create_connection(server.server_address[:2], timeout=30) as raw:
-        raw.sendall(b"GET / three words HTTP/1.1\r\n\r\n")
-        reply = b""
-        while chunk := raw.recv(4096):
-            reply += chunk
-    head, _, body = reply.partition(b"\r\n\r\n")
+    head, body = raw_exchange(server, b"GET / three words HTTP/1.1\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400")
     assert_refused(400, json.loads(body), 400, "Bad request syntax")
     assert_still_serving(server)

@@ -176,7 +176,7 @@ class Communicator:
             try:
                 outcome = (True, function(*args))
             except Exception as error:
-                outcome = (False, _picklable(error))
+                outcome = (False, picklable_error(error))
         succeeded, value = self.broadcast(outcome)
         if not succeeded:
             raise value
@@ -285,8 +285,8 @@ def _buckets(parameters):
     return buckets
 
 
-def _picklable(error):
-    """``error``, or a RuntimeError with its message when it cannot be sent to the other ranks."""
+def picklable_error(error):
+    """``error``, or a RuntimeError with its message when it cannot be pickled (sent to another process)."""
     try:
         pickle.loads(pickle.dumps(error))
         return error

@@ -374,3 +374,11 @@ def layer_from_config(config, where="architecture"):
         raise ConfigError(f"{where}.{error.where}", error.reason) from None
     except (TypeError, ValueError) as error:
         raise ConfigError(where, f"bad arguments for {name}: {error}") from None
+
+
+def same_definition(made_from, definition):
+    """Whether two :meth:`Layer.definition` lists, one taken when something was made from a
+    layer (its twins, worker processes' copies) and one now, hold the same objects."""
+    return len(made_from) == len(definition) and all(
+        a is b and name == other_name and value is other_value
+        for (a, name, value), (b, other_name, other_value) in zip(made_from, definition))

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import parallel
-from .base import Layer, layer_from_config, layer_to_config
+from .base import Layer, layer_from_config, layer_to_config, same_definition
 
 #: In evaluation mode a Sequential runs a larger batch through its layers in chunks of at most
 #: this many samples (see ``Sequential.forward``).
@@ -230,9 +230,7 @@ class Sequential(Layer):
         definition = [entry for layer in self.layers for entry in layer.definition(buffers=not own_gradients)]
         if own_gradients in self._twins:
             made_from, twins = self._twins[own_gradients]
-            if len(twins) >= count and len(made_from) == len(definition) and all(
-                    a is b and name == other_name and value is other_value
-                    for (a, name, value), (b, other_name, other_value) in zip(made_from, definition)):
+            if len(twins) >= count and same_definition(made_from, definition):
                 return twins[:count]
         twins = [[layer.twin(own_gradients) for layer in self.layers] for _ in range(count)]
         if count:

@@ -39,6 +39,7 @@ throughput on one thread and on its default threads.
 """
 
 import argparse
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -128,15 +129,17 @@ def check_twins(model, twin, x):
     model.train(), twin.train()
 
 
-def numpy_training_step(model, batches):
+def numpy_training_step(model, batches, stack):
     """npconvnet's training step: forward, cross-entropy, backward, Adam update; returns the loss.
     ``step(x, y)`` trains on that batch, ``step()`` on the next of ``batches`` (in a cycle).
     Forward and backward are fit's (``npconvnet.shards.forward_backward``): on several threads,
-    each takes a shard of the batch."""
-    from npconvnet import shards
+    the shards of a batch go to worker processes, as in fit, which live until ``stack`` (a
+    ``contextlib.ExitStack``) closes."""
+    from npconvnet import processes, shards
     from npconvnet.losses import CrossEntropyLoss
     from npconvnet.optim import Adam
     loss_fn, optimizer = CrossEntropyLoss(), Adam(model.parameters(), lr=1e-3)
+    stack.enter_context(processes.on_processes(model, loss_fn))
     cycle = itertools.cycle(batches)
 
     def step(x=None, y=None):
@@ -229,6 +232,7 @@ def _serve(connection, library, name, threads):
     training batches and inference inputs as every other run, then answers ``run`` requests."""
     x_all, y_all, _ = mnist_or_noise()
     model = build_model(name)
+    stack = contextlib.ExitStack()
     batches = random_batches(x_all, y_all, TRAIN_BATCHES, TRAIN_BATCH)
     inputs = {"infer_1000": random_batches(x_all, y_all, 1, INFER_BATCH, seed=1)[0][0],
               "infer_1": random_batches(x_all, y_all, 1, 1, seed=1)[0][0]}
@@ -243,7 +247,7 @@ def _serve(connection, library, name, threads):
                     twin(x_torch)
             tasks[key] = (twin.eval, infer)
     else:
-        tasks = {"train": (model.train, numpy_training_step(model, batches))}
+        tasks = {"train": (model.train, numpy_training_step(model, batches, stack))}
         for key, x in inputs.items():
             tasks[key] = (model.eval, lambda x=x: model.forward(x))
     connection.send("ready")
@@ -252,6 +256,7 @@ def _serve(connection, library, name, threads):
         set_mode, function = tasks[task]
         set_mode()
         connection.send([timed(function) for _ in range(count)])
+    stack.close()
 
 
 def set_threads(library, threads):
@@ -358,17 +363,18 @@ def memory_probe(library, name, threads):
     batches = random_batches(x_all, y_all, 3, TRAIN_BATCH)
     model = build_model(name)
     set_threads(library, threads)
-    if library == "torch":
-        step = torch_training_step(to_torch(model), batches)
-    else:
-        step = numpy_training_step(model, batches)
-        tracemalloc.start()
-    baseline = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:     # "5" resets the peak RSS (VmHWM) to now
-        f.write("5")
-    for _ in range(3):
-        step()
-    result = {"rss_peak_mib": (_status_kib("VmHWM") - baseline) / 1024}
+    with contextlib.ExitStack() as stack:
+        if library == "torch":
+            step = torch_training_step(to_torch(model), batches)
+        else:
+            step = numpy_training_step(model, batches, stack)
+            tracemalloc.start()
+        baseline = _status_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:     # "5" resets the peak RSS (VmHWM) to now
+            f.write("5")
+        for _ in range(3):
+            step()
+        result = {"rss_peak_mib": (_status_kib("VmHWM") - baseline + _children_private_kib()) / 1024}
     if tracemalloc.is_tracing():
         result["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2 ** 20
     print(json.dumps(result))
@@ -380,6 +386,20 @@ def _status_kib(field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _children_private_kib():
+    """The memory this process's children (npconvnet's worker processes) hold of their own,
+    not shared with it: what they add (after three steps their layers still hold the last
+    step's arrays, near their peak)."""
+    pid = os.getpid()
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = f.read().split()
+    total = 0
+    for child in children:
+        with open(f"/proc/{child}/smaps_rollup") as f:
+            total += sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:")))
+    return total
 
 
 def peak_memory(library, name, threads):
@@ -413,10 +433,11 @@ def epoch_probe(library, threads):
         import torch
         step = torch_training_step(to_torch(model), batches[:1])
         batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches]
-    else:
-        step = numpy_training_step(model, batches[:1])
     losses = []
-    wall, cpu = timed(lambda: losses.extend(step(x, y) for x, y in batches))
+    with contextlib.ExitStack() as stack:
+        if library != "torch":
+            step = numpy_training_step(model, batches[:1], stack)
+        wall, cpu = timed(lambda: losses.extend(step(x, y) for x, y in batches))
     print(json.dumps({"wall": wall, "cpu": cpu, "mean_loss": float(np.mean(losses))}))
 
 

@@ -7,8 +7,9 @@ them on :func:`get_num_threads` threads: the calling thread and the workers of o
 every layer shares. The parts, and the order their results are added in, depend on the number
 of threads alone, so that the same number of threads gives the same bits every time; with one
 thread the parts are plain calls, one after the other, in the caller. In training, ``fit``
-hands out larger parts than a layer's: whole shards of the batch (``npconvnet.shards``), inside
-which every layer's own parts run inline.
+hands out larger parts than a layer's: whole shards of the batch (``npconvnet.shards``), on
+worker processes (``npconvnet.processes``: the GIL is not shared), inside which every layer's
+own parts run inline.
 
 While the parts run, and for the whole of a pass through a ``Sequential``
 (:func:`blas_on_one_thread`), BLAS is held to one thread (with threadpoolctl), one thread of
@@ -185,6 +186,18 @@ def _short_switch_interval():
             _switch_users -= 1
             if _switch_users == 0:
                 sys.setswitchinterval(_saved_switch_interval)
+
+
+@contextlib.contextmanager
+def one_thread_here():
+    """Inside the block, calls made in this thread run their parts one after the other, in it:
+    other processes have the cores (``npconvnet.processes``)."""
+    inside = getattr(_worker, "inside", False)
+    _worker.inside = True
+    try:
+        yield
+    finally:
+        _worker.inside = inside
 
 
 def _run_inside(function, part, errors=None):

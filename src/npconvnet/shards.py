@@ -1,15 +1,26 @@
-"""Data parallelism on threads inside one training step: each thread takes a shard of the batch.
+"""Data parallelism inside one training step: each thread's share of the cores takes a shard of
+the batch.
 
 In training a layer's own parts (``npconvnet.parallel``) are small, a tenth of a millisecond to
 ten milliseconds, and the threads hand them over and wait for each other at every layer:
 vgg-mini trained only 1.3x faster on two threads than on one (batch 128).
 :func:`forward_backward` hands over whole shards of the batch instead (``parallel.split``:
-contiguous, of nearly equal sizes). Each thread takes its shard through forward, the loss and
-backward, on a twin of the network's layers (``Layer.twin(own_gradients=True)``: the same
-weights, a ``.grad`` of its own; the first shard runs on the network itself), and the layers'
-own calls run inline inside it. The shards meet only where the whole batch is needed, as the
-ranks of a distributed run do (``npconvnet.distributed``), through a :class:`ThreadGroup` that
-offers the same interface:
+contiguous, of nearly equal sizes, one for each of :func:`parallel.get_num_threads`). Each
+shard goes through forward, the loss and backward (:func:`_shard_step`), and the layers' own
+calls run inline inside it. Where they run:
+
+* Inside ``fit`` (an ``npconvnet.processes.on_processes`` block), on processes: the first
+  shard in the caller, on the network itself, each other one in a worker process forked from
+  it, on its copy of the network. No GIL is shared, so the small networks gain from the cores
+  too (two cores, batch 128: convnet and lenet5 train 1.5-1.8x faster than on one thread,
+  where threads gave them 1.1-1.4x).
+* Elsewhere (a training loop of one's own, or where processes are not available), on threads:
+  the first shard on the network, each other one on a twin of its layers
+  (``Layer.twin(own_gradients=True)``: the same weights, a ``.grad`` of its own).
+
+The shards meet only where the whole batch is needed, as the ranks of a distributed run do
+(``npconvnet.distributed``), through a group that offers the same interface: a
+:class:`ThreadGroup` here, a ``processes.ProcessGroup`` there:
 
 * Batch normalization: each shard's BatchNorm layers have the shard's member of the group as
   their ``process_group``, whose ``allreduce_sum`` adds the shards' arrays in shard order: the
@@ -20,18 +31,13 @@ offers the same interface:
   masks, and the generator after them, do not depend on the number of threads.
 * Gradients: a shard's loss is the mean over its own samples, its gradient scaled by its share
   of the batch (``distributed.backward_shard``); the parameters' gradients are then summed over
-  the shards in shard order (the first shard's first) into the network's own Parameters, each
-  thread summing a share of the parameters.
+  the shards in shard order (the first shard's first) into the network's own Parameters (on
+  threads each thread sums a share of the parameters).
 
-The same number of threads gives the same bits every time; other numbers agree with one thread
-to float32 rounding (the sums are added in another order). An exception in any shard (a
-KeyboardInterrupt in the caller's included) breaks the group's barrier, so that no shard waits
-for it; it is raised in the caller once every shard has stopped.
-
-Speed (batch 128, two cores): vgg-mini trains 1.5x faster on two threads than on one (1.3x
-with each layer's own parts), convnet 1.04x (0.91x). Two processes each training on one thread
-would reach 2x: the shards lose the rest to the GIL, which their Python code between NumPy
-calls takes in turn, and to their meetings at batch normalization and dropout.
+The same number of threads gives the same bits every time, on threads and on processes alike;
+other numbers agree with one thread to float32 rounding (the sums are added in another order).
+An exception in any shard (a KeyboardInterrupt in the caller's included) stops the others; it
+is raised in the caller once every shard has stopped.
 """
 
 import contextlib
@@ -41,7 +47,7 @@ import threading
 import numpy as np
 
 from . import distributed as dist
-from . import parallel
+from . import parallel, processes
 from .layers import Sequential
 
 #: The fewest samples of a batch each shard holds; a smaller batch trains as one shard.
@@ -181,8 +187,9 @@ def forward_backward(network, loss, x, target, sample_weight=None):
     ``loss(network.forward(x), target, sample_weight)`` and ``network.backward`` of its gradient
     (``input_grad=False``), which leaves in every parameter's ``.grad`` the gradient of the
     batch's loss; the weight penalties are the caller's. On several threads the batch goes in
-    shards, one per thread (see the module docstring, and :func:`shard_slices`); otherwise
-    these are the calls made.
+    shards, one per thread (see the module docstring, and :func:`shard_slices`), on worker
+    processes inside an ``npconvnet.processes.on_processes(network, loss)`` block, else on
+    threads; on one thread these are the calls made.
 
     Args:
         network: a ``Sequential`` in training mode (a model).
@@ -198,37 +205,62 @@ def forward_backward(network, loss, x, target, sample_weight=None):
         network.backward(loss.backward(), input_grad=False)
         return value, outputs
     total = len(x)
+    shards = [((part.start, part.stop, total),
+               (x[part], target[part], None if sample_weight is None else sample_weight[part],
+                (part.stop - part.start) / total)) for part in slices]
+    workers = processes.group(network, loss, len(slices))
+    if workers is None:
+        results = _on_threads(network, loss, slices, shards)
+    else:
+        results = workers.run(_shard_step, shards)
+        for parameter, grads in zip(network.parameters(), zip(*(grads for _, _, grads in results))):
+            if not any(grad is None for grad in grads):
+                parameter.grad = _sum(grads)
+    value = 0.0
+    for part, (shard_value, _, _) in zip(slices, results):
+        value += shard_value * (part.stop - part.start) / total
+    return value, np.concatenate([outputs for _, outputs, _ in results])
+
+
+def _shard_step(member, network, loss, x, target, sample_weight, share):
+    """One shard's forward, loss and backward (its ``share`` of the batch's gradient), with
+    ``member`` as the ``process_group`` of its layers: ``(loss value, outputs, the parameters'
+    gradients)``."""
+    with dist.attached(network, member):
+        outputs = network.forward(x)
+        value = _loss(loss, outputs, target, sample_weight)
+        dist.backward_shard(network, loss, share)
+    return value, outputs, [parameter.grad for parameter in network.parameters()]
+
+
+def _on_threads(network, loss, slices, shards):
+    """The shards' :func:`_shard_step` results, each shard on a thread and on a twin of the
+    network; the gradients summed into the network's own Parameters."""
     networks = [network] + [Sequential(twins) for twins in network._layer_twins(len(slices) - 1, own_gradients=True)]
     shard_losses = [loss] + [copy.deepcopy(loss) for _ in slices[1:]]
     parameters = [shard_network.parameters() for shard_network in networks]
     owners = _owners([parameter.size for parameter in parameters[0]], len(slices))
 
     def step(member):
-        index, part = member.index, slices[member.index]
-        shard_network, shard_loss = networks[index], shard_losses[index]
-        outputs = shard_network.forward(x[part])
-        value = _loss(shard_loss, outputs, target[part], None if sample_weight is None else sample_weight[part])
-        dist.backward_shard(shard_network, shard_loss, (part.stop - part.start) / total)
+        index = member.index
+        result = _shard_step(member, networks[index], shard_losses[index], *shards[index][1])
         member.barrier()
         for position in owners[index]:
             grads = [shard_parameters[position].grad for shard_parameters in parameters]
-            if any(grad is None for grad in grads):
-                continue
-            grad = grads[0] + grads[1]
-            for other in grads[2:]:
-                grad += other
-            parameters[0][position].grad = grad
-        return value, outputs
+            if not any(grad is None for grad in grads):
+                parameters[0][position].grad = _sum(grads)
+        return result
 
-    group = ThreadGroup(slices, total)
-    with contextlib.ExitStack() as attached:
-        for shard_network, member in zip(networks, group.members):
-            attached.enter_context(dist.attached(shard_network, member))
-        results = group.run(step)
-    value = 0.0
-    for part, (shard_value, _) in zip(slices, results):
-        value += shard_value * (part.stop - part.start) / total
-    return value, np.concatenate([outputs for _, outputs in results])
+    return ThreadGroup(slices, shards[0][0][2]).run(step)
+
+
+def _sum(arrays):
+    """The arrays added in order (the first shard's first): the same bits on threads and
+    processes."""
+    total = arrays[0] + arrays[1]
+    for other in arrays[2:]:
+        total += other
+    return total
 
 
 def _loss(loss, outputs, target, sample_weight):

@@ -71,7 +71,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import data, losses, optim, rng, serialization, shards
+from . import data, losses, optim, processes, rng, serialization, shards
 from . import distributed as dist
 from . import metrics as metric_functions
 from .callbacks import CallbackList, History, ProgressBar
@@ -623,7 +623,8 @@ class Model:
                                   "before the last epoch? e.g. CosineAnnealingLR with T_max < epochs)",
                                   stacklevel=3)   # the caller of fit
                 self.train()
-                with dist.attached(self, communicator):
+                # On several cores the shards of each batch go to worker processes forked for the epoch.
+                with dist.attached(self, communicator), processes.on_processes(self, self.loss):
                     logs = self._train_epoch((x, y, convert, num_classes, weights), batch_size, shuffle,
                                              augmenter, epoch, epoch_rng, callback_list, run, communicator,
                                              augment_rng)

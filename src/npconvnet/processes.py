@@ -53,6 +53,12 @@ TIMEOUT_SECONDS = 300
 #: A worker told to leave is killed if it is still there after this long.
 EXIT_SECONDS = 5
 
+#: A process waiting for a message polls for it this long before it sleeps: a sleeping process
+#: is woken late (on a virtual machine a tenth of a millisecond to a millisecond), at every
+#: message of a step of a few milliseconds, and the waiting core has nothing else to do
+#: (convnet's fit at batch 64 on two cores: 10% faster).
+SPIN_SECONDS = 0.005
+
 _lock = threading.Lock()
 _blocks = {}    # id(network) -> the _Block of the on_processes block open for that network
 
@@ -193,7 +199,7 @@ class _Worker:
         """The payload of the worker's next message, which must be of kind ``expected``; the
         worker's exception if it failed."""
         try:
-            if not self.connection.poll(TIMEOUT_SECONDS):
+            if not _arrived(self.connection, TIMEOUT_SECONDS):
                 raise RuntimeError(f"the worker process of shard {self.index} of the batch sent nothing for "
                                    f"{TIMEOUT_SECONDS} s: every shard must make the same collective calls "
                                    "(batch normalization, dropout) in the same order")
@@ -237,6 +243,16 @@ class _Worker:
                 time.sleep(0.001)
 
 
+def _arrived(connection, timeout):
+    """Whether a message is there within ``timeout`` seconds, polled for at first
+    (``SPIN_SECONDS``), then slept for."""
+    deadline = time.perf_counter() + SPIN_SECONDS
+    while time.perf_counter() < deadline:
+        if connection.poll():
+            return True
+    return connection.poll(timeout)
+
+
 def _serve(connection, index, network, loss):
     """A worker's life: run what the caller sends, until it says to leave or is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -244,6 +260,7 @@ def _serve(connection, index, network, loss):
     parameters = network.parameters()
     while True:
         try:
+            _arrived(connection, None)
             message = connection.recv()
         except (EOFError, OSError):
             return
@@ -310,6 +327,7 @@ class _InWorker:
 
     def _result(self):
         try:
+            _arrived(self.connection, None)
             return self.connection.recv()
         except (EOFError, OSError):
             os._exit(1)         # the caller is gone

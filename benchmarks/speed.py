@@ -33,9 +33,10 @@ not), which flattered npconvnet. Reported, as medians after a warm-up:
 Both wall-clock and CPU time are recorded in the JSON file; the table shows ``--clock``. On a
 shared machine the process's CPU time is the steadier measure of the work done (with one
 thread; with more it adds the threads up, so wall-clock time is the default there). Ratios are
-npconvnet / PyTorch. When the results of both a one-thread run and a default run are in
-``benchmarks/results``, a scaling table follows: each library's training and inference
-throughput on one thread and on its default threads.
+npconvnet / PyTorch. The default run also measures each library's training and inference on
+one thread, in two more worker processes that take their turns with the others, and ends with
+the scaling table: throughput on one thread and on the default threads, from the same minutes
+of the same machine (two separate runs on this shared machine differed by up to 2x).
 """
 
 import argparse
@@ -184,20 +185,21 @@ def median_times(samples):
             for i, clock in enumerate(("wall", "cpu"))}
 
 
-def compare(ours, theirs, task, repeats, block=5, warmup=2):
-    """Median times per call of ``task`` in the two :class:`Worker` processes.
+def compare(workers, task, repeats, block=5, warmup=2):
+    """Median times per call of ``task`` in each of the :class:`Worker` processes.
 
-    The libraries take turns in blocks of ``block`` calls (the one going first alternates), so
-    that both see the same background load on a shared machine while each runs several calls
-    in a row with its own data in the caches, as in a training loop.
+    The workers take turns in blocks of ``block`` calls (the one going first changes from turn
+    to turn), so that all see the same background load on a shared machine while each runs
+    several calls in a row with its own data in the caches, as in a training loop.
     """
-    for worker in (ours, theirs):
+    for worker in workers:
         worker.run(task, warmup)
-    samples = ([], [])
+    samples = [[] for _ in workers]
     for index in range(repeats):
-        for which in ((0, 1) if index % 2 == 0 else (1, 0)):
-            samples[which].extend((ours, theirs)[which].run(task, block))
-    return median_times(samples[0]), median_times(samples[1])
+        for which in range(len(workers)):
+            which = (which + index) % len(workers)
+            samples[which].extend(workers[which].run(task, block))
+    return [median_times(times) for times in samples]
 
 
 class Worker:
@@ -483,17 +485,24 @@ def main(argv=None):
         check_twins(model, to_torch(model), x_all[:4])
         repeats = args.repeats if name != "vgg-mini" else max(3, args.repeats // 2)
         batches = random_batches(x_all, y_all, TRAIN_BATCHES, TRAIN_BATCH)
-        ours, theirs = Worker("numpy", name, args.threads), Worker("torch", name, args.threads)
+        workers = [Worker("numpy", name, args.threads), Worker("torch", name, args.threads)]
+        if args.threads is None:        # the scaling: both libraries on one thread too, in turn with the others
+            workers += [Worker("numpy", name, 1), Worker("torch", name, 1)]
         try:
-            times = {task: compare(ours, theirs, task, count)
+            times = {task: compare(workers if task != "infer_1" else workers[:2], task, count)
                      for task, count in (("train", repeats), ("infer_1000", repeats), ("infer_1", 40))}
         finally:
-            ours.close(), theirs.close()
-        results = {"seconds": times,
-                   "train_images_per_s": [TRAIN_BATCH / t[clock] for t in times["train"]],
-                   "infer_1000_images_per_s": [INFER_BATCH / t[clock] for t in times["infer_1000"]],
+            for worker in workers:
+                worker.close()
+        results = {"seconds": {task: pair[:2] for task, pair in times.items()},
+                   "train_images_per_s": [TRAIN_BATCH / t[clock] for t in times["train"][:2]],
+                   "infer_1000_images_per_s": [INFER_BATCH / t[clock] for t in times["infer_1000"][:2]],
                    "infer_1_ms": [t[clock] * 1e3 for t in times["infer_1"]],
                    "conv_gflops": conv_gflops(model, batches[0][0], clock, repeats)}
+        if args.threads is None:
+            results["one_thread"] = {"train_images_per_s": [TRAIN_BATCH / t[clock] for t in times["train"][2:]],
+                                     "infer_1000_images_per_s": [INFER_BATCH / t[clock]
+                                                                 for t in times["infer_1000"][2:]]}
         if not args.no_memory:
             memory = [peak_memory(library, name, args.threads) for library in ("numpy", "torch")]
             results["train_peak_mib"] = [memory[0]["rss_peak_mib"], memory[1]["rss_peak_mib"]]
@@ -515,36 +524,25 @@ def main(argv=None):
     with open(out, "w") as f:
         json.dump(report, f, indent=2)
     print(f"\nwritten to {os.path.relpath(out)}")
-    scaling = scaling_table(os.path.join(results, "speed-1thread.json"), os.path.join(results, "speed-default.json"))
-    if scaling:
-        print("\n" + scaling)
+    if args.threads is None:
+        print("\n" + scaling_table(report))
 
 
-def scaling_table(one_thread_file, default_file):
-    """Each library's throughput on one thread and on its default threads, from the two runs'
-    JSON files (None unless both exist), with the speed-up between them."""
-    try:
-        with open(one_thread_file) as f:
-            single = json.load(f)
-        with open(default_file) as f:
-            default = json.load(f)
-    except FileNotFoundError:
-        return None
-    counts = default.get("thread_counts", {})
-    rows = [("model", "metric", "npconvnet 1 -> {} threads".format(counts.get("npconvnet", "?")),
-             "PyTorch 1 -> {} threads".format(counts.get("torch", "?")))]
-    for name in default["models"]:
+def scaling_table(report):
+    """Each library's throughput on one thread and on its default threads, measured in the same
+    run, taking turns, with the speed-up between them."""
+    counts = report["thread_counts"]
+    rows = [("model", "metric", "npconvnet 1 -> {} threads".format(counts["npconvnet"]),
+             "PyTorch 1 -> {} threads".format(counts["torch"]))]
+    for name, results in report["models"].items():
         for key, label in (("train_images_per_s", "train img/s"), ("infer_1000_images_per_s", "infer img/s")):
-            if name not in single["models"]:
-                continue
             cells = []
             for library in range(2):
-                before, after = single["models"][name][key][library], default["models"][name][key][library]
+                before, after = results["one_thread"][key][library], results[key][library]
                 cells.append(f"{before:,.0f} -> {after:,.0f} ({after / before:.2f}x)")
             rows.append((name, label, *cells))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["Scaling: throughput on 1 thread (speed-1thread.json) and on each library's default threads "
-             "(speed-default.json)", ""]
+    lines = ["Scaling: each library on one thread and on its default threads (the same run, in turns)", ""]
     for index, row in enumerate(rows):
         lines.append(" | ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
         if index == 0:

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 import npconvnet
-from npconvnet import processes, shards, zoo
+from npconvnet import Sequential, processes, shards, zoo
 from npconvnet.callbacks import Callback
-from npconvnet import Sequential
 from npconvnet.layers import BatchNorm1D, Dense, Dropout, LeakyReLU, ReLU
 from npconvnet.losses import CrossEntropyLoss
 
@@ -123,6 +122,25 @@ def test_a_network_changed_between_two_steps_reaches_the_workers(change, groups,
     on_two = fitted(make_model, x, y, callbacks=[_ChangeAfterFirstBatch(change)])
     threads(1)
     expected = fitted(make_model, x, y, callbacks=[_ChangeAfterFirstBatch(change)])
+    for ours, theirs in zip(on_two.parameters(), expected.parameters()):
+        np.testing.assert_allclose(ours.data, theirs.data, rtol=1e-5, atol=1e-6)
+
+
+class _DrawsBetweenBatches(Callback):
+    def on_batch_end(self, batch, logs=None):
+        npconvnet.rng.default_rng().random(7)
+
+
+def test_the_workers_draw_the_dropout_noise_of_one_thread_even_after_other_draws_between_steps(groups, threads):
+    # Every shard draws the whole batch's noise from the generator in the caller's state; a
+    # callback drawing from it between two steps moves that state on in the caller alone.
+    x, y = noise(96, features=12)
+
+    def make_model():
+        return Sequential(Dense(12, 16), Dropout(0.5), Dense(16, 10))
+    on_two = fitted(make_model, x, y, epochs=2, callbacks=[_DrawsBetweenBatches()])
+    threads(1)
+    expected = fitted(make_model, x, y, epochs=2, callbacks=[_DrawsBetweenBatches()])
     for ours, theirs in zip(on_two.parameters(), expected.parameters()):
         np.testing.assert_allclose(ours.data, theirs.data, rtol=1e-5, atol=1e-6)
 

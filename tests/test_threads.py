@@ -419,6 +419,24 @@ def test_batch_normalization_in_shards_updates_the_running_statistics_once_with_
         np.testing.assert_allclose(model[0].running_var, var, rtol=1e-5, err_msg=f"on {count} threads")
 
 
+def test_batch_normalization_in_shards_of_unlike_means_far_from_zero_keeps_the_whole_batchs_variance(threads,
+                                                                                                   transport):
+    # Values near 1000 with a spread of 1, the first shard's below the second's: the shards'
+    # own means differ, and the batch's variance is mostly the spread between them.
+    x = np.sort(1000 + np.random.default_rng(0).standard_normal(64 * 3 * 6 * 6)).reshape(64, 3, 6, 6)
+    x = x.astype(np.float32)
+    y = np.arange(64) % 2
+
+    def make_model():
+        return npconvnet.Sequential(BatchNorm2D(3, momentum=1.0), Flatten(), Dense(3 * 6 * 6, 2))
+    expected = x.astype(np.float64)
+    for count in THREAD_COUNTS:
+        model, _ = fit_model(make_model, x, y, count, batch_size=64, shuffle=False)
+        np.testing.assert_allclose(model[0].running_mean, expected.mean(axis=(0, 2, 3)), rtol=1e-6)
+        np.testing.assert_allclose(model[0].running_var, expected.var(axis=(0, 2, 3), ddof=1), rtol=1e-4,
+                                   err_msg=f"on {count} threads")
+
+
 def test_the_dropout_masks_of_fit_do_not_depend_on_the_number_of_threads(threads, shard_steps):
     # Another mask for any sample would change the weights far beyond rounding.
     x = np.random.default_rng(0).random((96, 20), dtype=np.float32)

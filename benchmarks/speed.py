@@ -140,7 +140,7 @@ def numpy_training_step(model, batches, stack):
     from npconvnet.losses import CrossEntropyLoss
     from npconvnet.optim import Adam
     loss_fn, optimizer = CrossEntropyLoss(), Adam(model.parameters(), lr=1e-3)
-    stack.enter_context(processes.on_processes(model, loss_fn))
+    stack.enter_context(processes.on_processes(model))
     cycle = itertools.cycle(batches)
 
     def step(x=None, y=None):

@@ -4,7 +4,11 @@ or dying worker in the caller. (That the results agree with one thread, and that
 shard leaves the next fit intact, is tested with the threads, on both: test_threads.py.)"""
 
 import os
+import signal
+import subprocess
+import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -91,9 +95,9 @@ def test_forward_backward_outside_a_block_runs_on_threads(groups):
     model = zoo.get("convnet").train()
     shards.forward_backward(model, CrossEntropyLoss(), x, y)
     assert groups == []
-    with processes.on_processes(model, loss := CrossEntropyLoss()):
-        shards.forward_backward(model, loss, x, y)
-        shards.forward_backward(model, loss, x, y)
+    with processes.on_processes(model):
+        shards.forward_backward(model, CrossEntropyLoss(), x, y)
+        shards.forward_backward(model, CrossEntropyLoss(), x, y)
     assert len(groups) == 1
 
 
@@ -109,16 +113,35 @@ class _ChangeAfterFirstBatch(Callback):
             self.change(self.model)
 
 
+class _Scaled(npconvnet.layers.Layer):
+    """``y = x * scale``, ``scale`` an array of the layer's own (not a Parameter)."""
+
+    samplewise = True
+
+    def __init__(self, features):
+        super().__init__()
+        self.scale = np.ones(features, np.float32)
+
+    def forward(self, x):
+        return x * self.scale
+
+    def backward(self, grad_output):
+        return grad_output * self.scale
+
+
 @pytest.mark.parametrize("change", [
     lambda model: setattr(model.layers[1], "negative_slope", 0.5),
     lambda model: setattr(model.layers[0].weight, "data", model.layers[0].weight.data * 0.5),
     lambda model: model.layers[0].weight.data.__imul__(0.5),
-], ids=["an option", "a parameter's array replaced", "a parameter changed in place"])
+    lambda model: model.layers[2].scale.__imul__(2.0),
+    lambda model: setattr(model.loss, "label_smoothing", 0.5),
+], ids=["an option", "a parameter's array replaced", "a parameter changed in place",
+        "a layer's own array changed in place", "a loss option"])
 def test_a_network_changed_between_two_steps_reaches_the_workers(change, groups, threads):
     x, y = noise(96, features=12)
 
     def make_model():
-        return Sequential(Dense(12, 16), LeakyReLU(0.01), Dense(16, 10))
+        return Sequential(Dense(12, 16), LeakyReLU(0.01), _Scaled(16), Dense(16, 10))
     on_two = fitted(make_model, x, y, callbacks=[_ChangeAfterFirstBatch(change)])
     threads(1)
     expected = fitted(make_model, x, y, callbacks=[_ChangeAfterFirstBatch(change)])
@@ -198,3 +221,76 @@ def test_a_worker_making_a_collective_call_the_caller_does_not_is_a_clear_error(
     x, y = noise(64, features=10)
     with pytest.raises(RuntimeError, match="sent a 'sum' where the caller expected a 'result'.*same collective"):
         fitted(lambda: Sequential(Dense(10, 10), _SumsInWorkersOnly(), Dropout(0.2), Dense(10, 10)), x, y)
+
+
+def _warn(layer):
+    warnings.warn("a warning in a worker", UserWarning)
+
+
+def test_a_warning_in_a_worker_is_raised_in_the_caller(groups):
+    x, y = noise(64, features=10)
+    with pytest.warns(UserWarning, match="a warning in a worker"):
+        fitted(lambda: Sequential(Dense(10, 10), _InWorkers(_warn), Dense(10, 10)), x, y)
+
+
+def test_a_fork_that_fails_leaves_the_epoch_to_the_threads_with_a_warning(groups, monkeypatch):
+    x, y = noise(96)
+    expected = fitted(lambda: zoo.get("convnet"), x, y)
+
+    def fails():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(os, "fork", fails)
+    with pytest.warns(RuntimeWarning, match="could not fork the worker processes.*run on threads"):
+        model = fitted(lambda: zoo.get("convnet"), x, y)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, expected.state_dict()[key], err_msg=key)
+
+
+def test_fit_trains_where_the_children_are_reaped_by_someone_else(groups):
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)     # the system reaps them at once
+    try:
+        x, y = noise(96)
+        fitted(lambda: zoo.get("convnet"), x, y, epochs=2)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert len(groups) == 2
+
+
+def test_a_step_after_a_failed_one_forks_new_workers(groups):
+    x, y = noise(64, features=10)
+    fails = _InWorkers(_raise)
+    model = Sequential(Dense(10, 10), fails, Dense(10, 10)).train()
+    with processes.on_processes(model):
+        with pytest.raises(ArithmeticError):
+            shards.forward_backward(model, CrossEntropyLoss(), x, y)
+        fails.action = lambda layer: None
+        shards.forward_backward(model, CrossEntropyLoss(), x, y)
+    assert len(groups) == 2
+
+
+def test_what_a_worker_prints_reaches_the_callers_output_when_it_is_a_pipe(tmp_path):
+    script = tmp_path / "prints.py"
+    script.write_text(
+        "import numpy as np, npconvnet\n"
+        "from npconvnet.layers import Dense, Layer\n"
+        "class Prints(Layer):\n"
+        "    samplewise = True\n"
+        "    def forward(self, x):\n"
+        "        print('a forward pass')\n"
+        "        return x\n"
+        "    def backward(self, grad_output):\n"
+        "        return grad_output\n"
+        "import sys\n"
+        "npconvnet.processes.AVAILABLE = sys.argv[1] == 'processes'\n"
+        "npconvnet.set_num_threads(2)\n"
+        "model = npconvnet.Sequential(Dense(4, 4), Prints(), Dense(4, 2))\n"
+        "model.compile(optimizer='sgd', loss='cross_entropy')\n"
+        "x = np.random.default_rng(0).random((64, 4), dtype=np.float32)\n"
+        "model.fit(x, np.arange(64) % 2, epochs=1, batch_size=32, verbose=0)\n")
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    printed = {}
+    for transport in ("processes", "threads"):
+        done = subprocess.run([sys.executable, str(script), transport], capture_output=True, text=True,
+                              env=environment, timeout=120, check=True)
+        printed[transport] = done.stdout.count("a forward pass")
+    assert printed["processes"] == printed["threads"] >= 4      # two batches, two shards each

@@ -3,27 +3,28 @@
 Threads share the cores only as far as their Python code between NumPy calls lets them: the GIL
 runs that code one thread at a time, and a training step of a small network is mostly such
 code (convnet trained 1.1-1.4x faster on two threads than on one, where two processes reach
-1.9x). Inside an :func:`on_processes` block (``fit`` opens one around its epochs), the shards of
+1.8x). Inside an :func:`on_processes` block (``fit`` opens one around each epoch), the shards of
 each batch (``npconvnet.shards``) run on processes instead: the caller's process takes the
 first shard on its own network, and each of the others goes to a worker process forked from it,
-which holds a copy of the network and the loss as they were at the fork.
+which holds a copy of the network as it was at the fork.
 
 A :class:`ProcessGroup` offers the interface of a ``shards.ThreadGroup``, over pipes: at each
-step the caller sends every worker the current weights, the state of the global generator
-(``npconvnet.rng``) and its shard of the batch; at batch normalization each member's
-``allreduce_sum`` goes through the caller, which adds the shards' arrays in shard order, as the
-threads do (the same bits); at the end each worker sends its result back (its shard's loss,
-outputs and gradients). Dropout's noise for the whole batch (``shared``) is drawn by every
-shard alike, from the generator in the same state, as the ranks of an MPI run draw it: sending
-it would cost more than drawing it (vgg-mini: 2.7 MB a step).
+step the caller sends every worker the loss, the values of the network's arrays (weights,
+buffers, any array a layer keeps), the state of the global generator (``npconvnet.rng``) and
+its shard of the batch; at batch normalization each member's ``allreduce_sum`` goes through the
+caller, which adds the shards' arrays in shard order, as the threads do (the same bits); at the
+end each worker sends its result back (its shard's loss, outputs and gradients) with the
+warnings it raised, which the caller raises again. Dropout's noise for the whole batch
+(``shared``) is drawn by every shard alike, from the generator in the same state, as the ranks
+of an MPI run draw it: sending it would cost more than drawing it (vgg-mini: 2.7 MB a step).
 
 The workers are forked at the first step of the block that needs them and end with it; they are
-forked again when the network has changed since (a layer, option, mode or parameter replaced:
-``Layer.definition``, as the threads' twins are made again). The weights travel at every step;
-other arrays a layer keeps are the fork's copies. An exception in a worker is raised in the
-caller with the worker's traceback; a worker that dies, or an exception in the caller
-(a KeyboardInterrupt included), ends the workers. A worker ignores Ctrl-C (its caller stops it)
-and leaves when its caller does (its pipe closes).
+forked again when the network has changed since (a layer, option, mode, parameter or array
+replaced: ``Layer.definition``, as the threads' twins are made again). An exception in a worker
+is raised in the caller with the worker's traceback; a worker that dies, or an exception in the
+caller (a KeyboardInterrupt included), ends the workers. A worker ignores Ctrl-C (its caller
+stops it) and leaves when its caller does (its pipe closes, or its parent is gone). Where a
+fork fails (a limit on processes, say), the block's shards run on threads, with a warning.
 
 Processes need ``os.fork`` as Linux has it (elsewhere the shards run on threads: macOS's and
 Windows' processes are spawned, which would import everything again and copy the network and
@@ -62,25 +63,35 @@ EXIT_SECONDS = 5
 #: (convnet's fit at batch 64 on two cores: 10% faster).
 SPIN_SECONDS = 0.005
 
+#: A waiting worker checks this often that its caller is still there.
+PARENT_CHECK_SECONDS = 1.0
+
+# Python 3.12 warns of fork() in a process with threads (BLAS's, the thread pool's): they are
+# idle between calls, and a worker runs NumPy and npconvnet alone.
+warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning,
+                        module=__name__)
+
 _lock = threading.Lock()
-_blocks = {}    # id(network) -> the _Block of the on_processes block open for that network
+_blocks = {}        # id(network) -> the _Block of the on_processes block open for that network
+_connections = set()  # the caller's ends of every live worker's pipe: a new worker closes them all
+_raised_in_workers = {}  # the warnings registry of those raised again in the caller: each is shown once
 
 
 class _Block:
-    def __init__(self, network, loss):
-        self.network, self.loss, self.group = network, loss, None
+    def __init__(self, network):
+        self.network, self.group, self.failed = network, None, False
 
 
 @contextlib.contextmanager
-def on_processes(network, loss):
-    """Inside the block, :func:`group` gives the shards of ``network`` with ``loss`` worker
-    processes; they end with the block. A block inside another one for the same network (or
-    where processes are not :data:`AVAILABLE`) changes nothing."""
+def on_processes(network):
+    """Inside the block, :func:`group` gives the shards of ``network`` worker processes; they
+    end with the block. A block inside another one for the same network (or where processes
+    are not :data:`AVAILABLE`) changes nothing."""
     key = id(network)
     with _lock:
         opened = AVAILABLE and key not in _blocks
         if opened:
-            _blocks[key] = _Block(network, loss)
+            _blocks[key] = _Block(network)
     try:
         yield
     finally:
@@ -91,42 +102,47 @@ def on_processes(network, loss):
                 block.group.close()
 
 
-def group(network, loss, size):
-    """The :class:`ProcessGroup` of at least ``size`` members for ``network`` and ``loss``
-    inside their :func:`on_processes` block (forked now when there is none yet, or when the
-    network has changed since its fork), or None outside such a block."""
+def group(network, size):
+    """The :class:`ProcessGroup` of at least ``size`` members for ``network`` inside its
+    :func:`on_processes` block (forked now when there is none yet, or when the network has
+    changed since its fork), or None: outside such a block, or where forking failed in it."""
     block = _blocks.get(id(network))
-    if block is None or block.network is not network or block.loss is not loss:
+    if block is None or block.network is not network or block.failed:
         return None
     current = block.group
-    if current is not None and (current.size < size or not current.made_from(network)):
+    if current is not None and (current.closed or current.size < size or not current.made_from(network)):
         current.close()
         current = block.group = None
     if current is None:
-        current = block.group = ProcessGroup(network, loss, size)
+        try:
+            current = block.group = ProcessGroup(network, size)
+        except OSError as error:
+            block.failed = True
+            warnings.warn(f"npconvnet: could not fork the worker processes for the shards of a training batch "
+                          f"({error}); they run on threads until the end of the epoch", RuntimeWarning,
+                          stacklevel=3)
+            return None
     return current
 
 
 class ProcessGroup:
     """The caller's process and ``size - 1`` worker processes forked from it, each holding a
-    copy of ``network`` and ``loss``: the shards of a batch, as a process group.
+    copy of ``network``: the shards of a batch, as a process group.
 
     :meth:`run` gives each shard's ``function(member, network, loss, *arguments)``; a
     ``member`` (the shard's ``process_group``, as a ``shards.ThreadGroup``'s) has ``shard``
     ``(start, stop, total)``, ``allreduce_sum(array)`` (the shards' arrays added in shard
     order), ``shared(function)`` (``function()``, which every shard computes alike from the
-    global generator, in the caller's state at the start of the step) and
-    ``barrier()``.
+    global generator, in the caller's state at the start of the step) and ``barrier()``.
     """
 
-    def __init__(self, network, loss, size):
-        self.network, self.loss, self.size = network, loss, size
+    def __init__(self, network, size):
+        self.network, self.size, self.closed = network, size, False
         self._definition = network.definition(buffers=False)
-        self._parameters = network.parameters()
         self._workers = []
         try:
             for index in range(1, size):
-                self._workers.append(_Worker.fork(index, network, loss, self._workers))
+                self._workers.append(_Worker.fork(index, network))
         except BaseException:
             self.close(kill=True)
             raise
@@ -135,35 +151,51 @@ class ProcessGroup:
         """Whether ``network`` is still as it was when the workers were forked."""
         return same_definition(self._definition, network.definition(buffers=False))
 
-    def run(self, function, shards):
+    def run(self, function, loss, shards):
         """``[function(member, network, loss, *arguments) for (shard, arguments) in shards]``: the
-        first in the caller (on its network and loss, on one thread: the cores are the
-        workers'), each other on a worker (on its copies, the caller's weights loaded first).
-        ``shards`` holds ``((start, stop, total), arguments)`` for at most :attr:`size` shards;
-        ``function`` is a module-level function (the workers find it by name)."""
+        first in the caller (on its network and ``loss``, on one thread: the cores are the
+        workers'), each other on a worker (on its copy of the network, the caller's arrays
+        loaded first, and on a copy of ``loss``). ``shards`` holds ``((start, stop, total),
+        arguments)`` for at most :attr:`size` shards; ``function`` is a module-level function
+        (the workers find it by name)."""
         workers = self._workers[:len(shards) - 1]
-        weights = [parameter.data for parameter in self._parameters]
-        generator = rng.get_state()
+        step = ("run", function, loss, _arrays(self.network), rng.get_state())
         try:
             for worker, (shard, arguments) in zip(workers, shards[1:]):
-                worker.send(("run", function, weights, generator, shard, arguments))
+                worker.send(step + (shard, arguments))
             shard, arguments = shards[0]
-            member = _Caller(workers, shard)
             with parallel.one_thread_here():
-                first = function(member, self.network, self.loss, *arguments)
-            return [first] + [worker.receive("result")[0] for worker in workers]
+                first = function(_Caller(workers, shard), self.network, loss, *arguments)
+            results = [first]
+            for worker in workers:
+                result, raised = worker.receive("result")
+                for message, category, filename, lineno in raised:
+                    warnings.warn_explicit(message, category, filename, lineno, registry=_raised_in_workers)
+                results.append(result)
+            return results
         except BaseException:
             self.close(kill=True)       # a worker may be left inside the step: none is trusted again
             raise
 
     def close(self, kill=False):
         """End the workers: told to leave (killed if they have not after ``EXIT_SECONDS``), or
-        killed at once."""
-        for worker in self._workers:
-            worker.leave()
-        for worker in self._workers:
-            worker.wait(timeout=0 if kill else EXIT_SECONDS)
-        self._workers = []
+        killed at once; killed at once, too, when the wait is interrupted."""
+        workers, self._workers, self.closed = self._workers, [], True
+        try:
+            for worker in workers:
+                worker.leave()
+            for worker in workers:
+                worker.wait(timeout=0 if kill else EXIT_SECONDS)
+        except BaseException:
+            for worker in workers:
+                worker.wait(timeout=0)
+            raise
+
+
+def _arrays(network):
+    """Every array of ``network``'s definition (weights, buffers, arrays its layers keep), in
+    order: what a worker's copy takes over at each step."""
+    return [value for _, _, value in network.definition() if isinstance(value, np.ndarray)]
 
 
 class _Worker:
@@ -174,23 +206,22 @@ class _Worker:
         self.status = None
 
     @classmethod
-    def fork(cls, index, network, loss, earlier):
+    def fork(cls, index, network):
         ours, theirs = Pipe()
-        with warnings.catch_warnings():
-            # Python 3.12 warns of fork() in a process with threads (BLAS's, the thread pool's):
-            # they are idle between calls, and the worker runs NumPy and npconvnet alone.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:
-            status = 1
-            try:
-                ours.close()
-                for worker in earlier:
-                    worker.connection.close()
-                _serve(theirs, index, network, loss)
-                status = 0
-            finally:
-                os._exit(status)
+        caller = os.getpid()
+        for stream in (sys.stdout, sys.stderr):     # or the worker would write the buffered text too
+            with contextlib.suppress(Exception):
+                stream.flush()
+        # Ctrl-C waits until the worker ignores it: none may unwind the caller's stack in the worker.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            with _lock:
+                pid = os.fork()
+                if pid == 0:
+                    _worker_life(theirs, ours, index, network, caller)
+                _connections.add(ours)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         theirs.close()
         return cls(index, pid, ours)
 
@@ -231,21 +262,27 @@ class _Worker:
     def leave(self):
         with contextlib.suppress(OSError, ValueError):
             self.connection.send(None)
+        with _lock:
+            _connections.discard(self.connection)
         self.connection.close()
 
     def wait(self, timeout=EXIT_SECONDS):
-        """Reap the worker, killing it if it is still there after ``timeout`` seconds."""
+        """Reap the worker, killing it if it is still there after ``timeout`` seconds. Its exit
+        status stays None where someone else reaped it (SIGCHLD ignored, say)."""
         deadline = time.monotonic() + timeout
-        while self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if not pid and time.monotonic() >= deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-                pid, status = os.waitpid(self.pid, 0)
-            if pid:
-                self.status = os.waitstatus_to_exitcode(status)
-            else:
-                time.sleep(0.001)
+        try:
+            while self.status is None:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if not pid and time.monotonic() >= deadline:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid, signal.SIGKILL)
+                    pid, status = os.waitpid(self.pid, 0)
+                if pid:
+                    self.status = os.waitstatus_to_exitcode(status)
+                else:
+                    time.sleep(0.001)
+        except ChildProcessError:
+            pass                # reaped already: gone
 
 
 def _arrived(connection, timeout):
@@ -258,29 +295,66 @@ def _arrived(connection, timeout):
     return connection.poll(timeout)
 
 
-def _serve(connection, index, network, loss):
+def _from_caller(connection, caller):
+    """The caller's next message; the worker leaves if its caller is gone."""
+    try:
+        while not _arrived(connection, PARENT_CHECK_SECONDS):
+            if os.getppid() != caller:
+                _leave(1)
+        return connection.recv()
+    except (EOFError, OSError):
+        _leave(0)
+
+
+def _leave(status):
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
+def _worker_life(connection, callers_end, index, network, caller):
+    """The forked worker, from the fork to its exit: it never returns into the caller's code."""
+    status = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        callers_end.close()
+        for other in _connections:      # other workers' pipes: they must see their caller leave
+            other.close()
+        _serve(connection, index, network, caller)
+        status = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        _leave(status)
+
+
+def _serve(connection, index, network, caller):
     """A worker's life: run what the caller sends, until it says to leave or is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parallel.set_num_threads(1)
-    parameters = network.parameters()
-    while True:
+    while (message := _from_caller(connection, caller)) is not None:
+        _, function, loss, arrays, generator, shard, arguments = message
         try:
-            _arrived(connection, None)
-            message = connection.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        _, function, weights, generator, shard, arguments = message
-        try:
-            for parameter, values in zip(parameters, weights):
-                parameter.data[...] = values
+            for target, values in zip(_arrays(network), arrays):
+                if target.flags.writeable:
+                    target[...] = values
             rng.set_state(generator)
-            result = function(_InWorker(connection, index, shard), network, loss, *arguments)
-            reply = ("result", result)
+            with warnings.catch_warnings(record=True) as raised:
+                warnings.simplefilter("always")     # the caller's filters decide which to show
+                result = function(_InWorker(connection, index, shard, caller), network, loss, *arguments)
+            reply = ("result", result, [(str(caught.message), caught.category, caught.filename, caught.lineno)
+                                        for caught in raised])
         except BaseException as error:
-            reply = ("error", dist.picklable_error(error), "".join(traceback.format_exception(error)))
-        connection.send(reply)
+            reply = _error_reply(error)
+        try:
+            connection.send(reply)
+        except Exception as error:          # a result or warning that cannot be pickled
+            connection.send(_error_reply(RuntimeError(f"the worker could not send its result back: {error}")))
+
+
+def _error_reply(error):
+    return ("error", dist.picklable_error(error), "".join(traceback.format_exception(error)))
 
 
 class _Member:
@@ -316,19 +390,15 @@ class _Caller(_Member):
 class _InWorker(_Member):
     """A worker's member: it sends its arrays to the caller and waits for the result."""
 
-    def __init__(self, connection, index, shard):
-        self.connection, self.index, self.shard = connection, index, shard
+    def __init__(self, connection, index, shard, caller):
+        self.connection, self.index, self.shard, self.caller = connection, index, shard, caller
 
     def __repr__(self):
         return f"ProcessGroup member(shard {self.index}: samples {self.shard})"
 
     def allreduce_sum(self, array):
         self.connection.send(("sum", np.asarray(array)))
-        return self._result()
-
-    def _result(self):
-        try:
-            _arrived(self.connection, None)
-            return self.connection.recv()
-        except (EOFError, OSError):
-            os._exit(1)         # the caller is gone
+        total = _from_caller(self.connection, self.caller)
+        if total is None:
+            _leave(0)           # told to leave in the middle of the step: the caller has given up on it
+        return total

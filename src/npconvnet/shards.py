@@ -188,7 +188,7 @@ def forward_backward(network, loss, x, target, sample_weight=None):
     (``input_grad=False``), which leaves in every parameter's ``.grad`` the gradient of the
     batch's loss; the weight penalties are the caller's. On several threads the batch goes in
     shards, one per thread (see the module docstring, and :func:`shard_slices`), on worker
-    processes inside an ``npconvnet.processes.on_processes(network, loss)`` block, else on
+    processes inside an ``npconvnet.processes.on_processes(network)`` block, else on
     threads; on one thread these are the calls made.
 
     Args:
@@ -208,11 +208,11 @@ def forward_backward(network, loss, x, target, sample_weight=None):
     shards = [((part.start, part.stop, total),
                (x[part], target[part], None if sample_weight is None else sample_weight[part],
                 (part.stop - part.start) / total)) for part in slices]
-    workers = processes.group(network, loss, len(slices))
+    workers = processes.group(network, len(slices))
     if workers is None:
         results = _on_threads(network, loss, slices, shards)
     else:
-        results = workers.run(_shard_step, shards)
+        results = workers.run(_shard_step, loss, shards)
         for parameter, grads in zip(network.parameters(), zip(*(grads for _, _, grads in results))):
             if not any(grad is None for grad in grads):
                 parameter.grad = _sum(grads)

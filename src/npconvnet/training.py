@@ -624,7 +624,7 @@ class Model:
                                   stacklevel=3)   # the caller of fit
                 self.train()
                 # On several cores the shards of each batch go to worker processes forked for the epoch.
-                with dist.attached(self, communicator), processes.on_processes(self, self.loss):
+                with dist.attached(self, communicator), processes.on_processes(self):
                     logs = self._train_epoch((x, y, convert, num_classes, weights), batch_size, shuffle,
                                              augmenter, epoch, epoch_rng, callback_list, run, communicator,
                                              augment_rng)

@@ -2,8 +2,8 @@
 
 Threads share the cores only as far as their Python code between NumPy calls lets them: the GIL
 runs that code one thread at a time, and a training step of a small network is mostly such
-code (convnet trained 1.1-1.4x faster on two threads than on one, where two processes reach
-1.8x). Inside an :func:`on_processes` block (``fit`` opens one around each epoch), the shards of
+code (convnet trained 0.9-1.4x faster on two threads than on one, where two processes, each
+training on its own, reach 1.8x together). Inside an :func:`on_processes` block (``fit`` opens one around each epoch), the shards of
 each batch (``npconvnet.shards``) run on processes instead: the caller's process takes the
 first shard on its own network, and each of the others goes to a worker process forked from it,
 which holds a copy of the network as it was at the fork.

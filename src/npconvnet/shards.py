@@ -12,8 +12,8 @@ calls run inline inside it. Where they run:
 * Inside ``fit`` (an ``npconvnet.processes.on_processes`` block), on processes: the first
   shard in the caller, on the network itself, each other one in a worker process forked from
   it, on its copy of the network. No GIL is shared, so the small networks gain from the cores
-  too (two cores, batch 128: convnet and lenet5 train 1.5-1.8x faster than on one thread,
-  where threads gave them 1.1-1.4x).
+  too (two cores, batch 128: convnet and lenet5 trained 1.35-1.4x faster than on one thread,
+  where threads gave them 0.9-1.1x; benchmarks/speed.py).
 * Elsewhere (a training loop of one's own, or where processes are not available), on threads:
   the first shard on the network, each other one on a twin of its layers
   (``Layer.twin(own_gradients=True)``: the same weights, a ``.grad`` of its own).

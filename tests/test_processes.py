@@ -294,3 +294,44 @@ def test_what_a_worker_prints_reaches_the_callers_output_when_it_is_a_pipe(tmp_p
                               env=environment, timeout=120, check=True)
         printed[transport] = done.stdout.count("a forward pass")
     assert printed["processes"] == printed["threads"] >= 4      # two batches, two shards each
+
+
+class _RecordsTheBatch(Callback):
+    def on_batch_end(self, batch, logs=None):
+        self.model.last_batch = batch           # an attribute of the model, not of its layers
+
+
+def test_the_workers_are_not_forked_again_for_an_attribute_of_the_model_set_at_every_step(groups):
+    x, y = noise(128)
+    fitted(lambda: zoo.get("convnet"), x, y, callbacks=[_RecordsTheBatch()])
+    assert len(groups) == 1
+
+
+class _KeepsItsInput(npconvnet.layers.Layer):
+    """The identity, keeping a copy of its last input: a new array at every step."""
+
+    samplewise = True
+
+    def forward(self, x):
+        self.last_input = x.copy()
+        return x
+
+    def backward(self, grad_output):
+        return grad_output
+
+
+def test_the_workers_are_not_forked_again_for_a_layers_array_replaced_at_every_step(groups):
+    x, y = noise(128, features=10)
+    fitted(lambda: Sequential(Dense(10, 10), _KeepsItsInput(), Dense(10, 10)), x, y)
+    assert len(groups) <= 2         # once more after the first step, which added the attribute
+
+
+def test_a_warning_of_a_class_defined_in_a_function_reaches_the_caller(groups):
+    class LocalWarning(UserWarning):
+        pass
+
+    def warn_locally(layer):
+        warnings.warn("a local kind of warning", LocalWarning)
+    x, y = noise(64, features=10)
+    with pytest.warns(UserWarning, match="a local kind of warning"):
+        fitted(lambda: Sequential(Dense(10, 10), _InWorkers(warn_locally), Dense(10, 10)), x, y)

@@ -19,8 +19,9 @@ warnings it raised, which the caller raises again. Dropout's noise for the whole
 of an MPI run draw it: sending it would cost more than drawing it (vgg-mini: 2.7 MB a step).
 
 The workers are forked at the first step of the block that needs them and end with it; they are
-forked again when the network has changed since (a layer, option, mode, parameter or array
-replaced: ``Layer.definition``, as the threads' twins are made again). An exception in a worker
+forked again when the network's layers have changed since (a layer or option replaced, a mode
+switched, an array added: ``Layer.definition``; arrays replaced by others are not a change, their
+values travel at every step). An exception in a worker
 is raised in the caller with the worker's traceback; a worker that dies, or an exception in the
 caller (a KeyboardInterrupt included), ends the workers. A worker ignores Ctrl-C (its caller
 stops it) and leaves when its caller does (its pipe closes, or its parent is gone). Where a
@@ -33,6 +34,7 @@ data over).
 
 import contextlib
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -45,7 +47,7 @@ import numpy as np
 
 from . import distributed as dist
 from . import parallel, rng
-from .layers.base import same_definition
+from .parameter import Parameter
 
 #: Where shards may run on worker processes: os.fork, on Linux.
 AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "fork")
@@ -59,9 +61,11 @@ EXIT_SECONDS = 5
 
 #: A process waiting for a message polls for it this long before it sleeps: a sleeping process
 #: is woken late (on a virtual machine a tenth of a millisecond to a millisecond), at every
-#: message of a step of a few milliseconds, and the waiting core has nothing else to do
-#: (convnet's fit at batch 64 on two cores: 10% faster).
-SPIN_SECONDS = 0.005
+#: message of a step of a few milliseconds. Between two polls it yields its core to any other
+#: process that wants it. Two cores, training steps at batch 128: convnet 10% faster than
+#: without polling on idle cores, vgg-mini as fast with another process busy on one of them
+#: (polling 5 ms made it 8% slower there).
+SPIN_SECONDS = 0.001
 
 #: A waiting worker checks this often that its caller is still there.
 PARENT_CHECK_SECONDS = 1.0
@@ -138,7 +142,7 @@ class ProcessGroup:
 
     def __init__(self, network, size):
         self.network, self.size, self.closed = network, size, False
-        self._definition = network.definition(buffers=False)
+        self._definition = _definition(network)
         self._workers = []
         try:
             for index in range(1, size):
@@ -148,8 +152,14 @@ class ProcessGroup:
             raise
 
     def made_from(self, network):
-        """Whether ``network`` is still as it was when the workers were forked."""
-        return same_definition(self._definition, network.definition(buffers=False))
+        """Whether ``network``'s layers are still as they were when the workers were forked: the
+        same layers, attributes and options, and arrays where there were arrays (their values
+        are sent at every step)."""
+        now = _definition(network)
+        return len(now) == len(self._definition) and all(
+            owner is other_owner and name == other_name
+            and (value is other_value or isinstance(value, np.ndarray) and isinstance(other_value, np.ndarray))
+            for (owner, name, value), (other_owner, other_name, other_value) in zip(self._definition, now))
 
     def run(self, function, loss, shards):
         """``[function(member, network, loss, *arguments) for (shard, arguments) in shards]``: the
@@ -159,7 +169,7 @@ class ProcessGroup:
         arguments)`` for at most :attr:`size` shards; ``function`` is a module-level function
         (the workers find it by name)."""
         workers = self._workers[:len(shards) - 1]
-        step = ("run", function, loss, _arrays(self.network), rng.get_state())
+        step = ("run", function, loss, [array for _, _, array in _arrays(self.network)], rng.get_state())
         try:
             for worker, (shard, arguments) in zip(workers, shards[1:]):
                 worker.send(step + (shard, arguments))
@@ -192,10 +202,22 @@ class ProcessGroup:
             raise
 
 
+def _definition(network):
+    """The definition of ``network``'s layers (``Layer.definition``, buffers included)."""
+    return [entry for layer in network.layers for entry in layer.definition()]
+
+
 def _arrays(network):
-    """Every array of ``network``'s definition (weights, buffers, arrays its layers keep), in
-    order: what a worker's copy takes over at each step."""
-    return [value for _, _, value in network.definition() if isinstance(value, np.ndarray)]
+    """``(owner, name, array)`` for every array ``network``'s layers hold as an attribute
+    (weights as their Parameters' ``.data``, buffers, arrays a layer keeps), in order: what a
+    worker's copy takes over at each step."""
+    arrays = []
+    for owner, name, value in _definition(network):
+        if isinstance(owner, Parameter):
+            arrays.append((owner, "data", value))
+        elif isinstance(value, np.ndarray) and vars(owner).get(name) is value:
+            arrays.append((owner, name, value))
+    return arrays
 
 
 class _Worker:
@@ -207,23 +229,29 @@ class _Worker:
 
     @classmethod
     def fork(cls, index, network):
-        ours, theirs = Pipe()
         caller = os.getpid()
         for stream in (sys.stdout, sys.stderr):     # or the worker would write the buffered text too
             with contextlib.suppress(Exception):
                 stream.flush()
         # Ctrl-C waits until the worker ignores it: none may unwind the caller's stack in the worker.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        pid = None
         try:
+            # Under the lock, so that no other thread's worker is forked holding this pipe's ends.
             with _lock:
+                ours, theirs = Pipe()
                 pid = os.fork()
                 if pid == 0:
                     _worker_life(theirs, ours, index, network, caller)
                 _connections.add(ours)
+                theirs.close()
+            return cls(index, pid, ours)
+        except BaseException:
+            if pid:             # a KeyboardInterrupt right after the fork: no worker is left behind
+                cls(index, pid, ours).wait(timeout=0)
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        theirs.close()
-        return cls(index, pid, ours)
 
     def send(self, message):
         try:
@@ -292,6 +320,7 @@ def _arrived(connection, timeout):
     while time.perf_counter() < deadline:
         if connection.poll():
             return True
+        os.sched_yield()
     return connection.poll(timeout)
 
 
@@ -315,6 +344,7 @@ def _leave(status):
 
 def _worker_life(connection, callers_end, index, network, caller):
     """The forked worker, from the fork to its exit: it never returns into the caller's code."""
+    global _lock, AVAILABLE
     status = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -322,8 +352,15 @@ def _worker_life(connection, callers_end, index, network, caller):
         callers_end.close()
         for other in _connections:      # other workers' pipes: they must see their caller leave
             other.close()
+        # The caller's lock (held at the fork) and blocks are not the worker's: inside it, shards
+        # run on threads.
+        _lock, AVAILABLE = threading.Lock(), False
+        _blocks.clear()
+        _connections.clear()
         _serve(connection, index, network, caller)
         status = 0
+    except (BrokenPipeError, ConnectionResetError):
+        pass                    # the caller closed the pipe: it has given up on this worker
     except BaseException:
         traceback.print_exc()
     finally:
@@ -336,21 +373,34 @@ def _serve(connection, index, network, caller):
     while (message := _from_caller(connection, caller)) is not None:
         _, function, loss, arrays, generator, shard, arguments = message
         try:
-            for target, values in zip(_arrays(network), arrays):
-                if target.flags.writeable:
+            for (owner, name, target), values in zip(_arrays(network), arrays, strict=True):
+                # In place where it can be (a layer's workspaces may hold views of it).
+                if target.shape == values.shape and target.dtype == values.dtype and target.flags.writeable:
                     target[...] = values
+                else:
+                    setattr(owner, name, values)
             rng.set_state(generator)
             with warnings.catch_warnings(record=True) as raised:
                 warnings.simplefilter("always")     # the caller's filters decide which to show
                 result = function(_InWorker(connection, index, shard, caller), network, loss, *arguments)
-            reply = ("result", result, [(str(caught.message), caught.category, caught.filename, caught.lineno)
-                                        for caught in raised])
+            reply = ("result", result, [(str(caught.message), _sendable(caught.category), caught.filename,
+                                         caught.lineno) for caught in raised])
         except BaseException as error:
             reply = _error_reply(error)
         try:
             connection.send(reply)
         except Exception as error:          # a result or warning that cannot be pickled
             connection.send(_error_reply(RuntimeError(f"the worker could not send its result back: {error}")))
+
+
+def _sendable(category):
+    """A warning's category, or UserWarning for one that cannot be pickled (a class defined in a
+    function)."""
+    try:
+        pickle.dumps(category)
+        return category
+    except Exception:
+        return UserWarning
 
 
 def _error_reply(error):

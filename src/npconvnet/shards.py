@@ -40,7 +40,6 @@ An exception in any shard (a KeyboardInterrupt in the caller's included) stops t
 is raised in the caller once every shard has stopped.
 """
 
-import contextlib
 import copy
 import threading
 

@@ -352,9 +352,9 @@ def shard_steps(monkeypatch):
         taken.append(group.size)
         return run_on_threads(group, function)
 
-    def on_processes(group, function, loss, shards):
+    def on_processes(group, function, loss, shards, definition):
         taken.append(len(shards))
-        return run_on_processes(group, function, loss, shards)
+        return run_on_processes(group, function, loss, shards, definition)
     monkeypatch.setattr(npconvnet.shards.ThreadGroup, "run", on_threads)
     monkeypatch.setattr(processes.ProcessGroup, "run", on_processes)
     return taken

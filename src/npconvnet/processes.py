@@ -88,7 +88,7 @@ class _Block:
 
 @contextlib.contextmanager
 def on_processes(network):
-    """Inside the block, :func:`group` gives the shards of ``network`` worker processes; they
+    """Inside the block, :func:`run_shards` runs the shards of ``network`` on worker processes; they
     end with the block. A block inside another one for the same network (or where processes
     are not :data:`AVAILABLE`) changes nothing."""
     key = id(network)
@@ -106,27 +106,29 @@ def on_processes(network):
                 block.group.close()
 
 
-def group(network, size):
-    """The :class:`ProcessGroup` of at least ``size`` members for ``network`` inside its
-    :func:`on_processes` block (forked now when there is none yet, or when the network has
-    changed since its fork), or None: outside such a block, or where forking failed in it."""
+def run_shards(network, function, loss, shards):
+    """:meth:`ProcessGroup.run` of ``function`` on the ``shards`` of a batch, on the workers of
+    ``network``'s :func:`on_processes` block (forked now when there are none yet, too few, or
+    when the network has changed since their fork), or None: outside such a block, or where
+    forking failed in it."""
     block = _blocks.get(id(network))
     if block is None or block.network is not network or block.failed:
         return None
+    definition = _definition(network)
     current = block.group
-    if current is not None and (current.closed or current.size < size or not current.made_from(network)):
+    if current is not None and (current.closed or current.size < len(shards) or not current.made_from(definition)):
         current.close()
         current = block.group = None
     if current is None:
         try:
-            current = block.group = ProcessGroup(network, size)
+            current = block.group = ProcessGroup(network, len(shards), definition)
         except OSError as error:
             block.failed = True
             warnings.warn(f"npconvnet: could not fork the worker processes for the shards of a training batch "
                           f"({error}); they run on threads until the end of the epoch", RuntimeWarning,
                           stacklevel=3)
             return None
-    return current
+    return current.run(function, loss, shards, definition)
 
 
 class ProcessGroup:
@@ -140,9 +142,9 @@ class ProcessGroup:
     global generator, in the caller's state at the start of the step) and ``barrier()``.
     """
 
-    def __init__(self, network, size):
+    def __init__(self, network, size, definition):
         self.network, self.size, self.closed = network, size, False
-        self._definition = _definition(network)
+        self._definition = definition
         self._workers = []
         try:
             for index in range(1, size):
@@ -151,25 +153,24 @@ class ProcessGroup:
             self.close(kill=True)
             raise
 
-    def made_from(self, network):
-        """Whether ``network``'s layers are still as they were when the workers were forked: the
-        same layers, attributes and options, and arrays where there were arrays (their values
-        are sent at every step)."""
-        now = _definition(network)
+    def made_from(self, now):
+        """Whether the network's layers, whose definition is ``now`` (:func:`_definition`), are
+        still as they were when the workers were forked: the same layers, attributes and
+        options, and arrays where there were arrays (their values are sent at every step)."""
         return len(now) == len(self._definition) and all(
             owner is other_owner and name == other_name
             and (value is other_value or isinstance(value, np.ndarray) and isinstance(other_value, np.ndarray))
             for (owner, name, value), (other_owner, other_name, other_value) in zip(self._definition, now))
 
-    def run(self, function, loss, shards):
+    def run(self, function, loss, shards, definition):
         """``[function(member, network, loss, *arguments) for (shard, arguments) in shards]``: the
         first in the caller (on its network and ``loss``, on one thread: the cores are the
-        workers'), each other on a worker (on its copy of the network, the caller's arrays
-        loaded first, and on a copy of ``loss``). ``shards`` holds ``((start, stop, total),
-        arguments)`` for at most :attr:`size` shards; ``function`` is a module-level function
-        (the workers find it by name)."""
+        workers'), each other on a worker (on its copy of the network, the caller's arrays in
+        the network's ``definition`` now loaded first, and on a copy of ``loss``). ``shards``
+        holds ``((start, stop, total), arguments)`` for at most :attr:`size` shards; ``function``
+        is a module-level function (the workers find it by name)."""
         workers = self._workers[:len(shards) - 1]
-        step = ("run", function, loss, [array for _, _, array in _arrays(self.network)], rng.get_state())
+        step = ("run", function, loss, [array for _, _, array in _arrays(definition)], rng.get_state())
         try:
             for worker, (shard, arguments) in zip(workers, shards[1:]):
                 worker.send(step + (shard, arguments))
@@ -207,12 +208,12 @@ def _definition(network):
     return [entry for layer in network.layers for entry in layer.definition()]
 
 
-def _arrays(network):
-    """``(owner, name, array)`` for every array ``network``'s layers hold as an attribute
-    (weights as their Parameters' ``.data``, buffers, arrays a layer keeps), in order: what a
-    worker's copy takes over at each step."""
+def _arrays(definition):
+    """``(owner, name, array)`` for every array a network's layers hold as an attribute, from
+    their ``definition`` (weights as their Parameters' ``.data``, buffers, arrays a layer
+    keeps), in order: what a worker's copy takes over at each step."""
     arrays = []
-    for owner, name, value in _definition(network):
+    for owner, name, value in definition:
         if isinstance(owner, Parameter):
             arrays.append((owner, "data", value))
         elif isinstance(value, np.ndarray) and vars(owner).get(name) is value:
@@ -373,7 +374,7 @@ def _serve(connection, index, network, caller):
     while (message := _from_caller(connection, caller)) is not None:
         _, function, loss, arrays, generator, shard, arguments = message
         try:
-            for (owner, name, target), values in zip(_arrays(network), arrays, strict=True):
+            for (owner, name, target), values in zip(_arrays(_definition(network)), arrays, strict=True):
                 # In place where it can be (a layer's workspaces may hold views of it).
                 if target.shape == values.shape and target.dtype == values.dtype and target.flags.writeable:
                     target[...] = values

@@ -207,11 +207,10 @@ def forward_backward(network, loss, x, target, sample_weight=None):
     shards = [((part.start, part.stop, total),
                (x[part], target[part], None if sample_weight is None else sample_weight[part],
                 (part.stop - part.start) / total)) for part in slices]
-    workers = processes.group(network, len(slices))
-    if workers is None:
+    results = processes.run_shards(network, _shard_step, loss, shards)
+    if results is None:
         results = _on_threads(network, loss, slices, shards)
     else:
-        results = workers.run(_shard_step, loss, shards)
         for parameter, grads in zip(network.parameters(), zip(*(grads for _, _, grads in results))):
             if not any(grad is None for grad in grads):
                 parameter.grad = _sum(grads)

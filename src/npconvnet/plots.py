@@ -283,6 +283,22 @@ def _image_panel(axes, image, label):
     axes.set_yticks([])
 
 
+def _heat_panel(axes, heat, cmap, label, interpolation):
+    """A heat map in [0, 1] on ``axes``, titled ``label``; the image drawn (for a colour bar)."""
+    shown = axes.imshow(heat, cmap=cmap, vmin=0, vmax=1, interpolation=interpolation)
+    axes.set_title(label, fontsize=9)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    return shown
+
+
+def _heat_figure_done(figure, panels, shown, title, path, dpi):
+    """The colour bar of ``shown`` beside ``panels``, the title, and the figure saved."""
+    figure.colorbar(shown, ax=list(panels), shrink=0.8, label="fraction of the maximum")
+    figure.suptitle(title, fontsize=11)
+    return _save(figure, path, dpi)
+
+
 def plot_grad_cam(image, heat_map, path=None, title="Grad-CAM", alpha=0.5, cmap="jet", dpi=DPI):
     """Grad-CAM over its image: the image, the heat map, and the heat map laid over the image.
 
@@ -297,15 +313,10 @@ def plot_grad_cam(image, heat_map, path=None, title="Grad-CAM", alpha=0.5, cmap=
     figure = _figure(7.5, 2.9)
     panels = figure.subplots(1, 3)
     _image_panel(panels[0], image, "input")
-    shown = panels[1].imshow(heat, cmap=cmap, vmin=0, vmax=1, interpolation="bilinear")
-    panels[1].set_title("Grad-CAM", fontsize=9)
+    shown = _heat_panel(panels[1], heat, cmap, "Grad-CAM", "bilinear")
     _image_panel(panels[2], image, "Grad-CAM over the input")
     panels[2].imshow(heat, cmap=cmap, vmin=0, vmax=1, alpha=alpha, interpolation="bilinear")
-    panels[1].set_xticks([])
-    panels[1].set_yticks([])
-    figure.colorbar(shown, ax=list(panels), shrink=0.8, label="fraction of the maximum")
-    figure.suptitle(title, fontsize=11)
-    return _save(figure, path, dpi)
+    return _heat_figure_done(figure, panels, shown, title, path, dpi)
 
 
 def plot_saliency(image, saliency_map, path=None, title="Saliency", cmap="hot", dpi=DPI):
@@ -317,10 +328,5 @@ def plot_saliency(image, saliency_map, path=None, title="Saliency", cmap="hot", 
     figure = _figure(5.4, 2.9)
     panels = figure.subplots(1, 2)
     _image_panel(panels[0], image, "input")
-    shown = panels[1].imshow(heat, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-    panels[1].set_title("|gradient|, largest over the channels", fontsize=9)
-    panels[1].set_xticks([])
-    panels[1].set_yticks([])
-    figure.colorbar(shown, ax=list(panels), shrink=0.8, label="fraction of the maximum")
-    figure.suptitle(title, fontsize=11)
-    return _save(figure, path, dpi)
+    shown = _heat_panel(panels[1], heat, cmap, "|gradient|, largest over the channels", "nearest")
+    return _heat_figure_done(figure, panels, shown, title, path, dpi)

@@ -80,3 +80,76 @@ def test_running_statistics_are_buffers_not_parameters():
 def test_batch_norm_refuses_settings_that_cannot_work(arguments, message):
     with pytest.raises((ValueError, TypeError), match=message):
         BatchNorm2D(**{"num_features": 2, **arguments})
+
+
+class TwinShards:
+    """A process group of two shards holding the same samples: every sum is twice this
+    shard's, so the whole batch's statistics are this shard's own. Records each exchange."""
+
+    size = 2
+
+    def __init__(self):
+        self.exchanges = 0
+
+    def allreduce_sum(self, array):
+        self.exchanges += 1
+        return 2 * np.asarray(array)
+
+
+def shard_layer(running_mean):
+    """A BatchNorm2D on three channels whose shard of the batch is one of :class:`TwinShards`,
+    its running mean given and a momentum of 1 (the running variance is the batch's)."""
+    layer = BatchNorm2D(3, momentum=1.0)
+    layer.running_mean = np.asarray(running_mean, np.float32)
+    layer.process_group = TwinShards()
+    return layer
+
+
+def values_near_1000(rng):
+    # A spread of 1 about 1000, 2 and 1000.5: float32 cancellation would show at once.
+    return (np.array([1000, 2, 1000.5])[:, None, None] + rng.standard_normal((16, 3, 5, 5))).astype(np.float32)
+
+
+def test_batchnorm_in_shards_near_its_running_mean_exchanges_once_in_forward(rng):
+    x = values_near_1000(rng)
+    layer = shard_layer(x.astype(np.float64).mean(axis=(0, 2, 3)) + 0.3)
+    out = layer.forward(x)
+    assert layer.process_group.exchanges == 1
+    whole = np.concatenate([x, x]).astype(np.float64)            # the batch of the two shards
+    np.testing.assert_allclose(layer.running_mean, whole.mean(axis=(0, 2, 3)), rtol=1e-7)
+    np.testing.assert_allclose(layer.running_var, whole.var(axis=(0, 2, 3), ddof=1), rtol=1e-5)
+    mean, var = whole.mean(axis=(0, 2, 3))[:, None, None], whole.var(axis=(0, 2, 3))[:, None, None]
+    np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-5), atol=1e-4)
+
+
+def test_batchnorm_in_shards_far_from_its_running_mean_takes_the_variance_about_the_mean(rng):
+    # The running mean at 0, 1000 standard deviations from the mean: one pass about it would
+    # lose the variance in float32 cancellation; the sums of squares about the mean keep it.
+    x = values_near_1000(rng)
+    layer = shard_layer(np.zeros(3))
+    out = layer.forward(x)
+    assert layer.process_group.exchanges == 2
+    whole = np.concatenate([x, x]).astype(np.float64)
+    np.testing.assert_allclose(layer.running_var, whole.var(axis=(0, 2, 3), ddof=1), rtol=1e-5)
+    np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1, rtol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")       # the running mean's own update
+def test_batchnorm_in_shards_with_a_non_finite_running_mean_still_normalises_the_batch(rng):
+    x = values_near_1000(rng)
+    layer = shard_layer([np.nan, np.inf, 0.0])
+    out = layer.forward(x)
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-3)       # float32 rounding at 1000
+    np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1, rtol=1e-4)
+
+
+def test_batchnorm_on_one_rank_gives_the_one_process_statistics_bit_for_bit(rng):
+    x = values_near_1000(rng)
+    alone = BatchNorm2D(3)
+    expected = alone.forward(x)
+    layer = BatchNorm2D(3)
+    layer.process_group = TwinShards()
+    layer.process_group.size = 1
+    layer.process_group.allreduce_sum = lambda array: np.array(array)       # one rank: the sum is its own
+    np.testing.assert_array_equal(layer.forward(x), expected)
+    np.testing.assert_array_equal(layer.running_var, alone.running_var)

@@ -23,12 +23,17 @@ not), which flattered npconvnet. Reported, as medians after a warm-up:
 - inference (evaluation mode) at batch 1000 in images per second, and at batch 1 in milliseconds;
 - peak memory of training: each library trains the model for three steps in a fresh subprocess;
   the increase of the peak resident set size (VmHWM, reset just before the first step) over the
-  resident size at that point; for npconvnet also the peak that tracemalloc sees;
+  resident size at that point, the allocator's free memory handed back to the system first; for
+  npconvnet also the peak that tracemalloc sees;
 - the GFLOP/s of npconvnet's convolutions (forward, weight gradient and input gradient of each
   Conv2D at batch 128), next to the float32 matrix-product peak measured with ``np.matmul``;
 - one epoch of ``convnet`` on the 60,000 MNIST training images (batch 128, Adam), both libraries
   on the same shuffled batches from the same weights, each in a fresh process, as seconds and
   as a ratio.
+
+npconvnet keeps the memory a step frees for the next one (``npconvnet.allocator``, set when it is
+imported); PyTorch's processes, which import npconvnet to build the twin, are left as a PyTorch
+user's program is, unless ``--torch-keeps-freed-memory`` gives them the same setting.
 
 Both wall-clock and CPU time are recorded in the JSON file; the table shows ``--clock``. On a
 shared machine the process's CPU time is the steadier measure of the work done (with one
@@ -65,6 +70,9 @@ def parse_args(argv=None):
                         help="the time the table shows: the process's CPU time (default with one "
                              "thread: steadier on a shared machine) or wall-clock time (default "
                              "with more threads, where CPU time would add the threads up)")
+    parser.add_argument("--torch-keeps-freed-memory", action="store_true",
+                        help="give PyTorch's processes npconvnet's allocator setting too (npconvnet.allocator: "
+                             "freed memory kept for the next step); by default PyTorch runs as a user has it")
     parser.add_argument("--no-epoch", action="store_true", help="skip the full MNIST epoch")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--out", default=None,
@@ -213,11 +221,12 @@ class Worker:
     or ``infer_1`` there and returns their ``timed`` results; only one process runs at a time.
     """
 
-    def __init__(self, library, name, threads):
+    def __init__(self, library, name, threads, torch_keeps_freed_memory=False):
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
         self.process = context.Process(target=_serve, args=(child, library, name, threads), daemon=True)
-        self.process.start()
+        with environment(allocator_setting(library, torch_keeps_freed_memory)):    # the child's, from the start
+            self.process.start()
         self.connection.recv()
 
     def run(self, task, count):
@@ -259,6 +268,30 @@ def _serve(connection, library, name, threads):
         set_mode()
         connection.send([timed(function) for _ in range(count)])
     stack.close()
+
+
+def allocator_setting(library, torch_keeps_freed_memory=False):
+    """The environment of ``library``'s processes as to the C allocator: npconvnet keeps freed
+    memory for the next step (``npconvnet.allocator``, at its import); PyTorch's processes,
+    which import npconvnet to build the twin, are left as a PyTorch user's program is, unless
+    ``torch_keeps_freed_memory``."""
+    keep = library == "numpy" or torch_keeps_freed_memory
+    return {"NPCONVNET_KEEP_FREED_MEMORY": "1" if keep else "0"}
+
+
+@contextlib.contextmanager
+def environment(variables):
+    """``os.environ`` updated with ``variables`` inside the block (for the processes started there)."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def set_threads(library, threads):
@@ -371,6 +404,7 @@ def memory_probe(library, name, threads):
         else:
             step = numpy_training_step(model, batches, stack)
             tracemalloc.start()
+        _give_back_freed_memory()
         baseline = _status_kib("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:     # "5" resets the peak RSS (VmHWM) to now
             f.write("5")
@@ -380,6 +414,15 @@ def memory_probe(library, name, threads):
     if tracemalloc.is_tracing():
         result["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2 ** 20
     print(json.dumps(result))
+
+
+def _give_back_freed_memory():
+    """Hand the memory the C allocator holds free back to the system (glibc's ``malloc_trim``), so
+    that the steps' memory is counted from the memory in use, whichever allocator setting the
+    process has (npconvnet's keeps what it frees)."""
+    import ctypes
+    with contextlib.suppress(AttributeError, OSError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _status_kib(field):
@@ -404,16 +447,17 @@ def _children_private_kib():
     return total
 
 
-def peak_memory(library, name, threads):
-    return _probe(["--memory-probe", library, name], threads)
+def peak_memory(library, name, threads, torch_keeps_freed_memory=False):
+    return _probe(["--memory-probe", library, name], threads, allocator_setting(library, torch_keeps_freed_memory))
 
 
-def _probe(arguments, threads):
-    """Run this script with ``arguments`` in a fresh process; the JSON it prints last."""
+def _probe(arguments, threads, variables):
+    """Run this script with ``arguments`` in a fresh process, with the environment ``variables``
+    added; the JSON it prints last."""
     command = [sys.executable, os.path.abspath(__file__), *arguments]
     if threads is not None:
         command += ["--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **variables})
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -443,11 +487,11 @@ def epoch_probe(library, threads):
     print(json.dumps({"wall": wall, "cpu": cpu, "mean_loss": float(np.mean(losses))}))
 
 
-def mnist_epoch(x_all, threads):
+def mnist_epoch(x_all, threads, torch_keeps_freed_memory=False):
     """The epoch of :func:`epoch_probe` in each library, each in a fresh process (PyTorch first)."""
     results = {"images": len(x_all)}
     for library, key in (("torch", "pytorch"), ("numpy", "npconvnet")):
-        results[key] = _probe(["--epoch-probe", library], threads)
+        results[key] = _probe(["--epoch-probe", library], threads, allocator_setting(library, torch_keeps_freed_memory))
     return results
 
 
@@ -479,15 +523,17 @@ def main(argv=None):
               "numpy": np.__version__, "torch": torch.__version__, "npconvnet": npconvnet.__version__,
               "blas": _blas_name(np), "cpu": _cpu_name(), "python": platform.python_version(),
               "matmul_peak_gflops": matmul_peak_gflops(clock),
-              "os_threads": len(os.listdir("/proc/self/task")), "models": {}}
+              "os_threads": len(os.listdir("/proc/self/task")),
+              "torch_keeps_freed_memory": args.torch_keeps_freed_memory, "models": {}}
     for name in args.models:
         model = build_model(name)
         check_twins(model, to_torch(model), x_all[:4])
         repeats = args.repeats if name != "vgg-mini" else max(3, args.repeats // 2)
         batches = random_batches(x_all, y_all, TRAIN_BATCHES, TRAIN_BATCH)
-        workers = [Worker("numpy", name, args.threads), Worker("torch", name, args.threads)]
+        same = args.torch_keeps_freed_memory
+        workers = [Worker("numpy", name, args.threads), Worker("torch", name, args.threads, same)]
         if args.threads is None:        # the scaling: both libraries on one thread too, in turn with the others
-            workers += [Worker("numpy", name, 1), Worker("torch", name, 1)]
+            workers += [Worker("numpy", name, 1), Worker("torch", name, 1, same)]
         try:
             times = {task: compare(workers if task != "infer_1" else workers[:2], task, count)
                      for task, count in (("train", repeats), ("infer_1000", repeats), ("infer_1", 40))}
@@ -504,14 +550,14 @@ def main(argv=None):
                                      "infer_1000_images_per_s": [INFER_BATCH / t[clock]
                                                                  for t in times["infer_1000"][2:]]}
         if not args.no_memory:
-            memory = [peak_memory(library, name, args.threads) for library in ("numpy", "torch")]
+            memory = [peak_memory(library, name, args.threads, same) for library in ("numpy", "torch")]
             results["train_peak_mib"] = [memory[0]["rss_peak_mib"], memory[1]["rss_peak_mib"]]
             results["numpy_tracemalloc_peak_mib"] = memory[0]["tracemalloc_peak_mib"]
         report["models"][name] = results
         print(f"  {name} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     if not args.no_epoch:
         if source == "MNIST":
-            report["mnist_epoch"] = mnist_epoch(x_all, args.threads)
+            report["mnist_epoch"] = mnist_epoch(x_all, args.threads, args.torch_keeps_freed_memory)
         else:
             report["mnist_epoch"] = {"skipped": source}
     report["total_seconds"] = time.perf_counter() - started
@@ -571,8 +617,11 @@ def format_table(report):
                                 for i, (cell, w) in enumerate(zip(row, widths))))
         if index == 0:
             lines.append("-+-".join("-" * w for w in widths))
+    allocator = ("PyTorch given npconvnet's allocator setting too (--torch-keeps-freed-memory)"
+                 if report.get("torch_keeps_freed_memory") else
+                 "npconvnet keeps freed memory for the next step (npconvnet.allocator), PyTorch runs as it is")
     lines += ["", "ratio = npconvnet / PyTorch (throughput: above 1 is faster; latency and memory: "
-              "below 1 is better)",
+              "below 1 is better)", allocator,
               "float32 matmul peak (np.matmul, best of 512/1024/2048): "
               f"{report['matmul_peak_gflops']:.1f} GFLOP/s"]
     for name, results in report["models"].items():

@@ -26,12 +26,13 @@ The public surface::
     npconvnet.set_num_threads, get_num_threads   the threads a layer call runs on (all cores by default)
 
 The modules import one way: ``layers`` at the bottom (with ``windows``, ``products``,
-``parameter``, ``rng``), then ``losses``, ``optim``, ``schedulers``, ``callbacks``, ``metrics``
+``parameter``, ``rng``; ``allocator``, imported first, sets the C allocator's thresholds), then ``losses``, ``optim``, ``schedulers``, ``callbacks``, ``metrics``
 and ``data``; then ``serialization`` (model files), ``training`` (fit and friends) and
 ``models`` (the trainable Sequential); then ``zoo``, ``explain`` (saliency and Grad-CAM) and
 the exporters (``export``, ``onnx_export``, ``torch_interop``); the command line (``cli``) on top.
 """
 
+from . import allocator     # first: freed memory is kept for the next training step (see there)
 from . import (callbacks, data, datasets, explain, imaging, layers, losses, metrics, models, optim, plots,
                reference, regularizers, schedulers, zoo)
 from .export import export_onnx, from_torch, to_torch

@@ -29,7 +29,7 @@ cycle()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(10):
     cycle()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, npconvnet.allocator.KEPT)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, npconvnet.allocator.KEPT or 0)
 """
 
 
@@ -44,20 +44,23 @@ def run_python(code, setting=None):
 def faults_and_kept(setting=None):
     done = run_python(FAULTS_OF_TEN_CYCLES, setting)
     assert done.returncode == 0, done.stderr
-    faults, kept = done.stdout.split()
-    return int(faults), kept == "True"
+    faults, threshold = done.stdout.split()
+    return int(faults), int(threshold)
 
 
 def test_an_array_freed_and_allocated_again_takes_no_new_pages():
-    faults, kept = faults_and_kept()
-    assert kept
+    faults, threshold = faults_and_kept()
+    if threshold < 48 * 2**20:
+        pytest.skip(f"this glibc keeps blocks up to {threshold} bytes only, the test's are larger")
     assert faults < 100                # ten blocks of 12,288 pages each
 
 
 def test_the_environment_variable_at_0_leaves_the_allocator_to_give_freed_memory_back():
-    faults, kept = faults_and_kept("0")
-    assert not kept
-    kept_faults, _ = faults_and_kept("1")
+    faults, threshold = faults_and_kept("0")
+    assert threshold == 0
+    kept_faults, threshold = faults_and_kept("1")
+    if threshold < 48 * 2**20:
+        pytest.skip(f"this glibc keeps blocks up to {threshold} bytes only, the test's are larger")
     assert faults > kept_faults + 100  # a few hundred even where huge pages serve the blocks
 
 

@@ -22,8 +22,11 @@ import os
 
 ENVIRONMENT_VARIABLE = "NPCONVNET_KEEP_FREED_MEMORY"
 
-#: Blocks up to this size come from the heap, and go back to it when freed.
+#: Blocks up to this size come from the heap, and go back to it when freed (in threads other
+#: than the main one, up to 64 MiB, the size of glibc's heaps for threads). An older glibc that
+#: refuses more than 32 MiB gets that.
 MMAP_THRESHOLD_BYTES = 256 * 2**20
+OLDER_GLIBC_MMAP_THRESHOLD_BYTES = 32 * 2**20
 
 #: The heap gives back the free memory at its top beyond this much.
 TRIM_THRESHOLD_BYTES = 2**30
@@ -33,16 +36,19 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def keep_freed_memory():
-    """Raise glibc's mmap and trim thresholds to ``MMAP_THRESHOLD_BYTES`` and
-    ``TRIM_THRESHOLD_BYTES`` for this process (and the processes it forks from now on).
-    Returns whether they were set: False with another C library."""
+    """Raise glibc's mmap and trim thresholds to ``MMAP_THRESHOLD_BYTES`` (or what an older
+    glibc takes) and ``TRIM_THRESHOLD_BYTES`` for this process (and the processes it forks from
+    now on). Returns the mmap threshold set, or None with another C library."""
     if not uses_glibc():
-        return False
+        return None
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD,
-                                                                                  TRIM_THRESHOLD_BYTES))
+        return None
+    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    for threshold in (MMAP_THRESHOLD_BYTES, OLDER_GLIBC_MMAP_THRESHOLD_BYTES):
+        if mallopt(_M_MMAP_THRESHOLD, threshold):
+            return threshold
+    return None
 
 
 def uses_glibc():
@@ -64,5 +70,6 @@ def _from_environment():
     return text != "0"
 
 
-#: Whether this process keeps its freed memory (set at import).
-KEPT = _from_environment() and keep_freed_memory()
+#: The mmap threshold set at import (blocks up to it are kept when freed), or None: the C
+#: allocator was left as it is.
+KEPT = keep_freed_memory() if _from_environment() else None

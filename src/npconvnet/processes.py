@@ -136,10 +136,11 @@ class ProcessGroup:
     copy of ``network``: the shards of a batch, as a process group.
 
     :meth:`run` gives each shard's ``function(member, network, loss, *arguments)``; a
-    ``member`` (the shard's ``process_group``, as a ``shards.ThreadGroup``'s) has ``size`` (the
-    number of shards), ``shard`` ``(start, stop, total)``, ``allreduce_sum(array)`` (the shards'
-    arrays added in shard order), ``shared(function)`` (``function()``, which every shard computes alike from the
-    global generator, in the caller's state at the start of the step) and ``barrier()``.
+    ``member`` (the shard's ``process_group``, as a ``shards.ThreadGroup``'s) has ``shard``
+    ``(start, stop, total)``, ``allreduce_sum(array)`` (the shards' arrays added in shard order,
+    by the caller: every shard gets the same bits), ``shared(function)`` (``function()``, which
+    every shard computes alike from the global generator, in the caller's state at the start of
+    the step, and from the network's arrays, the caller's) and ``barrier()``.
     """
 
     def __init__(self, network, size, definition):
@@ -170,7 +171,7 @@ class ProcessGroup:
         holds ``((start, stop, total), arguments)`` for at most :attr:`size` shards; ``function``
         is a module-level function (the workers find it by name)."""
         workers = self._workers[:len(shards) - 1]
-        step = ("run", function, loss, [array for _, _, array in _arrays(definition)], rng.get_state(), len(shards))
+        step = ("run", function, loss, [array for _, _, array in _arrays(definition)], rng.get_state())
         try:
             for worker, (shard, arguments) in zip(workers, shards[1:]):
                 worker.send(step + (shard, arguments))
@@ -372,7 +373,7 @@ def _serve(connection, index, network, caller):
     """A worker's life: run what the caller sends, until it says to leave or is gone."""
     parallel.set_num_threads(1)
     while (message := _from_caller(connection, caller)) is not None:
-        _, function, loss, arrays, generator, size, shard, arguments = message
+        _, function, loss, arrays, generator, shard, arguments = message
         try:
             for (owner, name, target), values in zip(_arrays(_definition(network)), arrays, strict=True):
                 # In place where it can be (a layer's workspaces may hold views of it).
@@ -383,7 +384,7 @@ def _serve(connection, index, network, caller):
             rng.set_state(generator)
             with warnings.catch_warnings(record=True) as raised:
                 warnings.simplefilter("always")     # the caller's filters decide which to show
-                result = function(_InWorker(connection, index, size, shard, caller), network, loss, *arguments)
+                result = function(_InWorker(connection, index, shard, caller), network, loss, *arguments)
             reply = ("result", result, [(str(caught.message), _sendable(caught.category), caught.filename,
                                          caught.lineno) for caught in raised])
         except BaseException as error:
@@ -409,6 +410,9 @@ def _error_reply(error):
 
 
 class _Member:
+    #: Every member's ``allreduce_sum`` gives the same bits: the caller's sum.
+    identical_sums = True
+
     def shared(self, function):
         """``function()``: every shard computes it alike (see :class:`ProcessGroup`)."""
         return function()
@@ -425,7 +429,6 @@ class _Caller(_Member):
 
     def __init__(self, workers, shard):
         self.workers, self.shard = workers, shard
-        self.size = len(workers) + 1
 
     def __repr__(self):
         return f"ProcessGroup member(shard 0 of {len(self.workers) + 1}: samples {self.shard})"
@@ -442,8 +445,8 @@ class _Caller(_Member):
 class _InWorker(_Member):
     """A worker's member: it sends its arrays to the caller and waits for the result."""
 
-    def __init__(self, connection, index, size, shard, caller):
-        self.connection, self.index, self.size, self.shard, self.caller = connection, index, size, shard, caller
+    def __init__(self, connection, index, shard, caller):
+        self.connection, self.index, self.shard, self.caller = connection, index, shard, caller
 
     def __repr__(self):
         return f"ProcessGroup member(shard {self.index}: samples {self.shard})"

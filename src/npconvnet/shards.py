@@ -71,7 +71,7 @@ class ThreadGroup:
 
     Attributes:
         members: one member per shard, the ``process_group`` of that shard's layers:
-            ``member.size`` is the number of shards, ``member.shard`` ``(start, stop, total)``, ``member.allreduce_sum(array)`` the
+            ``member.shard`` is ``(start, stop, total)``, ``member.allreduce_sum(array)`` the
             sum of every shard's ``array`` (added in shard order: every shard gets the same
             bits), ``member.shared(function)`` the first shard's ``function()`` for every shard.
     """
@@ -134,9 +134,12 @@ class ThreadGroup:
 class _Member:
     """One shard's view of a :class:`ThreadGroup` (see there)."""
 
+    #: Every member's ``allreduce_sum`` gives the same bits (batch normalization may then
+    #: choose its exchanges by their values).
+    identical_sums = True
+
     def __init__(self, group, index, shard):
         self.group, self.index, self.shard = group, index, shard
-        self.size = group.size
         self.calls = 0
 
     def __repr__(self):

@@ -83,73 +83,96 @@ def test_batch_norm_refuses_settings_that_cannot_work(arguments, message):
 
 
 class TwinShards:
-    """A process group of two shards holding the same samples: every sum is twice this
-    shard's, so the whole batch's statistics are this shard's own. Records each exchange."""
+    """A process group of two shards holding the same samples: every sum is twice this shard's,
+    so the whole batch's statistics are this shard's own. Counts the exchanges.
+    ``identical_sums``: every member gets the same bits from a sum, as fit's shards do (MPI's
+    ranks are not promised it)."""
 
-    size = 2
-
-    def __init__(self):
+    def __init__(self, identical_sums=True):
+        self.identical_sums = identical_sums
         self.exchanges = 0
 
     def allreduce_sum(self, array):
         self.exchanges += 1
         return 2 * np.asarray(array)
 
+    def shared(self, function):
+        return function()
 
-def shard_layer(running_mean):
+
+def shard_layer(running_mean, identical_sums=True):
     """A BatchNorm2D on three channels whose shard of the batch is one of :class:`TwinShards`,
     its running mean given and a momentum of 1 (the running variance is the batch's)."""
     layer = BatchNorm2D(3, momentum=1.0)
     layer.running_mean = np.asarray(running_mean, np.float32)
-    layer.process_group = TwinShards()
+    layer.process_group = TwinShards(identical_sums)
     return layer
 
 
-def values_near_1000(rng):
+def values_near(means, rng, spread=1.0):
+    return (np.asarray(means, np.float64)[:, None, None] + spread * rng.standard_normal((16, 3, 5, 5))).astype(np.float32)
+
+
+def whole_batch(x):
+    """The batch of the two shards, in float64."""
+    return np.concatenate([x, x]).astype(np.float64)
+
+
+def assert_same_results(layer, other, x, upstream):
+    np.testing.assert_array_equal(layer.forward(x), other.forward(x))
+    np.testing.assert_array_equal(layer.backward(upstream), other.backward(upstream))
+    np.testing.assert_array_equal(layer.running_mean, other.running_mean)
+    np.testing.assert_array_equal(layer.running_var, other.running_var)
+
+
+def test_batchnorm_in_shards_near_its_running_mean_takes_mean_and_variance_in_one_exchange(rng):
     # A spread of 1 about 1000, 2 and 1000.5: float32 cancellation would show at once.
-    return (np.array([1000, 2, 1000.5])[:, None, None] + rng.standard_normal((16, 3, 5, 5))).astype(np.float32)
-
-
-def test_batchnorm_in_shards_near_its_running_mean_exchanges_once_in_forward(rng):
-    x = values_near_1000(rng)
+    x = values_near([1000, 2, 1000.5], rng)
     layer = shard_layer(x.astype(np.float64).mean(axis=(0, 2, 3)) + 0.3)
     out = layer.forward(x)
     assert layer.process_group.exchanges == 1
-    whole = np.concatenate([x, x]).astype(np.float64)            # the batch of the two shards
+    whole = whole_batch(x)
     np.testing.assert_allclose(layer.running_mean, whole.mean(axis=(0, 2, 3)), rtol=1e-7)
     np.testing.assert_allclose(layer.running_var, whole.var(axis=(0, 2, 3), ddof=1), rtol=1e-5)
     mean, var = whole.mean(axis=(0, 2, 3))[:, None, None], whole.var(axis=(0, 2, 3))[:, None, None]
     np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 1e-5), atol=1e-4)
 
 
-def test_batchnorm_in_shards_far_from_its_running_mean_takes_the_variance_about_the_mean(rng):
-    # The running mean at 0, 1000 standard deviations from the mean: one pass about it would
-    # lose the variance in float32 cancellation; the sums of squares about the mean keep it.
-    x = values_near_1000(rng)
-    layer = shard_layer(np.zeros(3))
-    out = layer.forward(x)
-    assert layer.process_group.exchanges == 2
-    whole = np.concatenate([x, x]).astype(np.float64)
-    np.testing.assert_allclose(layer.running_var, whole.var(axis=(0, 2, 3), ddof=1), rtol=1e-5)
-    np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1, rtol=1e-4)
+def test_batchnorm_in_shards_in_one_exchange_agrees_with_the_two_passes_in_float64_forward_and_backward(rng):
+    x = values_near([1000, 2, 1000.5], rng)
+    near = x.astype(np.float64).mean(axis=(0, 2, 3)) - 0.2
+    one, exact = shard_layer(near), shard_layer(near, identical_sums=False).astype(np.float64)
+    np.testing.assert_allclose(one.forward(x), exact.forward(x.astype(np.float64)), atol=2e-5)
+    upstream = rng.standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_allclose(one.backward(upstream), exact.backward(upstream.astype(np.float64)), atol=2e-5)
+    np.testing.assert_allclose(one.weight.grad, exact.weight.grad, rtol=1e-5)
+    assert (one.process_group.exchanges, exact.process_group.exchanges) == (2, 3)     # forward and backward
+
+
+@pytest.mark.parametrize("running_mean", [[0, 0, 0], [3e4, -3e4, 1e37]], ids=["zero", "huge"])
+def test_batchnorm_in_shards_far_from_its_running_mean_gives_the_two_passes_bits(running_mean, rng):
+    # Far from the running mean, one pass about it would lose the variance (and the mean) to
+    # float32 cancellation: the two passes are taken, after the exchange that showed it.
+    x = values_near([1000, 2, 0], rng, spread=0.1)
+    layer, two_pass = shard_layer(running_mean), shard_layer(running_mean, identical_sums=False)
+    assert_same_results(layer, two_pass, x, rng.standard_normal(x.shape).astype(np.float32))
+    assert layer.process_group.exchanges == 3 + 1
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")       # the running mean's own update
-def test_batchnorm_in_shards_with_a_non_finite_running_mean_still_normalises_the_batch(rng):
-    x = values_near_1000(rng)
-    layer = shard_layer([np.nan, np.inf, 0.0])
+def test_batchnorm_in_shards_takes_zero_for_a_non_finite_running_mean(rng):
+    x = values_near([0.2, -0.1, 0.5], rng)
+    layer = shard_layer([np.nan, np.inf, 0.4])
     out = layer.forward(x)
-    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-3)       # float32 rounding at 1000
+    assert layer.process_group.exchanges == 1
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-5)
     np.testing.assert_allclose(out.std(axis=(0, 2, 3)), 1, rtol=1e-4)
 
 
-def test_batchnorm_on_one_rank_gives_the_one_process_statistics_bit_for_bit(rng):
-    x = values_near_1000(rng)
-    alone = BatchNorm2D(3)
-    expected = alone.forward(x)
-    layer = BatchNorm2D(3)
-    layer.process_group = TwinShards()
-    layer.process_group.size = 1
-    layer.process_group.allreduce_sum = lambda array: np.array(array)       # one rank: the sum is its own
-    np.testing.assert_array_equal(layer.forward(x), expected)
-    np.testing.assert_array_equal(layer.running_var, alone.running_var)
+def test_batchnorm_over_ranks_whose_sums_may_differ_takes_the_two_passes(rng):
+    # MPI does not promise every rank the same bits of a sum: a rank choosing one exchange where
+    # another chose two would leave their collective calls unpaired.
+    x = values_near([0.2, -0.1, 0.5], rng)
+    layer = shard_layer([0.2, -0.1, 0.5], identical_sums=False)
+    layer.forward(x)
+    assert layer.process_group.exchanges == 2

@@ -24,11 +24,12 @@ class _BatchNorm(Layer):
 
     Synchronized over the ranks of a data-parallel run (``npconvnet.distributed``), when ``fit``
     sets ``process_group``: the batch is the union of the ranks' shards, and the means above
-    are over all of it. The count, the per-channel sums and sums of squares (about the running
-    mean) are summed over the ranks, which gives the mean and the variance in one exchange; far
-    from the running mean, the sums of squares about the batch's mean are summed again
-    (``_synchronized_statistics``); backward sums ``sum(g)`` and ``sum(g * x_hat)`` likewise.
-    The parameters' gradients stay this rank's part (the gradient all-reduce adds the parts).
+    are over all of it. The count and the per-channel sums are summed over the ranks, which
+    gives the mean; then the sums of squares about that mean, which give the variance (the
+    same two passes as on one process); the shards of one batch inside ``fit`` take the two
+    sums in one exchange where the running mean is near (``_synchronized_statistics``).
+    Backward sums ``sum(g)`` and ``sum(g * x_hat)`` likewise. The parameters' gradients stay
+    this rank's part (the gradient all-reduce adds the parts).
     """
 
     samplewise = True
@@ -92,39 +93,55 @@ class _BatchNorm(Layer):
         ``process_group``, with ``centered = x - mean`` written for backward.
 
         Each exchange makes every rank wait for the slowest, so the statistics take one where
-        they can: the sums of ``x - shift`` and of its squares, about a shift every rank holds
-        alike (the running mean), give ``mean = shift + offset`` and ``var = mean of the squares
-        - offset**2``. While the shift is within a standard deviation of the mean
-        (``offset**2 <= var``) the subtraction loses at most a bit of float32; where it is not
-        (the first steps, or data far from the running mean) the sums of squares about the
-        mean are taken and exchanged again, the two passes of one process. The sums travel in
-        float64, which holds the count exactly. On one rank these are the one-process
-        statistics bit for bit (a quotient rounded from float64 to float32 is the float32
-        quotient)."""
-        parts = parallel.channel_parts(x)
+        they can (:meth:`_statistics_about_running_mean`); where they cannot, and over MPI,
+        whose sums are not promised to be the same bits on every rank (the ranks must all
+        choose alike), the two passes of one process (:meth:`_two_pass_statistics`)."""
+        if getattr(self.process_group, "identical_sums", False):
+            statistics = self._statistics_about_running_mean(x, centered, channel)
+            if statistics is not None:
+                return statistics
+        return self._two_pass_statistics(x, centered, channel)
+
+    def _statistics_about_running_mean(self, x, centered, channel):
+        """``(count, mean, var)`` from one exchange of the sums of ``x - shift`` and of its
+        squares about the first shard's running mean, the shift: ``mean = shift + offset``,
+        ``var = mean of the squares - offset**2``. While the shift is within a standard
+        deviation of the mean (``offset**2 <= var``) the subtraction loses at most a bit of
+        float32; where it is not (the first steps, or data far from the running mean), None."""
         size = self.num_features
-        # One rank takes the two passes, for the one-process bits. A non-finite running mean
-        # (a diverged batch before) is no shift: it would make every sum non-finite.
-        one_pass = self.process_group.size > 1
-        shift = (np.nan_to_num(self.running_mean, nan=0.0, posinf=0.0, neginf=0.0) if one_pass
-                 else np.zeros(size)).astype(x.dtype)
+        # The first shard's: the others' layers may hold running means of an older step. A
+        # non-finite one (after a diverged batch) would make every sum non-finite.
+        shift = self.process_group.shared(lambda: np.nan_to_num(self.running_mean, nan=0.0, posinf=0.0,
+                                                                neginf=0.0).astype(x.dtype))
 
         def shifted_sums(channels):
             part = np.subtract(x[:, channels], shift[channels].reshape(channel), out=centered[:, channels])
-            return _channel_sum(part), (_channel_dot(part, part) if one_pass else np.empty(0))
-        sums, squares = (np.concatenate(both).astype(np.float64) for both in zip(*parallel.run(shifted_sums, parts)))
-        totals = self.process_group.allreduce_sum(np.concatenate([sums, squares, [x.size // size]]))
-        count = int(totals[-1])
-        if count < 2:
-            raise ValueError(f"{self!r}: training needs more than one value per channel in the whole "
-                             f"batch, got {count} (this rank's input shape {x.shape})")
-        offset = totals[:size] / count
-        mean = (shift + offset).astype(x.dtype)
-        if one_pass:
+            return _channel_sum(part), _channel_dot(part, part)
+        # Far from the shift the squares may overflow: that only says to take the two passes.
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums, squares = (np.concatenate(parts).astype(np.float64)
+                             for parts in zip(*parallel.run(shifted_sums, parallel.channel_parts(x))))
+            totals = self.process_group.allreduce_sum(np.concatenate([sums, squares, [x.size // size]]))
+            count = self._whole_count(totals[-1], x)
+            offset = totals[:size] / count
             var = totals[size:2 * size] / count - offset**2
-            if np.all(offset**2 <= var):
-                parallel.channelwise(np.subtract, centered, offset.astype(x.dtype).reshape(channel), centered)
-                return count, mean, var.astype(x.dtype)
+            if not np.all(offset**2 <= var):
+                return None
+        parallel.channelwise(np.subtract, centered, offset.astype(x.dtype).reshape(channel), centered)
+        return count, (shift + offset).astype(x.dtype), var.astype(x.dtype)
+
+    def _two_pass_statistics(self, x, centered, channel):
+        """``(count, mean, var)`` as one process takes them: the sums, exchanged, give the
+        mean; then the sums of squares about it, exchanged, the variance. The sums travel in
+        float64, which holds the count exactly; on one rank the results are those of the
+        one-process statistics bit for bit (a quotient rounded from float64 to float32 is the
+        float32 quotient)."""
+        parts = parallel.channel_parts(x)
+        sums = np.concatenate(parallel.run(lambda channels: _channel_sum(x[:, channels]), parts))
+        totals = self.process_group.allreduce_sum(np.append(sums.astype(np.float64),
+                                                            x.size // self.num_features))
+        count = self._whole_count(totals[-1], x)
+        mean = (totals[:-1] / count).astype(x.dtype)
 
         def squares(channels):
             part = np.subtract(x[:, channels], mean[channels].reshape(channel), out=centered[:, channels])
@@ -132,6 +149,14 @@ class _BatchNorm(Layer):
         squares = np.concatenate(parallel.run(squares, parts))
         var = (self.process_group.allreduce_sum(squares.astype(np.float64)) / count).astype(x.dtype)
         return count, mean, var
+
+    def _whole_count(self, total, x):
+        """The values per channel in the whole batch, ``total`` of the ranks' counts; more than one."""
+        count = int(total)
+        if count < 2:
+            raise ValueError(f"{self!r}: training needs more than one value per channel in the whole "
+                             f"batch, got {count} (this rank's input shape {x.shape})")
+        return count
 
     def _evaluate(self, x, channel):
         """With the running statistics the layer is one affine map per channel,

@@ -101,6 +101,27 @@ def test_forward_backward_outside_a_block_runs_on_threads(groups):
     assert len(groups) == 1
 
 
+def test_a_step_whose_arrays_outgrow_the_workers_shared_buffers_gives_the_bits_of_the_threads(groups, monkeypatch):
+    # The buffers are sized at the fork, by a first batch of 64 samples (a mebibyte at least);
+    # the second batch's shards hold 2.4 MB each, which travel through the pipe instead.
+    def two_steps():
+        npconvnet.manual_seed(0)
+        model = Sequential(Dense(30, 20), ReLU(), Dense(20, 10)).train()
+        gradients = []
+        with processes.on_processes(model):
+            for count in (64, 40_000):
+                x, y = noise(count, features=30, seed=count)
+                shards.forward_backward(model, CrossEntropyLoss(), x, y)
+                gradients.append([parameter.grad.copy() for parameter in model.parameters()])
+        return gradients
+    on_processes = two_steps()
+    assert len(groups) == 1
+    monkeypatch.setattr(processes, "AVAILABLE", False)
+    for step, expected in zip(on_processes, two_steps()):
+        for grad, other in zip(step, expected):
+            np.testing.assert_array_equal(grad, other)
+
+
 class _ChangeAfterFirstBatch(Callback):
     """Changes the model after the first batch of each epoch: ``change(model)``."""
 

@@ -110,7 +110,8 @@ def shard_layer(running_mean, identical_sums=True):
 
 
 def values_near(means, rng, spread=1.0):
-    return (np.asarray(means, np.float64)[:, None, None] + spread * rng.standard_normal((16, 3, 5, 5))).astype(np.float32)
+    values = np.asarray(means, np.float64)[:, None, None] + spread * rng.standard_normal((16, 3, 5, 5))
+    return values.astype(np.float32)
 
 
 def whole_batch(x):

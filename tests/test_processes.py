@@ -122,6 +122,34 @@ def test_a_step_whose_arrays_outgrow_the_workers_shared_buffers_gives_the_bits_o
             np.testing.assert_array_equal(grad, other)
 
 
+class _SquareKeepingItsInput(npconvnet.layers.Layer):
+    """``y = x ** 2``, keeping its input ``x`` itself (not a copy) as an attribute for backward."""
+
+    samplewise = True
+
+    def forward(self, x):
+        self.x = x
+        return x * x
+
+    def backward(self, grad_output):
+        return 2 * self.x * grad_output
+
+
+def test_a_layer_keeping_its_input_itself_gives_the_bits_of_the_threads_step_after_step(groups, monkeypatch):
+    # The worker's layer holds the last step's input, an array the next step's values are
+    # loaded into: it must not be the memory the next step's shard arrives in.
+    def losses():
+        npconvnet.manual_seed(0)
+        model = Sequential(_SquareKeepingItsInput(), Dense(30, 10))
+        model.compile(optimizer="sgd", loss="cross_entropy")
+        x, y = noise(128, features=30)
+        return model.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0).history["loss"]
+    on_processes = losses()
+    assert len(groups) == 1
+    monkeypatch.setattr(processes, "AVAILABLE", False)
+    assert on_processes == losses()
+
+
 class _ChangeAfterFirstBatch(Callback):
     """Changes the model after the first batch of each epoch: ``change(model)``."""
 

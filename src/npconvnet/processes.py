@@ -73,8 +73,8 @@ SPIN_SECONDS = 0.001
 #: A waiting worker checks this often that its caller is still there.
 PARENT_CHECK_SECONDS = 1.0
 
-#: Each worker's two shared buffers (the caller's steps to it, its results back) hold a step's
-#: arrays (the network's and its shard's, or its gradients) with this much room to spare.
+#: Each worker's two shared buffers hold a step's arrays (the network's and its shard's; the
+#: gradients and outputs back) with this much room to spare.
 BUFFER_MARGIN = 0.25
 
 # Python 3.12 warns of fork() in a process with threads (BLAS's, the thread pool's): they are
@@ -85,6 +85,7 @@ warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlo
 _lock = threading.Lock()
 _blocks = {}        # id(network) -> the _Block of the on_processes block open for that network
 _connections = set()  # the caller's ends of every live worker's pipe: a new worker closes them all
+_buffers = set()      # every live worker's shared buffers: a new worker closes the others' too
 _raised_in_workers = {}  # the warnings registry of those raised again in the caller: each is shown once
 
 
@@ -128,7 +129,7 @@ def run_shards(network, function, loss, shards):
         current = block.group = None
     if current is None:
         try:
-            current = block.group = ProcessGroup(network, len(shards), definition, _buffer_bytes(definition, shards))
+            current = block.group = ProcessGroup(network, len(shards), definition, *_buffer_bytes(definition, shards))
         except OSError as error:
             block.failed = True
             warnings.warn(f"npconvnet: could not fork the worker processes for the shards of a training batch "
@@ -150,13 +151,13 @@ class ProcessGroup:
     the step, and from the network's arrays, the caller's) and ``barrier()``.
     """
 
-    def __init__(self, network, size, definition, buffer_bytes=2**20):
+    def __init__(self, network, size, definition, steps_bytes=2**20, results_bytes=2**20):
         self.network, self.size, self.closed = network, size, False
         self._definition = definition
         self._workers = []
         try:
             for index in range(1, size):
-                self._workers.append(_Worker.fork(index, network, buffer_bytes))
+                self._workers.append(_Worker.fork(index, network, steps_bytes, results_bytes))
         except BaseException:
             self.close(kill=True)
             raise
@@ -217,12 +218,15 @@ def _definition(network):
 
 
 def _buffer_bytes(definition, shards):
-    """The size of a worker's shared buffers: a step's arrays (the network's and those of the
-    largest shard's arguments), ``BUFFER_MARGIN`` more, at least a mebibyte."""
+    """The sizes of a worker's two shared buffers, for its steps and its results:
+    ``BUFFER_MARGIN`` more than a step's arrays (the network's and those of the largest shard's
+    arguments) and than the parameters' gradients, at least a mebibyte each."""
+    arrays = _arrays(definition)
     arguments = max(sum(value.nbytes for value in arguments if isinstance(value, np.ndarray))
                     for _, arguments in shards)
-    step = sum(array.nbytes for _, _, array in _arrays(definition)) + arguments
-    return max(2**20, int(step * (1 + BUFFER_MARGIN)))
+    steps = sum(array.nbytes for _, _, array in arrays) + arguments
+    gradients = sum(array.nbytes for owner, _, array in arrays if isinstance(owner, Parameter))
+    return tuple(max(2**20, int(size * (1 + BUFFER_MARGIN))) for size in (steps, gradients))
 
 
 #: A message whose arrays' memory is in a shared buffer: ``data`` is its pickle (protocol 5),
@@ -232,10 +236,11 @@ _OutOfBand = collections.namedtuple("_OutOfBand", "data placed")
 
 
 def _send_through(connection, shared, message):
-    """Send ``message`` on ``connection``, the memory of its arrays (pickle's out-of-band
-    buffers) copied into ``shared`` where it fits, rather than through the pipe: a step's
-    800 KB of arrays took 2.9 ms to go through the pipe and come back, 0.05 ms to be copied.
-    The receiver reads them (:func:`_received`) before the next message is laid there."""
+    """Send ``message`` on ``connection``, the memory of its contiguous arrays (pickle's
+    out-of-band buffers) copied into ``shared`` where it fits, rather than through the pipe: a
+    step's 800 KB of arrays took 2.9 ms to go through the pipe and come back, 0.05 ms to be
+    copied. The receiver copies them out at once (:func:`_received`), before it answers, and
+    the next message is sent only after its answer."""
     buffers, placed, offset = [], [], 0
     data = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
     for buffer in buffers:
@@ -249,15 +254,16 @@ def _send_through(connection, shared, message):
     connection.send(_OutOfBand(data, placed))
 
 
-def _received(message, shared, copy):
-    """``message``, or the message an :class:`_OutOfBand` holds, its arrays in ``shared``: views
-    of it (valid until the next message), or copies of their own where ``copy``."""
+def _received(message, shared):
+    """``message``, or the message an :class:`_OutOfBand` holds, its arrays copied out of
+    ``shared``: none of them is a view of it (a layer may keep its input), and an array sent
+    read-only arrives read-only."""
     if not isinstance(message, _OutOfBand):
         return message
-    memory = memoryview(shared)
-    buffers = [memory[part[0]:part[0] + part[1]] if isinstance(part, tuple) else part for part in message.placed]
-    return pickle.loads(message.data, buffers=[bytearray(buffer) if copy or isinstance(buffer, bytes) else buffer
-                                                for buffer in buffers])
+    with memoryview(shared) as memory:
+        buffers = [bytearray(memory[part[0]:part[0] + part[1]]) if isinstance(part, tuple) else bytearray(part)
+                   for part in message.placed]
+    return pickle.loads(message.data, buffers=buffers)
 
 
 def _arrays(definition):
@@ -282,7 +288,7 @@ class _Worker:
         self.status = None
 
     @classmethod
-    def fork(cls, index, network, buffer_bytes):
+    def fork(cls, index, network, steps_bytes, results_bytes):
         caller = os.getpid()
         for stream in (sys.stdout, sys.stderr):     # or the worker would write the buffered text too
             with contextlib.suppress(Exception):
@@ -294,11 +300,12 @@ class _Worker:
             # Under the lock, so that no other thread's worker is forked holding this pipe's ends.
             with _lock:
                 ours, theirs = Pipe()
-                steps, results = mmap.mmap(-1, buffer_bytes), mmap.mmap(-1, buffer_bytes)     # shared with the fork
+                steps, results = mmap.mmap(-1, steps_bytes), mmap.mmap(-1, results_bytes)     # shared with the fork
                 pid = os.fork()
                 if pid == 0:
                     _worker_life(theirs, ours, index, network, caller, steps, results)
                 _connections.add(ours)
+                _buffers.update((steps, results))
                 theirs.close()
             return cls(index, pid, ours, steps, results)
         except BaseException:
@@ -327,7 +334,7 @@ class _Worker:
                 raise RuntimeError(f"the worker process of shard {self.index} of the batch sent nothing for "
                                    f"{TIMEOUT_SECONDS} s: every shard must make the same collective calls "
                                    "(batch normalization, dropout) in the same order")
-            kind, *payload = _received(self.connection.recv(), self.results, copy=True)
+            kind, *payload = _received(self.connection.recv(), self.results)
         except (EOFError, OSError):
             raise self._ended() from None
         if kind == "error":
@@ -352,7 +359,10 @@ class _Worker:
             self.connection.send(None)
         with _lock:
             _connections.discard(self.connection)
+            _buffers.difference_update((self.steps, self.results))
         self.connection.close()
+        self.steps.close()
+        self.results.close()
 
     def wait(self, timeout=EXIT_SECONDS):
         """Reap the worker, killing it if it is still there after ``timeout`` seconds. Its exit
@@ -385,13 +395,13 @@ def _arrived(connection, timeout):
 
 
 def _from_caller(connection, caller, steps=None):
-    """The caller's next message (a step's arrays are views of the shared buffer ``steps``);
+    """The caller's next message (a step's arrays come through the shared buffer ``steps``);
     the worker leaves if its caller is gone."""
     try:
         while not _arrived(connection, PARENT_CHECK_SECONDS):
             if os.getppid() != caller:
                 _leave(1)
-        return _received(connection.recv(), steps, copy=False)
+        return _received(connection.recv(), steps)
     except (EOFError, OSError):
         _leave(0)
 
@@ -413,11 +423,14 @@ def _worker_life(connection, callers_end, index, network, caller, steps, results
         callers_end.close()
         for other in _connections:      # other workers' pipes: they must see their caller leave
             other.close()
+        for other in _buffers - {steps, results}:
+            other.close()
         # The caller's lock (held at the fork) and blocks are not the worker's: inside it, shards
         # run on threads.
         _lock, AVAILABLE = threading.Lock(), False
         _blocks.clear()
         _connections.clear()
+        _buffers.clear()
         _serve(connection, index, network, caller, steps, results)
         status = 0
     except (BrokenPipeError, ConnectionResetError):
@@ -440,7 +453,7 @@ def _serve(connection, index, network, caller, steps, results):
                 if target.shape == values.shape and target.dtype == values.dtype and target.flags.writeable:
                     target[...] = values
                 else:
-                    setattr(owner, name, np.array(values))      # its own: the buffer takes the next step
+                    setattr(owner, name, values)
             rng.set_state(generator)
             with warnings.catch_warnings(record=True) as raised:
                 warnings.simplefilter("always")     # the caller's filters decide which to show

@@ -46,6 +46,7 @@ of the same machine (two separate runs on this shared machine differed by up to 
 
 import argparse
 import contextlib
+import ctypes
 import itertools
 import json
 import multiprocessing
@@ -420,7 +421,6 @@ def _give_back_freed_memory():
     """Hand the memory the C allocator holds free back to the system (glibc's ``malloc_trim``), so
     that the steps' memory is counted from the memory in use, whichever allocator setting the
     process has (npconvnet's keeps what it frees)."""
-    import ctypes
     with contextlib.suppress(AttributeError, OSError):
         ctypes.CDLL(None).malloc_trim(0)
 

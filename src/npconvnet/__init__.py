@@ -26,9 +26,10 @@ The public surface::
     npconvnet.set_num_threads, get_num_threads   the threads a layer call runs on (all cores by default)
 
 The modules import one way: ``layers`` at the bottom (with ``windows``, ``products``,
-``parameter``, ``rng``; ``allocator``, imported first, sets the C allocator's thresholds), then ``losses``, ``optim``, ``schedulers``, ``callbacks``, ``metrics``
-and ``data``; then ``serialization`` (model files), ``training`` (fit and friends) and
-``models`` (the trainable Sequential); then ``zoo``, ``explain`` (saliency and Grad-CAM) and
+``parameter``, ``rng``; ``allocator``, imported first, sets the C allocator's thresholds), then
+``losses``, ``optim``, ``schedulers``, ``callbacks``, ``metrics`` and ``data``; then
+``serialization`` (model files), ``training`` (fit and friends) and ``models`` (the trainable
+Sequential); then ``zoo``, ``explain`` (saliency and Grad-CAM) and
 the exporters (``export``, ``onnx_export``, ``torch_interop``); the command line (``cli``) on top.
 """
 

@@ -11,10 +11,10 @@ which holds a copy of the network as it was at the fork.
 A :class:`ProcessGroup` offers the interface of a ``shards.ThreadGroup``, over pipes: at each
 step the caller sends every worker the loss, the values of the network's arrays (weights,
 buffers, any array a layer keeps), the state of the global generator (``npconvnet.rng``) and
-its shard of the batch, the arrays' memory through a buffer shared with the worker (and the
-worker's results back through another); at batch normalization each member's ``allreduce_sum`` goes through the
-caller, which adds the shards' arrays in shard order, as the threads do (the same bits); at the
-end each worker sends its result back (its shard's loss, outputs and gradients) with the
+its shard of the batch, the arrays' memory through a buffer shared with the worker; at batch
+normalization each member's ``allreduce_sum`` goes through the caller, which adds the shards'
+arrays in shard order, as the threads do (the same bits); at the end each worker sends its
+result back through another shared buffer (its shard's loss, outputs and gradients) with the
 warnings it raised, which the caller raises again. Dropout's noise for the whole batch
 (``shared``) is drawn by every shard alike, from the generator in the same state, as the ranks
 of an MPI run draw it: sending it would cost more than drawing it (vgg-mini: 2.7 MB a step).
@@ -182,7 +182,7 @@ class ProcessGroup:
         step = ("run", function, loss, [array for _, _, array in _arrays(definition)], rng.get_state())
         try:
             for worker, (shard, arguments) in zip(workers, shards[1:]):
-                worker.send(step + (shard, arguments), through=worker.steps)
+                worker.send(step + (shard, arguments), shared=True)
             shard, arguments = shards[0]
             with parallel.one_thread_here():
                 first = function(_Caller(workers, shard), self.network, loss, *arguments)
@@ -315,14 +315,14 @@ class _Worker:
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
-    def send(self, message, through=None):
-        """Send ``message`` to the worker, its arrays through the shared buffer ``through``
-        if one is given."""
+    def send(self, message, shared=False):
+        """Send ``message`` to the worker; with ``shared``, its arrays through the shared
+        buffer of its steps."""
         try:
-            if through is None:
-                self.connection.send(message)
+            if shared:
+                _send_through(self.connection, self.steps, message)
             else:
-                _send_through(self.connection, through, message)
+                self.connection.send(message)
         except (OSError, ValueError):
             raise self._ended() from None
 

@@ -453,6 +453,22 @@ def test_batch_normalization_in_shards_after_a_batch_too_small_to_share_keeps_th
     assert_same_state(model, expected, rtol=1e-5)
 
 
+def test_batch_normalization_on_threads_near_its_running_mean_exchanges_once_in_forward_and_once_in_backward(
+        threads, monkeypatch):
+    threads(2)
+    monkeypatch.setattr(processes, "AVAILABLE", False)
+    exchanges = []
+    exchange = npconvnet.shards.ThreadGroup._exchange
+    monkeypatch.setattr(npconvnet.shards.ThreadGroup, "_exchange",
+                        lambda group, member, value: exchanges.append(member.index) or exchange(group, member, value))
+    x = (5 + np.random.default_rng(0).standard_normal((64, 3, 6, 6))).astype(np.float32)
+    model = npconvnet.Sequential(BatchNorm2D(3, momentum=1.0), Flatten(), Dense(3 * 6 * 6, 2)).train()
+    for step in range(2):       # the first far from the running mean of 0, the second near the first's
+        exchanges.clear()
+        npconvnet.shards.forward_backward(model, npconvnet.losses.CrossEntropyLoss(), x, np.arange(64) % 2)
+    assert sorted(exchanges) == [0, 0, 1, 1]
+
+
 def test_the_dropout_masks_of_fit_do_not_depend_on_the_number_of_threads(threads, shard_steps):
     # Another mask for any sample would change the weights far beyond rounding.
     x = np.random.default_rng(0).random((96, 20), dtype=np.float32)

@@ -74,7 +74,7 @@ SPIN_SECONDS = 0.001
 PARENT_CHECK_SECONDS = 1.0
 
 #: Each worker's two shared buffers hold a step's arrays (the network's and its shard's; the
-#: gradients and outputs back) with this much room to spare.
+#: gradients back) with this much room to spare; what does not fit goes through the pipe.
 BUFFER_MARGIN = 0.25
 
 # Python 3.12 warns of fork() in a process with threads (BLAS's, the thread pool's): they are
@@ -486,7 +486,8 @@ def _error_reply(error):
 
 
 class _Member:
-    #: Every member's ``allreduce_sum`` gives the same bits: the caller's sum.
+    #: Every member's ``allreduce_sum`` gives the same bits (the caller's sum), and every
+    #: worker's layers hold the caller's buffers (sent at every step).
     identical_sums = True
 
     def shared(self, function):

@@ -134,8 +134,9 @@ class ThreadGroup:
 class _Member:
     """One shard's view of a :class:`ThreadGroup` (see there)."""
 
-    #: Every member's ``allreduce_sum`` gives the same bits (batch normalization may then
-    #: choose its exchanges by their values).
+    #: Every member's ``allreduce_sum`` gives the same bits, and every shard's layers hold the
+    #: first shard's buffers at the start of a step (batch normalization may then choose its
+    #: exchanges by the sums, taken about its running mean).
     identical_sums = True
 
     def __init__(self, group, index, shard):
@@ -239,6 +240,10 @@ def _on_threads(network, loss, slices, shards):
     """The shards' :func:`_shard_step` results, each shard on a thread and on a twin of the
     network; the gradients summed into the network's own Parameters."""
     networks = [network] + [Sequential(twins) for twins in network._layer_twins(len(slices) - 1, own_gradients=True)]
+    for twin_network in networks[1:]:       # the network's buffers, as the worker processes have them
+        for layer, twin in zip(network.walk(), twin_network.walk()):
+            for name in layer.buffer_names:
+                setattr(twin, name, getattr(layer, name))
     shard_losses = [loss] + [copy.deepcopy(loss) for _ in slices[1:]]
     parameters = [shard_network.parameters() for shard_network in networks]
     owners = _owners([parameter.size for parameter in parameters[0]], len(slices))

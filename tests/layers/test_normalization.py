@@ -96,9 +96,6 @@ class TwinShards:
         self.exchanges += 1
         return 2 * np.asarray(array)
 
-    def shared(self, function):
-        return function()
-
 
 def shard_layer(running_mean, identical_sums=True):
     """A BatchNorm2D on three channels whose shard of the batch is one of :class:`TwinShards`,
@@ -177,3 +174,12 @@ def test_batchnorm_over_ranks_whose_sums_may_differ_takes_the_two_passes(rng):
     layer = shard_layer([0.2, -0.1, 0.5], identical_sums=False)
     layer.forward(x)
     assert layer.process_group.exchanges == 2
+
+
+def test_batchnorm_in_shards_whose_squares_overflow_takes_the_two_passes(rng):
+    # Values near 1e18: their squares about a running mean of 0 overflow float32 in the sums,
+    # those about the mean (1e34 each) do not.
+    x = values_near([1e18, 1e18, 1e18], rng, spread=1e17)
+    layer, two_pass = shard_layer(np.zeros(3)), shard_layer(np.zeros(3), identical_sums=False)
+    assert_same_results(layer, two_pass, x, rng.standard_normal(x.shape).astype(np.float32))
+    assert np.isfinite(layer.running_var).all()

@@ -147,8 +147,9 @@ class Layer:
         Parameter among them. Two definitions of the same layer hold the same objects (``is``)
         until a parameter (or its ``.data``), a buffer, an option or a layer has been replaced
         or added, or the mode switched: a :meth:`twin` made in between is stale then.
-        ``buffers=False`` leaves the buffers out (in training mode a twin never reads them,
-        while batch normalization replaces its running statistics at every step)."""
+        ``buffers=False`` leaves the buffers out (in training a twin is handed the layer's
+        buffers at each step, while batch normalization replaces its running statistics at
+        every step)."""
         entries = []
         for layer in self.walk():
             for name, value in vars(layer).items():

@@ -226,7 +226,8 @@ class Sequential(Layer):
     def _layer_twins(self, count, own_gradients=False):
         """``count`` lists of twins of the layers (``Layer.twin(own_gradients)``), kept from call
         to call but made again when a layer has changed since (see ``Layer.definition``; twins
-        with gradients of their own train, and never read the buffers)."""
+        with gradients of their own train, and take the layers' buffers at each step from
+        ``shards``, not from their making)."""
         definition = [entry for layer in self.layers for entry in layer.definition(buffers=not own_gradients)]
         if own_gradients in self._twins:
             made_from, twins = self._twins[own_gradients]

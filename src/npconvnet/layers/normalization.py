@@ -104,15 +104,15 @@ class _BatchNorm(Layer):
 
     def _statistics_about_running_mean(self, x, centered, channel):
         """``(count, mean, var)`` from one exchange of the sums of ``x - shift`` and of its
-        squares about the first shard's running mean, the shift: ``mean = shift + offset``,
-        ``var = mean of the squares - offset**2``. While the shift is within a standard
-        deviation of the mean (``offset**2 <= var``) the subtraction loses at most a bit of
-        float32; where it is not (the first steps, or data far from the running mean), None."""
+        squares about the running mean, the shift (every shard's layer holds the first shard's
+        running mean at the start of a step: ``identical_sums`` says so too): ``mean = shift +
+        offset``, ``var = mean of the squares - offset**2``. While the shift is within a
+        standard deviation of the mean (``offset**2 <= var``) the subtraction loses at most a
+        bit of float32; where it is not (the first steps, or data far from the running mean),
+        or the squares overflowed, None."""
         size = self.num_features
-        # The first shard's: the others' layers may hold running means of an older step. A
-        # non-finite one (after a diverged batch) would make every sum non-finite.
-        shift = self.process_group.shared(lambda: np.nan_to_num(self.running_mean, nan=0.0, posinf=0.0,
-                                                                neginf=0.0).astype(x.dtype))
+        # A non-finite running mean (after a diverged batch) would make every sum non-finite.
+        shift = np.nan_to_num(self.running_mean, nan=0.0, posinf=0.0, neginf=0.0).astype(x.dtype)
 
         def shifted_sums(channels):
             part = np.subtract(x[:, channels], shift[channels].reshape(channel), out=centered[:, channels])
@@ -125,7 +125,7 @@ class _BatchNorm(Layer):
             count = self._whole_count(totals[-1], x)
             offset = totals[:size] / count
             var = totals[size:2 * size] / count - offset**2
-            if not np.all(offset**2 <= var):
+            if not np.all((offset**2 <= var) & np.isfinite(var)):
                 return None
         parallel.channelwise(np.subtract, centered, offset.astype(x.dtype).reshape(channel), centered)
         return count, (shift + offset).astype(x.dtype), var.astype(x.dtype)

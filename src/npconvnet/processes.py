@@ -151,7 +151,7 @@ class ProcessGroup:
     the step, and from the network's arrays, the caller's) and ``barrier()``.
     """
 
-    def __init__(self, network, size, definition, steps_bytes=2**20, results_bytes=2**20):
+    def __init__(self, network, size, definition, steps_bytes, results_bytes):
         self.network, self.size, self.closed = network, size, False
         self._definition = definition
         self._workers = []

@@ -29,7 +29,7 @@ class Conv2D(_AffineLayer):
     this is a single matrix product ``y = W @ cols``, ``W`` of shape ``(F, C*kh*kw)`` and
     ``cols`` of shape ``(C*kh*kw, H'*W'*N)``; the backward pass is two more:
     ``dL/dW = dL/dy @ cols^T`` and ``dL/dcols = W^T @ dL/dy``, then ``col2im`` (at stride 1,
-    when F <= C, dL/dx is computed as a convolution of dL/dy instead).
+    when F <= C, both come from the columns of dL/dy instead, dL/dx as a convolution of dL/dy).
 
     ``cols`` is ``kh * kw`` times larger than the input, so it is never built whole: the
     products are taken one block of outputs at a time (``BLOCK_BYTES`` of columns: a few output
@@ -197,8 +197,8 @@ class Conv2D(_AffineLayer):
 
             dL/db = sum over pixels of dL/dy      dL/dW = dL/dy @ cols^T      dL/dx = col2im(W^T @ dL/dy)
 
-        Each block's columns are built once, for both of its products. Where it is faster, dL/dx
-        is the transposed convolution of dL/dy instead (``_input_gradient_by_convolution``).
+        Each block's columns are built once, for both of its products. Where it is faster, both
+        gradients come from the columns of dL/dy instead (``_gradients_by_convolution``).
         ``input_grad=False``: the parameters' gradients only, and None. With an ``activation``,
         dL/dy first goes back through it. The same steps for the
         whole batch at once, without blocks: :func:`npconvnet.reference.conv2d_backward`.
@@ -210,26 +210,25 @@ class Conv2D(_AffineLayer):
         grad_rows = as_matrix(grad_output).reshape(self.out_channels, out_h, -1)
         if self.bias is not None:
             self.bias.grad = self._bias_gradient(grad_rows)
-        by_convolution = input_grad and self._input_gradient_is_a_convolution(saved.padding)
-        by_col2im = input_grad and not by_convolution
+        if input_grad and self._input_gradient_is_a_convolution(saved.padding):
+            self.weight.grad, grad_input = self._gradients_by_convolution(grad_output, saved)
+            return grad_input
 
         def gradients(blocks):
             # Each thread's share of the blocks sums its own dL/dW and adds its dL/dx into an
             # array of its own (neighbouring blocks' windows overlap); the shares add up in order.
-            grad_x_pad = batch_last(saved.x_pad.shape, grad_output.dtype) if by_col2im else None
+            grad_x_pad = batch_last(saved.x_pad.shape, grad_output.dtype) if input_grad else None
             grad_weight = 0
             for rows, columns, cols in blocks:
                 grad_block = _block_of(grad_rows, rows, columns, n)
                 grad_weight = grad_weight + self._weight_gradient(grad_block, cols)
-                if by_col2im:
+                if input_grad:
                     self._input_gradient(grad_block, cols, grad_x_pad, rows, columns)
             return grad_weight, grad_x_pad
 
         shares = parallel.run(gradients, self._shares(saved.x_pad, self.stride, (out_h, out_w)))
         self.weight.grad = sum(grad_weight for grad_weight, _ in shares).reshape(self.weight.data.shape)
-        if by_convolution:
-            return self._input_gradient_by_convolution(grad_output, saved)
-        if not by_col2im:
+        if not input_grad:
             return None
         grad_x_pad = shares[0][1]
         for _, share in shares[1:]:
@@ -261,24 +260,47 @@ class Conv2D(_AffineLayer):
     def _input_gradient_is_a_convolution(self, padding):
         """At stride 1, with no more than ``kernel - 1`` padding on a side, dL/dx can also be
         computed as a convolution of dL/dy. That is faster when F <= C: its columns are no
-        larger than the forward's, and one im2col and one product replace the product and
-        the kh*kw read-modify-write passes of col2im."""
+        larger than the forward's, and they serve dL/dW too, so that their im2col replaces
+        both the input's and the kh*kw read-modify-write passes of col2im."""
         kh, kw = self.kernel_size
         return (self.stride == (1, 1) and self.out_channels <= self.in_channels
                 and max(padding[:2]) < kh and max(padding[2:]) < kw)
 
-    def _input_gradient_by_convolution(self, grad_output, saved):
-        """dL/dx as the convolution of dL/dy, padded by ``kernel - 1 - padding``, with the kernel
-        flipped and its channel axes swapped (the transposed convolution)::
+    def _gradients_by_convolution(self, grad_output, saved):
+        """``(dL/dW, dL/dx)`` from the columns of dL/dy padded by ``kernel - 1 - padding``, one
+        block of input pixels at a time. dL/dx is the convolution of dL/dy with the kernel
+        flipped and its channel axes swapped (the transposed convolution), and dL/dW pairs the
+        same columns with the input (with ``q = (y, x)`` an input pixel, ``dL/dy_pad`` zero
+        outside dL/dy)::
 
-            dL/dx[n, c, y, x] = sum_{f, u, v} W[f, c, kh-1-u, kw-1-v] * dL/dy_pad[n, f, y + u, x + v]
+            dL/dx[n, c, q] = sum_{f, u, v} W[f, c, kh-1-u, kw-1-v] * dL/dy_pad[n, f, q + (u, v)]
+            dL/dW[f, c, kh-1-u, kw-1-v] = sum_{n, q} x[n, c, q] * dL/dy_pad[n, f, q + (u, v)]
+
+        (the second is the forward's ``sum over n, i, j of dL/dy[n, f, i, j] * x_pad[n, c, i + a,
+        j + b]`` with ``q = (i, j) + (a, b) - padding`` and ``(u, v) = kernel - 1 - (a, b)``). One
+        im2col a block serves both products, instead of one of the input and one of dL/dy.
         """
         (kh, kw), (top, bottom, left, right) = self.kernel_size, saved.padding
+        n, _, height, width = saved.input_shape
         grad_padding = (kh - 1 - top, kh - 1 - bottom, kw - 1 - left, kw - 1 - right)
+        grad_pad = self._padded("grad_pad", grad_output, grad_padding)
         flipped = self.weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(self.in_channels, -1)
-        grad_input = self._convolve(self._padded("grad_pad", grad_output, grad_padding), flipped, (1, 1),
-                                    saved.input_shape[2:])                             # (C, H*W*N)
-        return from_matrix(grad_input, saved.input_shape)
+        # (C, H, W*N): the input's rows, as the columns' blocks of input pixels cut them.
+        x_rows = as_matrix(to_batch_last(saved.x_pad[:, :, top:top + height, left:left + width]))
+        x_rows = x_rows.reshape(self.in_channels, height, -1)
+        grad_input = np.empty((self.in_channels, height, width * n), np.result_type(flipped, grad_pad))
+
+        def gradients(blocks):
+            grad_flipped = 0                # (F*kh*kw, C): dL/dW with its kernel flipped
+            for rows, columns, cols in blocks:
+                matmul(flipped, cols, out=_block_of(grad_input, rows, columns, n))
+                grad_flipped = grad_flipped + matmul(cols, _block_of(x_rows, rows, columns, n).T)
+            return grad_flipped
+
+        shares = parallel.run(gradients, self._shares(grad_pad, (1, 1), (height, width)))
+        grad_flipped = sum(shares).reshape(self.out_channels, kh, kw, self.in_channels)
+        grad_weight = np.ascontiguousarray(grad_flipped[:, ::-1, ::-1].transpose(0, 3, 1, 2))
+        return grad_weight, from_matrix(grad_input.reshape(self.in_channels, -1), saved.input_shape)
 
     def get_config(self):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

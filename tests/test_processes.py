@@ -272,6 +272,26 @@ def test_a_worker_making_a_collective_call_the_caller_does_not_is_a_clear_error(
         fitted(lambda: Sequential(Dense(10, 10), _SumsInWorkersOnly(), Dropout(0.2), Dense(10, 10)), x, y)
 
 
+class _SumsOfAnotherSizeInWorkers(_InWorkers):
+    process_group = None
+
+    def __init__(self):
+        super().__init__(None)
+
+    def forward(self, x):
+        if self.process_group is not None:
+            in_worker = (os.getpid(), threading.get_ident()) != self.caller
+            self.process_group.allreduce_sum(np.zeros(2 if in_worker else 1))
+        return x
+
+
+def test_a_worker_adding_an_array_of_another_shape_than_the_callers_is_a_clear_error(groups):
+    x, y = noise(64, features=10)
+    with pytest.raises(RuntimeError, match=r"shard 1 .* sent an array of float64 \(2,\) to add to this shard's "
+                                           r"float64 \(1,\).*same collective"):
+        fitted(lambda: Sequential(Dense(10, 10), _SumsOfAnotherSizeInWorkers(), Dense(10, 10)), x, y)
+
+
 def _warn(layer):
     warnings.warn("a warning in a worker", UserWarning)
 

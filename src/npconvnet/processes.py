@@ -513,9 +513,15 @@ class _Caller(_Member):
     def allreduce_sum(self, array):
         total = np.array(array, order="C")
         for worker in self.workers:
-            total += worker.receive("sum")[0]
+            dtype, shape, data = worker.receive("sum")
+            if (dtype, shape) != (total.dtype.str, total.shape):
+                raise RuntimeError(f"the worker process of shard {worker.index} of the batch sent an array of "
+                                   f"{np.dtype(dtype)} {shape} to add to this shard's {total.dtype} {total.shape}: "
+                                   "every shard must make the same collective calls (batch normalization, "
+                                   "dropout) in the same order")
+            total += np.frombuffer(data, total.dtype).reshape(shape)
         for worker in self.workers:
-            worker.send(total)
+            worker.send(total.tobytes())
         return total
 
 
@@ -529,8 +535,11 @@ class _InWorker(_Member):
         return f"ProcessGroup member(shard {self.index}: samples {self.shard})"
 
     def allreduce_sum(self, array):
-        self.connection.send(("sum", np.asarray(array)))
+        # Raw bytes both ways, with the dtype and shape to check them by: pickling the arrays
+        # themselves tripled an exchange's round trip (80 against 27 microseconds).
+        array = np.asarray(array, order="C")
+        self.connection.send(("sum", array.dtype.str, array.shape, array.tobytes()))
         total = _from_caller(self.connection, self.caller)
         if total is None:
             _leave(0)           # told to leave in the middle of the step: the caller has given up on it
-        return total
+        return np.frombuffer(total, array.dtype).reshape(array.shape).copy()

@@ -39,10 +39,30 @@ def assert_gradients_match_pytorch(torch, layer, x, rng):
 @pytest.mark.parametrize("blocks,stride", [("one block", 1), ("one block", 2), ("one pixel each", 1), ("one pixel each", 2)])
 def test_gradients_match_pytorch_for_every_method(channels, kernel_size, padding, blocks, stride, rng, torch,
                                                   monkeypatch):
-    in_channels, out_channels = channels      # (5, 3) and (4, 4) at stride 1 take the convolution path
+    # (5, 3) and (4, 4) at stride 1 take the convolution path; (2, 6) col2im, but at "full" padding
+    in_channels, out_channels = channels
     monkeypatch.setattr(conv, "BLOCK_BYTES", 0 if blocks == "one pixel each" else 2**30)
     layer = Conv2D(in_channels, out_channels, kernel_size, stride, padding, bias=False).astype(np.float64)
     assert_gradients_match_pytorch(torch, layer, rng.standard_normal((3, in_channels, 7, 6)), rng)
+
+
+@pytest.mark.parametrize("layer,input_size,by_convolution", [
+    (Conv2D(8, 16, 3, padding=1), (14, 14), True),         # dL/dy's columns as large as the forward's ...
+    (Conv2D(16, 8, 3, padding=1), (14, 14), True),
+    (Conv2D(2, 5, 3, padding="full"), (7, 6), True),       # ... or up to twice as large
+    (Conv2D(8, 17, 3, padding=1), (14, 14), False),        # larger
+    (Conv2D(6, 16, 5), (14, 14), False),                   # 2.6 times: the valid border's pixels count
+    (Conv2D(4, 4, 3, stride=2, padding=1), (14, 14), False),
+    (Conv2D(4, 4, 3, padding=3), (14, 14), False),         # padding of the kernel's size
+])
+def test_the_gradients_come_from_the_columns_of_dl_dy_where_they_are_at_most_twice_the_forwards(
+        layer, input_size, by_convolution, monkeypatch, rng):
+    taken = []
+    method = layer._gradients_by_convolution
+    monkeypatch.setattr(layer, "_gradients_by_convolution", lambda *args: taken.append(True) or method(*args))
+    out = layer.forward(rng.standard_normal((2, layer.in_channels, *input_size)).astype(np.float32))
+    layer.backward(np.ones_like(out))
+    assert bool(taken) == by_convolution
 
 
 def test_float32_gradient_of_float32_layer_stays_float32(rng):
@@ -77,7 +97,7 @@ def test_blocks_of_two_rows_with_a_shorter_last_block_match_pytorch(stride, padd
     assert_gradients_match_pytorch(torch, layer, x, rng)
 
 
-@pytest.mark.parametrize("in_channels,out_channels", [(3, 4), (4, 3)])
+@pytest.mark.parametrize("in_channels,out_channels", [(2, 5), (4, 3)])
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), ((1, 2), ((0, 1), (2, 1)))])
 def test_blocks_of_two_pixels_of_a_row_with_a_shorter_last_block_match_pytorch(in_channels, out_channels, stride,
                                                                                padding, rng, torch, monkeypatch):
@@ -89,7 +109,7 @@ def test_blocks_of_two_pixels_of_a_row_with_a_shorter_last_block_match_pytorch(i
     assert_gradients_match_pytorch(torch, layer, x, rng)
 
 
-@pytest.mark.parametrize("in_channels,out_channels", [(2, 3), (3, 2)])
+@pytest.mark.parametrize("in_channels,out_channels", [(2, 5), (3, 2)])
 def test_an_empty_batch_gives_an_empty_output_and_zero_parameter_gradients(in_channels, out_channels):
     layer = Conv2D(in_channels, out_channels, 3, padding=1)
     out = layer.forward(np.zeros((0, in_channels, 5, 5), np.float32))

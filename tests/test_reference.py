@@ -71,13 +71,15 @@ def conv_cases():
 @pytest.mark.parametrize("stride,method,padding", conv_cases())
 def test_conv2d_matches_the_reference_for_every_block_size_input_gradient_method_stride_and_padding(
         stride, method, padding, blocks, rng, monkeypatch):
-    # The layer takes dL/dx as a transposed convolution when F <= C (at stride 1, with padding
-    # below the kernel size), as col2im of W^T @ dL/dy otherwise.
-    in_channels, out_channels = (3, 2) if method == "transposed convolution" else (2, 3)
+    # The layer takes its gradients from the columns of dL/dy, dL/dx as a transposed convolution,
+    # when those columns are at most twice the forward's (at stride 1, with padding below the
+    # kernel size), else dL/dx as col2im of W^T @ dL/dy.
+    in_channels, out_channels = (3, 2) if method == "transposed convolution" else (2, 6)
     layer = conv_layer(in_channels, out_channels, KERNEL_SIZE, stride, padding, rng)
-    resolved = resolve_padding(layer.padding, layer.kernel_size, layer.stride, (9, 8))
-    assert layer._input_gradient_is_a_convolution(resolved) == (method == "transposed convolution")
     x = rng.standard_normal((3, in_channels, 9, 8))
+    resolved = resolve_padding(layer.padding, layer.kernel_size, layer.stride, x.shape[2:])
+    chosen = layer._takes_gradients_by_convolution(resolved, x.shape[2:], layer.output_shape(x.shape[1:])[1:])
+    assert chosen == (method == "transposed convolution")
     set_block_size(monkeypatch, blocks, layer, x)
     assert_conv_matches_reference(layer, x, rng)
 

@@ -369,15 +369,23 @@ def transport(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("name", ["vgg-mini", "convnet", "resnet-mini"])
-def test_fit_on_two_and_three_threads_trains_the_one_thread_weights_in_shards_of_each_batch(name, threads,
-                                                                                           shard_steps, transport):
+#: Batch normalization before ReLU centres the values on ReLU's kink, where float32 rounding may
+#: flip a derivative, which no tolerance bounds (vgg-mini on 3 threads: one value, 3.7e-7 on one
+#: thread and 0 in shards, moved a layer's gradient by 8% of its largest entry): these models
+#: train in float64 here.
+THREADED_TRAINING = [("convnet", np.float32, 1e-4), ("vgg-mini", np.float64, 1e-9), ("resnet-mini", np.float64, 1e-9)]
+
+
+@pytest.mark.parametrize("name,dtype,rtol", THREADED_TRAINING)
+def test_fit_on_two_and_three_threads_trains_the_one_thread_weights_in_shards_of_each_batch(name, dtype, rtol,
+                                                                                           threads, shard_steps,
+                                                                                           transport):
     x, y = noise_images(96)
-    expected, expected_history = fit_model(zoo_model(name), x, y, 1)
+    expected, expected_history = fit_model(zoo_model(name), x, y, 1, dtype=dtype)
     assert shard_steps == []
     for count in (2, 3):
-        model, history = fit_model(zoo_model(name), x, y, count)
-        assert_same_state(model, expected, message=f"on {count} threads")
+        model, history = fit_model(zoo_model(name), x, y, count, dtype=dtype)
+        assert_same_state(model, expected, rtol=rtol, message=f"on {count} threads")
         np.testing.assert_allclose(history.history["loss"], expected_history.history["loss"], rtol=1e-5)
         assert history.history["accuracy"] == expected_history.history["accuracy"]
     assert shard_steps == [2] * 3 + [3] * 3

@@ -370,10 +370,10 @@ def transport(request, monkeypatch):
 
 
 #: Batch normalization before ReLU centres the values on ReLU's kink, where float32 rounding may
-#: flip a derivative, which no tolerance bounds (vgg-mini on 3 threads: one value, 3.7e-7 on one
-#: thread and 0 in shards, moved a layer's gradient by 8% of its largest entry): these models
-#: train in float64 here.
-THREADED_TRAINING = [("convnet", np.float32, 1e-4), ("vgg-mini", np.float64, 1e-9), ("resnet-mini", np.float64, 1e-9)]
+#: flip a derivative, which no tolerance bounds: on 3 threads one value of vgg-mini's, 3.7e-7 on
+#: one thread and 0 in shards, moved a layer's gradient by 8% of its largest entry, so vgg-mini
+#: trains in float64 here (resnet-mini, in float32, agrees to 2e-6).
+THREADED_TRAINING = [("convnet", np.float32, 1e-4), ("vgg-mini", np.float64, 1e-9), ("resnet-mini", np.float32, 1e-4)]
 
 
 @pytest.mark.parametrize("name,dtype,rtol", THREADED_TRAINING)

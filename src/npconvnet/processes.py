@@ -536,7 +536,8 @@ class _InWorker(_Member):
 
     def allreduce_sum(self, array):
         # Raw bytes both ways, with the dtype and shape to check them by: pickling the arrays
-        # themselves tripled an exchange's round trip (80 against 27 microseconds).
+        # themselves tripled the round trip of 64 floats between two processes (80 against 27
+        # microseconds).
         array = np.asarray(array, order="C")
         self.connection.send(("sum", array.dtype.str, array.shape, array.tobytes()))
         total = _from_caller(self.connection, self.caller)

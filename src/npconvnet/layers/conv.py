@@ -29,8 +29,8 @@ class Conv2D(_AffineLayer):
     this is a single matrix product ``y = W @ cols``, ``W`` of shape ``(F, C*kh*kw)`` and
     ``cols`` of shape ``(C*kh*kw, H'*W'*N)``; the backward pass is two more:
     ``dL/dW = dL/dy @ cols^T`` and ``dL/dcols = W^T @ dL/dy``, then ``col2im`` (at stride 1,
-    with up to twice as many output channels as input ones, both come from the columns of dL/dy
-    instead, dL/dx as a convolution of dL/dy).
+    where the columns of dL/dy are at most twice the forward's, both come from those instead,
+    dL/dx as a convolution of dL/dy).
 
     ``cols`` is ``kh * kw`` times larger than the input, so it is never built whole: the
     products are taken one block of outputs at a time (``BLOCK_BYTES`` of columns: a few output
@@ -269,7 +269,7 @@ class Conv2D(_AffineLayer):
         slower)."""
         kh, kw = self.kernel_size
         return (self.stride == (1, 1) and max(padding[:2]) < kh and max(padding[2:]) < kw
-                and self.out_channels * math.prod(input_size) <= 2 * self.in_channels * math.prod(output_size))
+                and 0 < self.out_channels * math.prod(input_size) <= 2 * self.in_channels * math.prod(output_size))
 
     def _gradients_by_convolution(self, grad_output, saved, input_grad=True):
         """``(dL/dW, dL/dx or None)`` from the columns of dL/dy padded by ``kernel - 1 - padding``, one

@@ -1,5 +1,5 @@
 """npconvnet.reference, the layers' mathematics written plainly, holds the fast layers to it
-without PyTorch: Conv2D with every size of column block and both ways to dL/dx, the pools with
+without PyTorch: Conv2D with every size of column block and both ways to its gradients, the pools with
 and without overlapping windows and padding, and Dense agree with it to float64 rounding. The
 reference itself follows the formulas and finite differences."""
 

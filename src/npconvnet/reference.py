@@ -1,8 +1,8 @@
 """The layers' mathematics written plainly: convolution, pooling and dense, forward and backward.
 
 The layers are fast: a convolution builds its columns one cache-sized block at a time, keeps
-buffers from one call to the next, stores images batch-last and has two ways to its input
-gradient. These functions compute the same values as directly as the formulas, to read and to
+buffers from one call to the next, stores images batch-last and has two ways to its
+gradients. These functions compute the same values as directly as the formulas, to read and to
 test the layers against (``tests/test_reference.py``). Arrays are plain ``(N, C, H, W)`` and
 every step takes the whole batch:
 

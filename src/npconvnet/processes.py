@@ -73,6 +73,9 @@ SPIN_SECONDS = 0.001
 #: A waiting worker checks this often that its caller is still there.
 PARENT_CHECK_SECONDS = 1.0
 
+#: What every error of shards out of step says.
+_SAME_CALLS = "every shard must make the same collective calls (batch normalization, dropout) in the same order"
+
 #: Each worker's two shared buffers hold a step's arrays (the network's and its shard's; the
 #: gradients back) with this much room to spare; what does not fit goes through the pipe.
 BUFFER_MARGIN = 0.25
@@ -332,8 +335,7 @@ class _Worker:
         try:
             if not _arrived(self.connection, TIMEOUT_SECONDS):
                 raise RuntimeError(f"the worker process of shard {self.index} of the batch sent nothing for "
-                                   f"{TIMEOUT_SECONDS} s: every shard must make the same collective calls "
-                                   "(batch normalization, dropout) in the same order")
+                                   f"{TIMEOUT_SECONDS} s: {_SAME_CALLS}")
             kind, *payload = _received(self.connection.recv(), self.results)
         except (EOFError, OSError):
             raise self._ended() from None
@@ -343,8 +345,7 @@ class _Worker:
             raise error
         if kind != expected:
             raise RuntimeError(f"the worker process of shard {self.index} of the batch sent a {kind!r} where the "
-                               f"caller expected a {expected!r}: every shard must make the same collective "
-                               "calls (batch normalization, dropout) in the same order")
+                               f"caller expected a {expected!r}: {_SAME_CALLS}")
         return payload
 
     def _ended(self):
@@ -517,8 +518,7 @@ class _Caller(_Member):
             if (dtype, shape) != (total.dtype.str, total.shape):
                 raise RuntimeError(f"the worker process of shard {worker.index} of the batch sent an array of "
                                    f"{np.dtype(dtype)} {shape} to add to this shard's {total.dtype} {total.shape}: "
-                                   "every shard must make the same collective calls (batch normalization, "
-                                   "dropout) in the same order")
+                                   f"{_SAME_CALLS}")
             total += np.frombuffer(data, total.dtype).reshape(shape)
         for worker in self.workers:
             worker.send(total.tobytes())
